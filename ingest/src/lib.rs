@@ -1,0 +1,25 @@
+//! flowaudit ingest: gateway access events and network flow records from Kafka into
+//! Hive-partitioned, zstd Parquet with an exactly-once, hash-chained manifest.
+//!
+//! The path of one message: [`consumer`] polls it, [`decode`] validates and normalises it
+//! ([`gateway`], [`flow`]), [`geoip`] and [`networks`] enrich it, [`batch`] buffers it per Kafka
+//! partition, [`writer`] writes the Parquet files and [`manifest`] records them atomically,
+//! after which (and only after which) the offsets advance. The contract is in docs/DESIGN.md.
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod decode;
+pub mod error;
+pub mod flow;
+pub mod gateway;
+pub mod generate;
+pub mod geoip;
+pub mod manifest;
+pub mod networks;
+pub mod produce;
+pub mod schema;
+pub mod writer;
+
+pub use config::IngestConfig;
+pub use error::{Error, Result};

@@ -1,0 +1,124 @@
+//! Parquet files: zstd, large row groups, provenance in the key-value metadata. A file is written
+//! to the writer's staging directory, hashed while it is written, and fsynced; the manifest then
+//! records it and renames it into its Hive partition (see [`crate::manifest`]).
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+
+use crate::error::{io_err, Error, Result};
+
+/// How Parquet files are written.
+#[derive(Debug, Clone)]
+pub struct ParquetSettings {
+    pub zstd_level: i32,
+    pub row_group_rows: usize,
+}
+
+impl Default for ParquetSettings {
+    fn default() -> Self {
+        Self {
+            zstd_level: 3,
+            row_group_rows: 1 << 20,
+        }
+    }
+}
+
+/// A `Write` that hashes and counts what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file written and fsynced in staging, not yet recorded.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    pub staging_path: PathBuf,
+    /// Final path relative to the warehouse, `/`-separated (`flows/date=…/hour=…/name.parquet`).
+    pub rel_path: String,
+    pub table: &'static str,
+    pub sha256: String,
+    pub bytes: u64,
+    pub rows: u64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub min_ts_us: i64,
+    pub max_ts_us: i64,
+}
+
+/// Write `batch` to `path` (created new), returning its SHA-256 and size. The file is fsynced.
+pub fn write_parquet(
+    path: &Path,
+    batch: &RecordBatch,
+    settings: &ParquetSettings,
+    metadata: Vec<(String, String)>,
+) -> Result<(String, u64)> {
+    let level = ZstdLevel::try_new(settings.zstd_level)
+        .map_err(|e| Error::Config(format!("zstd level: {e}")))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(settings.row_group_rows.max(1)))
+        .set_key_value_metadata(Some(
+            metadata
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v))
+                .collect(),
+        ))
+        .set_created_by(format!("flowaudit {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    let out = Hashing {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let mut w = ArrowWriter::try_new(out, batch.schema(), Some(props))?;
+    w.write(batch)?;
+    let mut out = w.into_inner()?;
+    out.flush().map_err(io_err("write", path))?;
+    let file = out.inner.into_inner().map_err(|e| Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    Ok((hex::encode(out.hasher.finalize()), out.bytes))
+}
+
+/// fsync a directory, so that a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// SHA-256 of a file's contents, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(io_err("open", path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io_err("read", path))?;
+    Ok(hex::encode(h.finalize()))
+}
