@@ -432,7 +432,7 @@ mod tests {
     fn timestamps_outside_range_are_rejected_with_the_field() {
         assert_eq!(
             parse_rfc3339("ts", "2026-11-21T10:00:00Z").unwrap(),
-            1_763_719_200_000_000
+            1_795_255_200_000_000
         );
         let r = parse_rfc3339("ts", "9999-12-31T23:59:59Z").unwrap_err();
         assert_eq!(r.code, RejectCode::TimestampOutOfRange);

@@ -1,0 +1,13 @@
+//! Integration tests of the ingest library (one test binary; modules by topic).
+mod formats;
+mod geoip;
+mod manifest;
+
+use std::path::PathBuf;
+
+/// A path under the repository root.
+pub fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
