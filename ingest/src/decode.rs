@@ -104,6 +104,32 @@ impl fmt::Display for Reject {
     }
 }
 
+/// Decode a JSON object into `T`. Anything else (an array, which serde would map onto the struct
+/// positionally, a scalar, or not JSON at all) is a precise rejection.
+pub fn object<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, Reject> {
+    let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<IgnoredAny>(raw) {
+            Ok(_) => {
+                let kind = match first {
+                    Some(b'[') => "an array",
+                    Some(b'"') => "a string",
+                    Some(b'n') => "null",
+                    Some(b't' | b'f') => "a boolean",
+                    _ => "a number",
+                };
+                Reject::new(
+                    RejectCode::NotObject,
+                    None,
+                    format!("expected a JSON object, found {kind}"),
+                )
+            }
+            Err(e) => json_reject(raw, e),
+        });
+    }
+    serde_json::from_slice(raw).map_err(|e| json_reject(raw, e))
+}
+
 /// Turn a serde_json error on `raw` into a precise rejection.
 pub fn json_reject(raw: &[u8], err: serde_json::Error) -> Reject {
     if raw.is_empty() {

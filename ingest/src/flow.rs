@@ -132,7 +132,7 @@ pub struct Flow<'a> {
 
 /// Decode, recognise and normalise one flow record.
 pub fn decode(raw: &[u8]) -> Result<Flow<'_>, Reject> {
-    let r: Raw = serde_json::from_slice(raw).map_err(|e| decode::json_reject(raw, e))?;
+    let r: Raw = decode::object(raw)?;
     if r.orig_h.is_some() || r.resp_h.is_some() || r.uid.is_some() {
         zeek(r)
     } else if r.src_addr.is_some() || r.sampler_address.is_some() || r.time_received_ns.is_some() {

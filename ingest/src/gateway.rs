@@ -68,7 +68,7 @@ pub struct GatewayEvent<'a> {
 
 /// Decode and validate one gateway event. Unknown fields are ignored (forward compatibility).
 pub fn decode(raw: &[u8]) -> Result<GatewayEvent<'_>, Reject> {
-    let r: Raw = serde_json::from_slice(raw).map_err(|e| decode::json_reject(raw, e))?;
+    let r: Raw = decode::object(raw)?;
     Ok(GatewayEvent {
         event_id: decode::req_str(("event_id", &r.event_id))?,
         ts_us: decode::req_rfc3339(("ts", &r.ts))?,

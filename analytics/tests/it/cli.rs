@@ -1,0 +1,129 @@
+//! The command line: help, configuration errors, and the generator's output.
+use std::process::Command;
+
+use crate::support::*;
+
+#[test]
+fn help_names_every_ingest_setting_with_its_environment_variable() {
+    let (out, _) = run_ok({
+        let mut c = Command::new(bin());
+        c.args(["ingest", "--help"]);
+        c
+    });
+    for flag in [
+        "--brokers",
+        "--warehouse",
+        "--policy",
+        "--geoip",
+        "--group",
+        "--until-caught-up",
+        "FLOWAUDIT_BROKERS",
+        "FLOWAUDIT_WAREHOUSE",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help:\n{out}");
+    }
+}
+
+#[test]
+fn missing_settings_and_unknown_config_keys_are_clear_errors() {
+    let out = Command::new(bin())
+        .args(["ingest", "--warehouse", "/tmp/x", "--policy", "/tmp/y"])
+        .env_remove("FLOWAUDIT_BROKERS")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("brokers are required") && err.contains("FLOWAUDIT_BROKERS"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("flowaudit.toml");
+    std::fs::write(&cfg, "[ingest]\nbrokerz = \"x\"\n").unwrap();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["ingest"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("unknown field `brokerz`")
+            && err.contains("flowaudit.toml"),
+        "{err}"
+    );
+
+    // The environment supplies what the flags do not.
+    let out = Command::new(bin())
+        .args(["ingest", "--brokers", "127.0.0.1:1"])
+        .env("FLOWAUDIT_WAREHOUSE", dir.path().join("wh"))
+        .env("FLOWAUDIT_POLICY", dir.path().join("no-such-policy"))
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no-such-policy/networks.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generate_is_deterministic_and_lists_the_planted_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    for run in ["a", "b"] {
+        let mut c = Command::new(bin());
+        c.args([
+            "generate",
+            "--date",
+            "2026-11-21",
+            "--seed",
+            "7",
+            "--events",
+            "800",
+            "--flows",
+            "3000",
+        ])
+        .arg("--out")
+        .arg(dir.path().join(run))
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"));
+        run_ok(c);
+    }
+    for f in ["gateway.jsonl", "flows.jsonl", "planted.json"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("a").join(f)).unwrap(),
+            std::fs::read(dir.path().join("b").join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    let planted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/planted.json")).unwrap()).unwrap();
+    let kinds: Vec<&str> = planted["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "transfer_no_legal_basis",
+        "access_from_unapproved_location",
+        "gateway_bypass",
+        "export_without_approval",
+        "volume_spike",
+        "repeated_denials",
+        "exporter_silent",
+    ] {
+        assert!(kinds.contains(&k), "{k} not planted: {kinds:?}");
+    }
+    let gw = std::fs::read_to_string(dir.path().join("a/gateway.jsonl")).unwrap();
+    assert!(gw.lines().count() >= 800);
+    assert!(gw
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}

@@ -1,0 +1,115 @@
+//! kill -9 at random moments while data flows; after a final run every event is present exactly
+//! once.
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowaudit_ingest::generate::Message;
+use rand::{Rng, SeedableRng};
+
+use crate::support::*;
+
+fn event(id: &str, i: u64) -> Message {
+    let ts_us = 1_795_255_200_000_000 + (i as i64) * 37_000_000; // 2026-11-21T10:00Z onwards, across hours
+    let payload = serde_json::json!({
+        "event_id": id, "ts": flowaudit_ingest::decode::fmt_us(ts_us), "gateway_id": format!("gw-{}", i % 3),
+        "employee_id": format!("e{}", 1000 + i % 40), "employee_country": "DE", "role": "analyst",
+        "data_category": "allowable", "action": "read", "decision": "allow", "approval_ticket": null,
+        "session_id": format!("s-{}", i / 5), "records": i % 100, "bytes": i * 10, "dst_ip": "31.10.0.1"
+    });
+    Message {
+        key: format!("gw-{}", i % 3),
+        payload: serde_json::to_vec(&payload).unwrap(),
+        ts_us,
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let s = Setup::new(4);
+    let produced = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (topic, produced, stop) = (s.gateway_topic.clone(), produced.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<Message> = (i..i + 400)
+                    .map(|n| event(&format!("crash-{n:07}"), n))
+                    .collect();
+                flowaudit_ingest::produce::produce(&brokers(), &topic, &batch).unwrap();
+                produced
+                    .lock()
+                    .unwrap()
+                    .extend((i..i + 400).map(|n| format!("crash-{n:07}")));
+                i += 400;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(std::process::id() as u64);
+    let manifest = s.warehouse().join("_manifest/manifest.jsonl");
+    let size = || std::fs::metadata(&manifest).map(|m| m.len()).unwrap_or(0);
+    let mut kills_after_progress = 0;
+    for round in 0..12 {
+        let mut c = s.ingest();
+        c.args(["--flush-interval-ms", "150", "--max-file-rows", "300"]);
+        let mut p = Running::spawn(c);
+        // Let it join and start recording, then kill it at a random moment of its work.
+        let before = size();
+        let t = Instant::now();
+        while size() == before && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if size() > before {
+            kills_after_progress += 1;
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..1200)));
+        p.child.kill().unwrap(); // SIGKILL
+        let st = p.wait(Duration::from_secs(10));
+        assert!(
+            !st.success(),
+            "round {round}: the process should have been killed"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    producer.join().unwrap();
+    assert!(
+        kills_after_progress >= 10,
+        "only {kills_after_progress} kills landed while data was being recorded"
+    );
+
+    let mut c = s.ingest();
+    c.arg("--until-caught-up");
+    run_ok(c);
+
+    let expected: BTreeSet<String> = produced.lock().unwrap().iter().cloned().collect();
+    let facts = pyarrow(&s.warehouse());
+    let ids: Vec<String> =
+        serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "{} duplicate rows",
+        ids.len() - unique.len()
+    );
+    let missing: Vec<_> = expected.difference(&unique).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events lost, e.g. {missing:?}",
+        expected.len() - unique.len()
+    );
+    assert_eq!(unique, expected);
+    assert_eq!(facts["gateway_events"]["provenance_unique"], true);
+    assert_manifest_matches_files(&s.warehouse());
+    let staging = std::fs::read_dir(s.warehouse().join("_staging"))
+        .unwrap()
+        .count();
+    assert!(
+        staging <= 1,
+        "dead writers' staging directories are cleaned up ({staging} left)"
+    );
+}

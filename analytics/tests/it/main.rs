@@ -1,0 +1,10 @@
+//! End-to-end tests of the `flowaudit` binary against a real Kafka-protocol broker process (Tansu,
+//! started by `make test`), with Parquet checked by an independent reader (pyarrow).
+mod support;
+
+mod cli;
+mod crash;
+mod group;
+mod ingest_e2e;
+mod malformed;
+mod signals;

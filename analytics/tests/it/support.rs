@@ -1,0 +1,221 @@
+//! Shared test plumbing: the real broker `make test` starts, unique names, the flowaudit binary,
+//! and the independent Parquet reader (pyarrow).
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The Kafka-protocol broker started by `make test` (scripts/with-broker.sh).
+pub fn brokers() -> String {
+    std::env::var("FLOWAUDIT_TEST_BROKERS")
+        .expect("FLOWAUDIT_TEST_BROKERS is not set: run the tests with `make test`, which starts a Tansu broker")
+}
+
+pub fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flowaudit")
+}
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Topics, group and warehouse of one test.
+pub struct Setup {
+    pub gateway_topic: String,
+    pub flow_topic: String,
+    pub group: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new(partitions: i32) -> Self {
+        let s = Self {
+            gateway_topic: unique("gw"),
+            flow_topic: unique("fl"),
+            group: unique("grp"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        flowaudit_ingest::produce::ensure_topics(
+            &brokers(),
+            &[&s.gateway_topic, &s.flow_topic],
+            partitions,
+        )
+        .unwrap();
+        s
+    }
+
+    pub fn warehouse(&self) -> PathBuf {
+        self.dir.path().join("warehouse")
+    }
+
+    /// `flowaudit ingest` for this setup (add `--until-caught-up` or not).
+    pub fn ingest(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.args(["ingest", "--brokers", &brokers(), "--group", &self.group])
+            .args([
+                "--gateway-topic",
+                &self.gateway_topic,
+                "--flow-topic",
+                &self.flow_topic,
+            ])
+            .arg("--warehouse")
+            .arg(self.warehouse())
+            .arg("--policy")
+            .arg(repo("fixtures/policy"))
+            .arg("--geoip")
+            .arg(repo("fixtures/geoip/ranges.csv"))
+            .args(["--session-timeout-ms", "6000", "--idle-ms", "4000"])
+            .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+            .env_remove("FLOWAUDIT_CONFIG");
+        c
+    }
+
+    pub fn produce_gateway(&self, msgs: &[flowaudit_ingest::generate::Message]) {
+        flowaudit_ingest::produce::produce(&brokers(), &self.gateway_topic, msgs).unwrap();
+    }
+}
+
+/// Run a command to completion; panic with its output unless it exits 0.
+pub fn run_ok(mut c: Command) -> (String, String) {
+    let out = c.output().expect("spawn");
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "{c:?} exited {:?}\nstdout:\n{so}\nstderr:\n{se}",
+        out.status
+    );
+    (so, se)
+}
+
+/// A running child whose stderr is collected in the background.
+pub struct Running {
+    pub child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    pub fn spawn(mut c: Command) -> Self {
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self { child, stderr }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle` (panics after `timeout`).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let t = Instant::now();
+        while !self.log().contains(needle) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "process exited {st:?} before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "no {needle:?} in the log after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "process still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Read the warehouse with pyarrow (an independent reader) and return its JSON report.
+pub fn pyarrow(warehouse: &Path) -> Value {
+    let py = std::env::var("FLOWAUDIT_PYTHON")
+        .expect("FLOWAUDIT_PYTHON is not set: run the tests with `make test`");
+    let out = Command::new(py)
+        .arg(repo("scripts/check_parquet.py"))
+        .arg(warehouse)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "check_parquet.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json from check_parquet.py")
+}
+
+/// Rows recorded in the manifest, per table.
+pub fn manifest_rows(warehouse: &Path, table: &str) -> u64 {
+    flowaudit_ingest::manifest::read_entries(warehouse)
+        .unwrap()
+        .iter()
+        .filter(|e| e.table == table)
+        .map(|e| e.rows)
+        .sum()
+}
+
+/// Assert that every manifest entry's file exists with the recorded SHA-256.
+pub fn assert_manifest_matches_files(warehouse: &Path) {
+    for e in flowaudit_ingest::manifest::read_entries(warehouse).unwrap() {
+        let p = warehouse.join(&e.path);
+        assert_eq!(
+            flowaudit_ingest::writer::sha256_file(&p).unwrap(),
+            e.sha256,
+            "{}",
+            e.path
+        );
+    }
+}
