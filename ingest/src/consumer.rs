@@ -29,7 +29,7 @@ use crate::{flow, gateway};
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
 /// for what was committed; `skipped_recorded` counts re-delivered messages already recorded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct IngestSummary {
     pub consumed: u64,
     pub written_gateway: u64,
@@ -44,6 +44,9 @@ pub struct IngestSummary {
     pub manifest_seq: u64,
     pub manifest_head: String,
     pub repairs: Vec<Repair>,
+    /// Seconds from the first message received to everything recorded (excludes group join and
+    /// the caught-up wait): the basis of throughput figures.
+    pub busy_secs: f64,
 }
 
 impl IngestSummary {
@@ -131,6 +134,8 @@ struct Ingestor<'c> {
     eof: HashSet<i32>,
     last_msg: Instant,
     last_assign: Instant,
+    first_msg: Option<Instant>,
+    last_commit: Option<Instant>,
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
@@ -185,6 +190,8 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         eof: HashSet::new(),
         last_msg: now,
         last_assign: now,
+        first_msg: None,
+        last_commit: None,
     };
     let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
     let mut last_progress = Instant::now();
@@ -247,6 +254,9 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     let (seq, head) = ing.manifest.head();
     ing.summary.manifest_seq = seq;
     ing.summary.manifest_head = head.to_string();
+    if let (Some(a), Some(b)) = (ing.first_msg, ing.last_commit) {
+        ing.summary.busy_secs = b.saturating_duration_since(a).as_secs_f64();
+    }
     Ok(ing.summary)
 }
 
@@ -327,6 +337,7 @@ impl Ingestor<'_> {
     fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<()> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         self.last_msg = Instant::now();
+        self.first_msg.get_or_insert(self.last_msg);
         self.eof.remove(&partition);
         let idx = self.state_index(topic, partition)?;
         let st = &mut self.parts[idx];
@@ -541,6 +552,7 @@ impl Ingestor<'_> {
                 }
                 s.files += staged.len() as u64;
                 s.commits += 1;
+                self.last_commit = Some(Instant::now());
                 info!(
                     topic,
                     partition,

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod config;
 pub mod consumer;
+pub mod convert;
 pub mod decode;
 pub mod error;
 pub mod flow;
