@@ -40,6 +40,10 @@ test: build venv ## Unit and integration tests against a real Kafka-protocol bro
 	scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_BIN=$(BIN) \
 		$(CARGO) test --workspace -- --test-threads 2
 
+bench: deps venv ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
+	$(CARGO) build --release --bins
+	$(PY) scripts/bench.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
+
 fmt: ## Format the code
 	$(CARGO) fmt --all
 

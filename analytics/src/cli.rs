@@ -92,6 +92,9 @@ pub struct GenerateArgs {
     /// Malformed messages to mix in (they go to the quarantine).
     #[arg(long, default_value_t = 0)]
     pub malformed: usize,
+    /// Encode every flow in one format (flowaudit, goflow2, zeek) instead of each exporter's own.
+    #[arg(long, value_parser = ["flowaudit", "goflow2", "zeek"])]
+    pub flow_format: Option<String>,
     /// Topic for gateway events.
     #[arg(
         long,
@@ -244,6 +247,7 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
         events: a.events,
         flows: a.flows,
         malformed: a.malformed,
+        flow_format: a.flow_format,
     };
     let gen = generate::generate(&opts).context("generating traffic")?;
     if let Some(out) = &a.out {

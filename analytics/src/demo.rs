@@ -50,6 +50,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         events: 4000,
         flows: 30000,
         malformed: 24,
+        flow_format: None,
     };
     let gen = generate::generate(&opts).context("generating traffic")?;
     generate::write_jsonl(&gen, &input)?;

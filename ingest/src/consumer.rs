@@ -44,8 +44,9 @@ pub struct IngestSummary {
     pub manifest_seq: u64,
     pub manifest_head: String,
     pub repairs: Vec<Repair>,
-    /// Seconds from the first message received to everything recorded (excludes group join and
-    /// the caught-up wait): the basis of throughput figures.
+    /// Seconds from the first message received to the last, plus the final write-and-record
+    /// (excludes group join and the quiet wait that detects "caught up"): the basis of
+    /// throughput figures.
     pub busy_secs: f64,
 }
 
@@ -135,7 +136,6 @@ struct Ingestor<'c> {
     last_msg: Instant,
     last_assign: Instant,
     first_msg: Option<Instant>,
-    last_commit: Option<Instant>,
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
@@ -191,7 +191,6 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         last_msg: now,
         last_assign: now,
         first_msg: None,
-        last_commit: None,
     };
     let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
     let mut last_progress = Instant::now();
@@ -248,14 +247,16 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     // On an error the buffered data is not recorded and its offsets do not advance: the next run
     // reads it again. Otherwise write and record everything before exiting.
     result?;
+    let final_flush = Instant::now();
     ing.flush_all(&consumer)?;
+    let final_flush = final_flush.elapsed();
     ing.commit_kafka_offsets(&consumer, CommitMode::Sync);
     ing.summary.repairs.extend(ing.manifest.take_repairs());
     let (seq, head) = ing.manifest.head();
     ing.summary.manifest_seq = seq;
     ing.summary.manifest_head = head.to_string();
-    if let (Some(a), Some(b)) = (ing.first_msg, ing.last_commit) {
-        ing.summary.busy_secs = b.saturating_duration_since(a).as_secs_f64();
+    if let Some(first) = ing.first_msg {
+        ing.summary.busy_secs = (ing.last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
     }
     Ok(ing.summary)
 }
@@ -552,7 +553,6 @@ impl Ingestor<'_> {
                 }
                 s.files += staged.len() as u64;
                 s.commits += 1;
-                self.last_commit = Some(Instant::now());
                 info!(
                     topic,
                     partition,

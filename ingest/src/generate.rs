@@ -34,6 +34,10 @@ pub struct GenerateOptions {
     pub flows: usize,
     /// Malformed messages to mix in (for demos of the quarantine).
     pub malformed: usize,
+    /// Encode every flow in this format (`flowaudit`, `goflow2`, `zeek`) instead of each
+    /// exporter's own; goflow2 then always writes integer nanoseconds. For benchmarks whose
+    /// baselines need one schema per file.
+    pub flow_format: Option<String>,
 }
 
 /// Which stream a message belongs to.
@@ -529,7 +533,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
 
     let gateway_n = g.gateway.len();
     let flow_n = g.flows.len();
-    let (flows, seq_gap) = encode_flows(&mut g, &networks)?;
+    let (flows, seq_gap) = encode_flows(&mut g, &networks, opts.flow_format.as_deref())?;
     let mut gateway: Vec<Message> = g
         .gateway
         .drain(..)
@@ -804,7 +808,12 @@ fn plant_violations(
 
 /// Assign exporters and sequence numbers in time order and encode each flow in its exporter's
 /// format. Plants a silent exporter and a sequence gap; returns the gap's planted entry.
-fn encode_flows(g: &mut Gen<'_>, networks: &Networks) -> Result<(Vec<Message>, Option<Planted>)> {
+fn encode_flows(g: &mut Gen<'_>, networks: &Networks, force: Option<&str>) -> Result<(Vec<Message>, Option<Planted>)> {
+    if let Some(f) = force {
+        if !["flowaudit", "goflow2", "zeek"].contains(&f) {
+            return Err(Error::Config(format!("flow format \"{f}\" is not one of flowaudit, goflow2, zeek")));
+        }
+    }
     let exporters = &networks.exporters;
     let mut flows = std::mem::take(&mut g.flows);
     flows.sort_by_key(|f| f.ts_us);
@@ -835,10 +844,10 @@ fn encode_flows(g: &mut Gen<'_>, networks: &Networks) -> Result<(Vec<Message>, O
         seq[e] += 1;
         let ex = &exporters[e];
         let etype = if f.src.is_ipv6() { "IPv6" } else { "IPv4" };
-        let payload = match ex.format.as_str() {
+        let payload = match force.unwrap_or(ex.format.as_str()) {
             "goflow2" => {
                 let recv_ns = (f.ts_us + f.dur_us) * 1000 + 1_200_000_000;
-                let recv = if e % 2 == 1 {
+                let recv = if e % 2 == 1 && force.is_none() {
                     json!(iso(recv_ns / 1000))
                 } else {
                     json!(recv_ns)

@@ -17,6 +17,7 @@ fn two_processes_split_the_partitions_and_write_everything_once() {
         events: 2000,
         flows: 8000,
         malformed: 0,
+        flow_format: None,
     })
     .unwrap();
     // Spread the events over all partitions (the generator keys by gateway).

@@ -20,6 +20,7 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
         events: 1500,
         flows: 6000,
         malformed: 9,
+        flow_format: None,
     })
     .unwrap();
     s.produce_gateway(&gen.gateway);

