@@ -57,6 +57,9 @@ pub struct ConvertArgs {
     /// zstd level, 1–22.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub zstd_level: i32,
+    /// Decoding threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -278,12 +281,33 @@ fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
     use flowaudit_ingest::batch::Enricher;
     use flowaudit_ingest::schema::Table;
     let networks = flowaudit_ingest::networks::Networks::load(&a.policy)?;
-    let geoip = a.geoip.as_deref().map(flowaudit_ingest::geoip::GeoIp::open).transpose()?;
-    let table = if a.table == "flows" { Table::Flows } else { Table::GatewayEvents };
-    let settings = flowaudit_ingest::writer::ParquetSettings { zstd_level: a.zstd_level, ..Default::default() };
+    let geoip = a
+        .geoip
+        .as_deref()
+        .map(flowaudit_ingest::geoip::GeoIp::open)
+        .transpose()?;
+    let table = if a.table == "flows" {
+        Table::Flows
+    } else {
+        Table::GatewayEvents
+    };
+    let settings = flowaudit_ingest::writer::ParquetSettings {
+        zstd_level: a.zstd_level,
+        ..Default::default()
+    };
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t = std::time::Instant::now();
-    let s = flowaudit_ingest::convert::convert_jsonl(&a.input, table, &Enricher { geoip, networks }, &a.out, &settings)
-        .with_context(|| format!("converting {}", a.input.display()))?;
+    let s = flowaudit_ingest::convert::convert_jsonl(
+        &a.input,
+        table,
+        &Enricher { geoip, networks },
+        &a.out,
+        &settings,
+        threads,
+    )
+    .with_context(|| format!("converting {}", a.input.display()))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "convert: {} lines -> {} rows in {} ({} bytes, sha256 {}) in {secs:.3} s: {:.0} rows/s, {:.1} MB/s of JSON; rejected {:?}",

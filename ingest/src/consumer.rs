@@ -60,6 +60,8 @@ impl IngestSummary {
 /// Rebalance events, recorded by the callback (inside `poll`) and applied by the loop after it.
 #[derive(Default)]
 struct Ctx {
+    /// Set when `changed` has entries, so the loop need not take the lock per message.
+    dirty: std::sync::atomic::AtomicBool,
     changed: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<HashSet<(String, i32)>>,
 }
@@ -86,6 +88,7 @@ impl ConsumerContext for Ctx {
                 let tp = (e.topic().to_string(), e.partition());
                 assigned.remove(&tp);
                 self.changed.lock().expect("lock").push(tp);
+                self.dirty.store(true, Ordering::Release);
             }
         }
     }
@@ -97,6 +100,7 @@ impl ConsumerContext for Ctx {
                 info!(topic = %tp.0, partition = tp.1, "partition assigned");
                 assigned.insert(tp.clone());
                 self.changed.lock().expect("lock").push(tp);
+                self.dirty.store(true, Ordering::Release);
             }
         }
     }
@@ -121,6 +125,8 @@ struct PartState {
     partition: i32,
     /// Offsets below this are already recorded in the manifest.
     next_offset: i64,
+    /// One past the highest offset received (recorded or not).
+    seen: i64,
     buf: Option<PartBuffer>,
 }
 
@@ -132,10 +138,36 @@ struct Ingestor<'c> {
     parts: Vec<PartState>,
     buffered_bytes: usize,
     summary: IngestSummary,
-    eof: HashSet<i32>,
     last_msg: Instant,
     last_assign: Instant,
     first_msg: Option<Instant>,
+}
+
+/// How often the loop checks flush deadlines, progress and "caught up".
+const TICK: Duration = Duration::from_millis(50);
+
+/// The (low, high) watermarks librdkafka cached for a partition: high from the last fetch
+/// response (`None` before the first), low when known (else -1).
+fn cached_watermarks(
+    consumer: &BaseConsumer<Ctx>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: a valid client handle and NUL-terminated topic; librdkafka only writes the two
+    // out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low, high))
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
@@ -146,7 +178,11 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
+        .set("enable.partition.eof", "false")
+        .set("fetch.message.max.bytes", "8388608")
+        .set("fetch.max.bytes", "67108864")
+        .set("fetch.wait.max.ms", "50")
+        .set("queued.max.messages.kbytes", "65536")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("receive.message.max.bytes", "209715200")
@@ -187,7 +223,6 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         parts: Vec::new(),
         buffered_bytes: 0,
         summary: IngestSummary::default(),
-        eof: HashSet::new(),
         last_msg: now,
         last_assign: now,
         first_msg: None,
@@ -196,25 +231,33 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     let mut last_progress = Instant::now();
     let mut last_consumed = 0u64;
     let mut warned_unassigned = false;
+    let mut next_tick = Instant::now();
     let result = loop {
         if shutdown.load(Ordering::Relaxed) {
             info!("shutdown requested: writing and recording what is buffered");
             break Ok(());
         }
         let polled = consumer.poll(Duration::from_millis(100));
-        ing.apply_rebalance(&consumer);
+        if consumer.context().dirty.swap(false, Ordering::AcqRel) {
+            ing.apply_rebalance(&consumer);
+        }
+        let mut queue_drained = false;
         match polled {
-            None => {}
+            None => queue_drained = true,
             Some(Ok(msg)) => {
                 if let Err(e) = ing.handle(&msg) {
                     break Err(e);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                ing.eof.insert(p);
-            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => warn!(error = %e, "kafka consume error; retrying"),
         }
+        // Housekeeping runs on a tick, not per message (or when the queue is empty).
+        let now = Instant::now();
+        if now < next_tick && !queue_drained {
+            continue;
+        }
+        next_tick = now + TICK;
         if let Err(e) = ing.flush_due(&consumer) {
             break Err(e);
         }
@@ -238,9 +281,15 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
                     warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
                     warned_unassigned = true;
                 }
-            } else if ing.caught_up(&assigned) {
-                info!("caught up with the topics");
-                break Ok(());
+            } else if queue_drained {
+                match ing.caught_up(&consumer, &assigned) {
+                    Ok(true) => {
+                        info!("caught up with the topics");
+                        break Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
             }
         }
     };
@@ -256,7 +305,8 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     ing.summary.manifest_seq = seq;
     ing.summary.manifest_head = head.to_string();
     if let Some(first) = ing.first_msg {
-        ing.summary.busy_secs = (ing.last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
+        ing.summary.busy_secs =
+            (ing.last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
     }
     Ok(ing.summary)
 }
@@ -301,11 +351,47 @@ impl Ingestor<'_> {
         }
     }
 
-    fn caught_up(&self, assigned: &HashSet<(String, i32)>) -> bool {
+    /// Caught up: the local queue was drained by the last poll, and every assigned partition's
+    /// position is at or past the high watermark librdkafka cached from the last fetch response
+    /// (no extra request, and no reliance on ListOffsets, which some brokers answer wrongly).
+    /// As a safety net, `idle_ms` without any message also ends the run, with a warning.
+    fn caught_up(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        assigned: &HashSet<(String, i32)>,
+    ) -> Result<bool> {
         let quiet = self.last_msg.elapsed();
-        let all_eof = assigned.iter().all(|(_, p)| self.eof.contains(p));
-        (all_eof && quiet >= Duration::from_millis(500))
-            || quiet >= Duration::from_millis(self.cfg.idle_ms)
+        if quiet < Duration::from_millis(200) {
+            return Ok(false);
+        }
+        for (topic, partition) in assigned {
+            let Some((low, high)) = cached_watermarks(consumer, topic, *partition) else {
+                if quiet >= Duration::from_millis(self.cfg.idle_ms) {
+                    warn!(
+                        topic,
+                        partition,
+                        quiet_ms = quiet.as_millis() as u64,
+                        "no high watermark known for a partition; stopping after the idle timeout"
+                    );
+                    return Ok(true);
+                }
+                return Ok(false);
+            };
+            let idx = self.state_index(topic, *partition)?;
+            // Nothing received and nothing recorded: the partition starts at its low watermark.
+            let pos = self.parts[idx]
+                .seen
+                .max(self.parts[idx].next_offset)
+                .max(low.max(0));
+            if pos < high {
+                if quiet >= Duration::from_millis(self.cfg.idle_ms) {
+                    warn!(topic, partition, position = pos, high_watermark = high, "partition did not reach its high watermark within the idle timeout; stopping");
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn state_index(&mut self, topic: &str, partition: i32) -> Result<usize> {
@@ -330,6 +416,7 @@ impl Ingestor<'_> {
             topic: topic.to_string(),
             partition,
             next_offset: next,
+            seen: i64::MIN,
             buf: None,
         });
         Ok(self.parts.len() - 1)
@@ -339,9 +426,9 @@ impl Ingestor<'_> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         self.last_msg = Instant::now();
         self.first_msg.get_or_insert(self.last_msg);
-        self.eof.remove(&partition);
         let idx = self.state_index(topic, partition)?;
         let st = &mut self.parts[idx];
+        st.seen = st.seen.max(offset + 1);
         if offset < st.next_offset {
             self.summary.skipped_recorded += 1;
             return Ok(());

@@ -808,10 +808,16 @@ fn plant_violations(
 
 /// Assign exporters and sequence numbers in time order and encode each flow in its exporter's
 /// format. Plants a silent exporter and a sequence gap; returns the gap's planted entry.
-fn encode_flows(g: &mut Gen<'_>, networks: &Networks, force: Option<&str>) -> Result<(Vec<Message>, Option<Planted>)> {
+fn encode_flows(
+    g: &mut Gen<'_>,
+    networks: &Networks,
+    force: Option<&str>,
+) -> Result<(Vec<Message>, Option<Planted>)> {
     if let Some(f) = force {
         if !["flowaudit", "goflow2", "zeek"].contains(&f) {
-            return Err(Error::Config(format!("flow format \"{f}\" is not one of flowaudit, goflow2, zeek")));
+            return Err(Error::Config(format!(
+                "flow format \"{f}\" is not one of flowaudit, goflow2, zeek"
+            )));
         }
     }
     let exporters = &networks.exporters;

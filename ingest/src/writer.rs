@@ -73,17 +73,39 @@ pub struct ParquetSink {
 
 impl ParquetSink {
     /// Create `path` (it must not exist) for batches of `schema`.
-    pub fn create(path: &Path, schema: arrow::datatypes::SchemaRef, settings: &ParquetSettings, metadata: Vec<(String, String)>) -> Result<Self> {
-        let level = ZstdLevel::try_new(settings.zstd_level).map_err(|e| Error::Config(format!("zstd level: {e}")))?;
+    pub fn create(
+        path: &Path,
+        schema: arrow::datatypes::SchemaRef,
+        settings: &ParquetSettings,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let level = ZstdLevel::try_new(settings.zstd_level)
+            .map_err(|e| Error::Config(format!("zstd level: {e}")))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(settings.row_group_rows.max(1)))
-            .set_key_value_metadata(Some(metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect()))
+            .set_key_value_metadata(Some(
+                metadata
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k, v))
+                    .collect(),
+            ))
             .set_created_by(format!("flowaudit {}", env!("CARGO_PKG_VERSION")))
             .build();
-        let file = File::options().write(true).create_new(true).open(path).map_err(io_err("create", path))?;
-        let out = Hashing { inner: BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-        Ok(Self { path: path.to_path_buf(), writer: ArrowWriter::try_new(out, schema, Some(props))? })
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io_err("create", path))?;
+        let out = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: ArrowWriter::try_new(out, schema, Some(props))?,
+        })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -95,14 +117,23 @@ impl ParquetSink {
         let path = self.path;
         let mut out = self.writer.into_inner()?;
         out.flush().map_err(io_err("write", &path))?;
-        let file = out.inner.into_inner().map_err(|e| Error::Io { op: "write", path: path.clone(), source: e.into_error() })?;
+        let file = out.inner.into_inner().map_err(|e| Error::Io {
+            op: "write",
+            path: path.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_err("fsync", &path))?;
         Ok((hex::encode(out.hasher.finalize()), out.bytes))
     }
 }
 
 /// Write `batch` to `path` (created new), returning its SHA-256 and size. The file is fsynced.
-pub fn write_parquet(path: &Path, batch: &RecordBatch, settings: &ParquetSettings, metadata: Vec<(String, String)>) -> Result<(String, u64)> {
+pub fn write_parquet(
+    path: &Path,
+    batch: &RecordBatch,
+    settings: &ParquetSettings,
+    metadata: Vec<(String, String)>,
+) -> Result<(String, u64)> {
     let mut sink = ParquetSink::create(path, batch.schema(), settings, metadata)?;
     sink.write(batch)?;
     sink.finish()
