@@ -1,10 +1,12 @@
-//! The ingest loop: poll Kafka, decode, buffer per partition, write, record, then commit offsets.
+//! The ingest loop: poll Kafka, decode, buffer per partition, hand full buffers to the
+//! [committer](crate::committer) (write, record), then let offsets advance.
 //!
 //! Offsets come from the manifest, never from Kafka alone: messages below the manifest's next
 //! offset for their partition are skipped (they are already recorded). Kafka's committed offsets
 //! follow the manifest so that consumer lag can be monitored with the usual tools.
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,18 +19,18 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::batch::{Enricher, Provenance, Rows};
+use crate::committer::{self, Counts, Job, Outcome};
 use crate::config::IngestConfig;
 use crate::decode::{self, Reject, RejectCode};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::geoip::GeoIp;
-use crate::manifest::{CommitOutcome, Covers, Manifest, Repair};
+use crate::manifest::{Manifest, Repair};
 use crate::networks::Networks;
-use crate::schema::{Table, SCHEMA_VERSION};
-use crate::writer::{write_parquet, StagedFile};
+use crate::schema::Table;
 use crate::{flow, gateway};
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
-/// for what was committed; `skipped_recorded` counts re-delivered messages already recorded.
+/// for what was recorded; `skipped_recorded` counts re-delivered messages already recorded.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IngestSummary {
     pub consumed: u64,
@@ -61,7 +63,7 @@ impl IngestSummary {
 #[derive(Default)]
 struct Ctx {
     /// Set when `changed` has entries, so the loop need not take the lock per message.
-    dirty: std::sync::atomic::AtomicBool,
+    dirty: AtomicBool,
     changed: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<HashSet<(String, i32)>>,
 }
@@ -74,7 +76,7 @@ impl ClientContext for Ctx {
                 Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
             )
         {
-            return; // end of a partition: handled by the poll loop, not an error
+            return;
         }
         warn!(%error, reason, "kafka client error; librdkafka keeps retrying with backoff");
     }
@@ -86,6 +88,7 @@ impl ConsumerContext for Ctx {
             let mut assigned = self.assigned.lock().expect("lock");
             for e in tpl.elements() {
                 let tp = (e.topic().to_string(), e.partition());
+                info!(topic = %tp.0, partition = tp.1, "partition revoked");
                 assigned.remove(&tp);
                 self.changed.lock().expect("lock").push(tp);
                 self.dirty.store(true, Ordering::Release);
@@ -113,17 +116,15 @@ struct PartBuffer {
     last_offset: i64,
     opened: Instant,
     bytes: usize,
-    msgs: u64,
-    gateway: u64,
-    flows: u64,
-    quarantined: u64,
-    reasons: BTreeMap<&'static str, u64>,
+    counts: Counts,
 }
 
 struct PartState {
     topic: String,
     partition: i32,
-    /// Offsets below this are already recorded in the manifest.
+    /// This incarnation of the partition (new after a rebalance or a rewind).
+    epoch: u64,
+    /// Offsets below this are recorded, or buffered/in flight to be.
     next_offset: i64,
     /// One past the highest offset received (recorded or not).
     seen: i64,
@@ -133,8 +134,11 @@ struct PartState {
 struct Ingestor<'c> {
     cfg: &'c IngestConfig,
     enricher: Enricher,
-    geoip_sha: Option<String>,
-    manifest: Manifest,
+    manifest: Arc<Mutex<Manifest>>,
+    jobs: SyncSender<Job>,
+    outcomes: Receiver<Result<Outcome>>,
+    in_flight: usize,
+    next_epoch: u64,
     parts: Vec<PartState>,
     buffered_bytes: usize,
     summary: IngestSummary,
@@ -171,6 +175,7 @@ fn cached_watermarks(
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
+/// The prefetch queue (`queued.max.messages.kbytes`, 128 MiB) is part of ingest's memory bound.
 pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
@@ -179,12 +184,13 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
         .set("fetch.message.max.bytes", "8388608")
         .set("fetch.max.bytes", "67108864")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "65536")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+        .set("queued.min.messages", "500000")
+        .set("queued.max.messages.kbytes", "131072")
         .set("receive.message.max.bytes", "209715200")
         .set("client.id", "flowaudit-ingest");
     for (k, v) in &cfg.kafka {
@@ -207,117 +213,169 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     }
     let geoip_sha = geoip.as_ref().map(|g| g.identity().sha256.clone());
     let manifest = Manifest::open(&cfg.warehouse)?;
-    let (seq, head) = manifest.head();
-    info!(warehouse = %cfg.warehouse.display(), seq, head = %head, writer = manifest.writer_id(), "manifest opened");
+    {
+        let (seq, head) = manifest.head();
+        info!(warehouse = %cfg.warehouse.display(), seq, head = %head, writer = manifest.writer_id(), "manifest opened");
+    }
+    let manifest = Arc::new(Mutex::new(manifest));
 
     let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(Ctx::default())?;
     consumer.subscribe(&[&cfg.gateway_topic, &cfg.flow_topic])?;
     info!(brokers = %cfg.brokers, group = %cfg.group, topics = ?[&cfg.gateway_topic, &cfg.flow_topic], "subscribed");
 
-    let now = Instant::now();
-    let mut ing = Ingestor {
-        cfg,
-        enricher: Enricher { geoip, networks },
-        geoip_sha,
-        manifest,
-        parts: Vec::new(),
-        buffered_bytes: 0,
-        summary: IngestSummary::default(),
-        last_msg: now,
-        last_assign: now,
-        first_msg: None,
-    };
-    let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
-    let mut last_progress = Instant::now();
-    let mut last_consumed = 0u64;
-    let mut warned_unassigned = false;
-    let mut next_tick = Instant::now();
-    let result = loop {
-        if shutdown.load(Ordering::Relaxed) {
-            info!("shutdown requested: writing and recording what is buffered");
-            break Ok(());
-        }
-        let polled = consumer.poll(Duration::from_millis(100));
-        if consumer.context().dirty.swap(false, Ordering::AcqRel) {
-            ing.apply_rebalance(&consumer);
-        }
-        let mut queue_drained = false;
-        match polled {
-            None => queue_drained = true,
-            Some(Ok(msg)) => {
-                if let Err(e) = ing.handle(&msg) {
-                    break Err(e);
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => warn!(error = %e, "kafka consume error; retrying"),
-        }
-        // Housekeeping runs on a tick, not per message (or when the queue is empty).
+    // One job queued and one being written at most: bounds the memory of buffers in flight.
+    let (job_tx, job_rx) = sync_channel::<Job>(1);
+    let (out_tx, out_rx) = channel();
+    std::thread::scope(|scope| {
+        let m = manifest.clone();
+        let settings = cfg.parquet.clone();
+        let committer = scope.spawn(move || committer::run(job_rx, out_tx, m, settings, geoip_sha));
         let now = Instant::now();
-        if now < next_tick && !queue_drained {
-            continue;
+        let mut ing = Ingestor {
+            cfg,
+            enricher: Enricher { geoip, networks },
+            manifest: manifest.clone(),
+            jobs: job_tx,
+            outcomes: out_rx,
+            in_flight: 0,
+            next_epoch: 0,
+            parts: Vec::new(),
+            buffered_bytes: 0,
+            summary: IngestSummary::default(),
+            last_msg: now,
+            last_assign: now,
+            first_msg: None,
+        };
+        let result = ing.consume(&consumer, &shutdown).and_then(|()| {
+            // Write and record everything before exiting. (On an error, buffered data is not
+            // recorded and its offsets do not advance: the next run reads it again.)
+            let t = Instant::now();
+            ing.flush_all()?;
+            ing.drain(&consumer, true)?;
+            Ok(t.elapsed())
+        });
+        let Ingestor {
+            jobs,
+            summary,
+            first_msg,
+            last_msg,
+            parts,
+            ..
+        } = ing;
+        drop(jobs);
+        committer.join().expect("committer thread");
+        let final_flush = result?;
+        let mut summary = summary;
+        commit_kafka_offsets(&consumer, &parts, CommitMode::Sync);
+        let mut m = manifest.lock().expect("manifest lock");
+        summary.repairs.extend(m.take_repairs());
+        let (seq, head) = m.head();
+        summary.manifest_seq = seq;
+        summary.manifest_head = head.to_string();
+        if let Some(first) = first_msg {
+            summary.busy_secs =
+                (last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
         }
-        next_tick = now + TICK;
-        if let Err(e) = ing.flush_due(&consumer) {
-            break Err(e);
-        }
-        if last_progress.elapsed() >= progress {
-            let c = ing.summary.consumed + ing.buffered_msgs();
-            info!(
-                consumed = c,
-                rate_per_s =
-                    ((c - last_consumed) as f64 / last_progress.elapsed().as_secs_f64()) as u64,
-                committed_files = ing.summary.files,
-                buffered_bytes = ing.buffered_bytes,
-                "progress"
-            );
-            last_consumed = c;
-            last_progress = Instant::now();
-        }
-        if cfg.until_caught_up {
-            let assigned = consumer.context().assigned.lock().expect("lock").clone();
-            if assigned.is_empty() {
-                if !warned_unassigned && ing.last_assign.elapsed() > Duration::from_secs(30) {
-                    warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
-                    warned_unassigned = true;
-                }
-            } else if queue_drained {
-                match ing.caught_up(&consumer, &assigned) {
-                    Ok(true) => {
-                        info!("caught up with the topics");
-                        break Ok(());
-                    }
-                    Ok(false) => {}
-                    Err(e) => break Err(e),
-                }
+        Ok(summary)
+    })
+}
+
+fn commit_partition(
+    c: &BaseConsumer<Ctx>,
+    topic: &str,
+    partition: i32,
+    next: i64,
+    mode: CommitMode,
+) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(next))
+        .is_ok()
+    {
+        match c.commit(&tpl, mode) {
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                debug!(error = %e, topic, partition, "kafka offset commit failed (the manifest is authoritative)")
             }
         }
-    };
-    // On an error the buffered data is not recorded and its offsets do not advance: the next run
-    // reads it again. Otherwise write and record everything before exiting.
-    result?;
-    let final_flush = Instant::now();
-    ing.flush_all(&consumer)?;
-    let final_flush = final_flush.elapsed();
-    ing.commit_kafka_offsets(&consumer, CommitMode::Sync);
-    ing.summary.repairs.extend(ing.manifest.take_repairs());
-    let (seq, head) = ing.manifest.head();
-    ing.summary.manifest_seq = seq;
-    ing.summary.manifest_head = head.to_string();
-    if let Some(first) = ing.first_msg {
-        ing.summary.busy_secs =
-            (ing.last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
     }
-    Ok(ing.summary)
+}
+
+/// Commit every assigned partition's recorded position to Kafka (for lag monitoring).
+fn commit_kafka_offsets(c: &BaseConsumer<Ctx>, parts: &[PartState], mode: CommitMode) {
+    let assigned = c.context().assigned.lock().expect("lock").clone();
+    for p in parts {
+        if p.next_offset > 0 && assigned.contains(&(p.topic.clone(), p.partition)) {
+            commit_partition(c, &p.topic, p.partition, p.next_offset, mode);
+        }
+    }
 }
 
 impl Ingestor<'_> {
-    fn buffered_msgs(&self) -> u64 {
-        self.parts
-            .iter()
-            .filter_map(|p| p.buf.as_ref())
-            .map(|b| b.msgs)
-            .sum()
+    fn consume(&mut self, consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<()> {
+        let cfg = self.cfg;
+        let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
+        let mut last_progress = Instant::now();
+        let mut last_consumed = 0u64;
+        let mut warned_unassigned = false;
+        let mut next_tick = Instant::now();
+        loop {
+            if shutdown.load(Ordering::Relaxed) {
+                info!("shutdown requested: writing and recording what is buffered");
+                return Ok(());
+            }
+            let polled = consumer.poll(Duration::from_millis(100));
+            if consumer.context().dirty.swap(false, Ordering::AcqRel) {
+                self.apply_rebalance(consumer);
+            }
+            let mut queue_drained = false;
+            match polled {
+                None => queue_drained = true,
+                Some(Ok(msg)) => self.handle(&msg)?,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => warn!(error = %e, "kafka consume error; retrying"),
+            }
+            // Housekeeping runs on a tick, not per message (or when the queue is empty).
+            let now = Instant::now();
+            if now < next_tick && !queue_drained {
+                continue;
+            }
+            next_tick = now + TICK;
+            self.drain(consumer, false)?;
+            self.flush_due()?;
+            if last_progress.elapsed() >= progress {
+                let c = self.summary.consumed;
+                info!(
+                    recorded = c,
+                    rate_per_s =
+                        ((c - last_consumed) as f64 / last_progress.elapsed().as_secs_f64()) as u64,
+                    buffered = self
+                        .parts
+                        .iter()
+                        .filter_map(|p| p.buf.as_ref())
+                        .map(|b| b.counts.msgs)
+                        .sum::<u64>(),
+                    buffered_bytes = self.buffered_bytes,
+                    committed_files = self.summary.files,
+                    "progress"
+                );
+                last_consumed = c;
+                last_progress = Instant::now();
+            }
+            if cfg.until_caught_up {
+                let assigned = consumer.context().assigned.lock().expect("lock").clone();
+                if assigned.is_empty() {
+                    if !warned_unassigned && self.last_assign.elapsed() > Duration::from_secs(30) {
+                        warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
+                        warned_unassigned = true;
+                    }
+                } else if queue_drained && self.caught_up(consumer, &assigned)? {
+                    info!("caught up with the topics");
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
@@ -339,11 +397,11 @@ impl Ingestor<'_> {
                 let st = self.parts.swap_remove(i);
                 if let Some(b) = st.buf {
                     self.buffered_bytes -= b.bytes;
-                    self.summary.discarded_on_revoke += b.msgs;
+                    self.summary.discarded_on_revoke += b.counts.msgs;
                     info!(
                         topic,
                         partition,
-                        messages = b.msgs,
+                        messages = b.counts.msgs,
                         "partition moved: unrecorded buffer dropped, to be read again by its owner"
                     );
                 }
@@ -364,13 +422,13 @@ impl Ingestor<'_> {
         if quiet < Duration::from_millis(200) {
             return Ok(false);
         }
+        let give_up = quiet >= Duration::from_millis(self.cfg.idle_ms);
         for (topic, partition) in assigned {
             let Some((low, high)) = cached_watermarks(consumer, topic, *partition) else {
-                if quiet >= Duration::from_millis(self.cfg.idle_ms) {
+                if give_up {
                     warn!(
                         topic,
                         partition,
-                        quiet_ms = quiet.as_millis() as u64,
                         "no high watermark known for a partition; stopping after the idle timeout"
                     );
                     return Ok(true);
@@ -384,7 +442,7 @@ impl Ingestor<'_> {
                 .max(self.parts[idx].next_offset)
                 .max(low.max(0));
             if pos < high {
-                if quiet >= Duration::from_millis(self.cfg.idle_ms) {
+                if give_up {
                     warn!(topic, partition, position = pos, high_watermark = high, "partition did not reach its high watermark within the idle timeout; stopping");
                     return Ok(true);
                 }
@@ -404,6 +462,8 @@ impl Ingestor<'_> {
         }
         let next = self
             .manifest
+            .lock()
+            .expect("manifest lock")
             .next_offset(topic, partition)?
             .unwrap_or(i64::MIN);
         debug!(
@@ -412,9 +472,11 @@ impl Ingestor<'_> {
             next_offset = next,
             "resuming partition from the manifest"
         );
+        self.next_epoch += 1;
         self.parts.push(PartState {
             topic: topic.to_string(),
             partition,
+            epoch: self.next_epoch,
             next_offset: next,
             seen: i64::MIN,
             buf: None,
@@ -451,13 +513,9 @@ impl Ingestor<'_> {
             last_offset: offset,
             opened: Instant::now(),
             bytes: 0,
-            msgs: 0,
-            gateway: 0,
-            flows: 0,
-            quarantined: 0,
-            reasons: BTreeMap::new(),
+            counts: Counts::default(),
         });
-        let cap = 4096;
+        const CAP: usize = 4096;
         let reject = if payload.len() > self.cfg.max_message_bytes {
             Some(Reject::new(
                 RejectCode::Oversize,
@@ -475,9 +533,9 @@ impl Ingestor<'_> {
                     let rows = buf
                         .files
                         .entry((Table::GatewayEvents, d, h))
-                        .or_insert_with(|| Rows::new(Table::GatewayEvents, cap));
+                        .or_insert_with(|| Rows::new(Table::GatewayEvents, CAP));
                     rows.push_gateway(&ev, &self.enricher, &prov);
-                    buf.gateway += 1;
+                    buf.counts.gateway += 1;
                     None
                 }
                 Err(r) => Some(r),
@@ -489,9 +547,9 @@ impl Ingestor<'_> {
                     let rows = buf
                         .files
                         .entry((Table::Flows, d, h))
-                        .or_insert_with(|| Rows::new(Table::Flows, cap));
+                        .or_insert_with(|| Rows::new(Table::Flows, CAP));
                     rows.push_flow(&f, &self.enricher, &prov);
-                    buf.flows += 1;
+                    buf.counts.flows += 1;
                     None
                 }
                 Err(r) => Some(r),
@@ -517,23 +575,23 @@ impl Ingestor<'_> {
                 self.cfg.quarantine_raw_max_bytes,
                 &prov,
             );
-            buf.quarantined += 1;
-            *buf.reasons.entry(r.code.as_str()).or_default() += 1;
+            buf.counts.quarantined += 1;
+            *buf.counts.reasons.entry(r.code.as_str()).or_default() += 1;
         }
         let size = payload.len().min(self.cfg.quarantine_raw_max_bytes) + 128;
         buf.bytes += size;
-        buf.msgs += 1;
+        buf.counts.msgs += 1;
         buf.last_offset = offset;
         st.next_offset = offset + 1;
         self.buffered_bytes += size;
-        if buf.msgs as usize >= self.cfg.max_file_rows {
-            self.flush(idx, None)?;
+        if buf.counts.msgs as usize >= self.cfg.max_file_rows {
+            self.flush(idx)?;
         }
         Ok(())
     }
 
     /// Flush partitions whose buffer is old enough, and the largest while over the memory bound.
-    fn flush_due(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+    fn flush_due(&mut self) -> Result<()> {
         let age = Duration::from_millis(self.cfg.flush_interval_ms);
         for i in 0..self.parts.len() {
             if self.parts[i]
@@ -541,7 +599,7 @@ impl Ingestor<'_> {
                 .as_ref()
                 .is_some_and(|b| b.opened.elapsed() >= age)
             {
-                self.flush(i, Some(consumer))?;
+                self.flush(i)?;
             }
         }
         while self.buffered_bytes > self.cfg.max_buffer_bytes {
@@ -550,124 +608,113 @@ impl Ingestor<'_> {
             else {
                 break;
             };
-            self.flush(i, Some(consumer))?;
+            self.flush(i)?;
         }
         Ok(())
     }
 
-    fn flush_all(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+    fn flush_all(&mut self) -> Result<()> {
         for i in 0..self.parts.len() {
-            self.flush(i, Some(consumer))?;
+            self.flush(i)?;
         }
         Ok(())
     }
 
-    /// Write one partition's buffer as Parquet, record it in the manifest, then let the offsets
-    /// advance (Kafka's commit follows asynchronously).
-    fn flush(&mut self, idx: usize, consumer: Option<&BaseConsumer<Ctx>>) -> Result<()> {
-        let Some(mut buf) = self.parts[idx].buf.take() else {
+    /// Hand one partition's buffer to the committer (blocks while it is busy with the previous
+    /// one: that bounds memory).
+    fn flush(&mut self, idx: usize) -> Result<()> {
+        let st = &mut self.parts[idx];
+        let Some(buf) = st.buf.take() else {
             return Ok(());
         };
         self.buffered_bytes -= buf.bytes;
-        let (topic, partition) = (self.parts[idx].topic.clone(), self.parts[idx].partition);
-        let started = Instant::now();
-        let mut staged = Vec::with_capacity(buf.files.len());
-        for ((table, date, hour), rows) in buf.files.iter_mut() {
-            let batch = rows.finish()?;
-            let name = format!(
-                "{}-{date}-{hour:02}-{topic}-{partition}-{}.parquet",
-                table.name(),
-                buf.first_offset
-            );
-            let rel_path = format!("{}/date={date}/hour={hour:02}/{name}", table.name());
-            let staging_path = self.manifest.staging_dir().join(&name);
-            let meta = vec![
-                ("flowaudit.table".to_string(), table.name().to_string()),
-                (
-                    "flowaudit.schema_version".to_string(),
-                    SCHEMA_VERSION.to_string(),
-                ),
-                ("flowaudit.kafka_topic".to_string(), topic.clone()),
-                (
-                    "flowaudit.kafka_partition".to_string(),
-                    partition.to_string(),
-                ),
-                (
-                    "flowaudit.first_offset".to_string(),
-                    rows.min_offset.to_string(),
-                ),
-                (
-                    "flowaudit.last_offset".to_string(),
-                    rows.max_offset.to_string(),
-                ),
-                (
-                    "flowaudit.geoip_sha256".to_string(),
-                    self.geoip_sha.clone().unwrap_or_default(),
-                ),
-            ];
-            let (sha256, bytes) = write_parquet(&staging_path, &batch, &self.cfg.parquet, meta)?;
-            staged.push(StagedFile {
-                staging_path,
-                rel_path,
-                table: table.name(),
-                sha256,
-                bytes,
-                rows: rows.rows as u64,
-                first_offset: rows.min_offset,
-                last_offset: rows.max_offset,
-                min_ts_us: rows.min_ts_us,
-                max_ts_us: rows.max_ts_us,
-            });
-        }
-        let covers = Covers {
-            topic: topic.clone(),
-            partition,
+        let job = Job {
+            topic: st.topic.clone(),
+            partition: st.partition,
+            epoch: st.epoch,
+            files: buf.files,
             first_offset: buf.first_offset,
             last_offset: buf.last_offset,
+            counts: buf.counts,
         };
-        match self
-            .manifest
-            .commit(&staged, &covers, self.geoip_sha.as_deref(), SCHEMA_VERSION)?
-        {
-            CommitOutcome::Committed { last_seq, .. } => {
-                let s = &mut self.summary;
-                s.consumed += buf.msgs;
-                s.written_gateway += buf.gateway;
-                s.written_flows += buf.flows;
-                s.quarantined += buf.quarantined;
-                for (r, n) in &buf.reasons {
-                    *s.quarantine_reasons.entry(r.to_string()).or_default() += n;
+        self.jobs.send(job).map_err(|_| self.committer_gone())?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The committer stopped: its error is waiting in the outcome channel.
+    fn committer_gone(&self) -> Error {
+        match self.outcomes.try_recv() {
+            Ok(Err(e)) => e,
+            _ => Error::Config("the committer thread stopped".into()),
+        }
+    }
+
+    /// Apply the committer's outcomes; with `all`, wait until nothing is in flight.
+    fn drain(&mut self, consumer: &BaseConsumer<Ctx>, all: bool) -> Result<()> {
+        while self.in_flight > 0 {
+            let out = if all {
+                self.outcomes
+                    .recv()
+                    .map_err(|_| Error::Config("the committer thread stopped".into()))?
+            } else {
+                match self.outcomes.try_recv() {
+                    Ok(o) => o,
+                    Err(TryRecvError::Empty) => return Ok(()),
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(Error::Config("the committer thread stopped".into()))
+                    }
                 }
-                s.files += staged.len() as u64;
-                s.commits += 1;
-                info!(
+            };
+            self.in_flight -= 1;
+            match out? {
+                Outcome::Committed {
                     topic,
                     partition,
-                    first_offset = buf.first_offset,
-                    last_offset = buf.last_offset,
-                    messages = buf.msgs,
-                    files = staged.len(),
-                    seq = last_seq,
-                    ms = started.elapsed().as_millis() as u64,
-                    "committed"
-                );
-                if let Some(c) = consumer {
-                    self.commit_partition(
-                        c,
+                    last_offset,
+                    counts,
+                    files,
+                } => {
+                    let s = &mut self.summary;
+                    s.consumed += counts.msgs;
+                    s.written_gateway += counts.gateway;
+                    s.written_flows += counts.flows;
+                    s.quarantined += counts.quarantined;
+                    for (r, n) in counts.reasons {
+                        *s.quarantine_reasons.entry(r.to_string()).or_default() += n;
+                    }
+                    s.files += files as u64;
+                    s.commits += 1;
+                    commit_partition(
+                        consumer,
                         &topic,
                         partition,
-                        buf.last_offset + 1,
+                        last_offset + 1,
                         CommitMode::Async,
                     );
                 }
-            }
-            CommitOutcome::Stale { recorded_last } => {
-                self.summary.stale_commits += 1;
-                warn!(topic, partition, first_offset = buf.first_offset, recorded_last,
-                    "another writer already recorded these offsets: buffer dropped, resuming after them");
-                self.parts[idx].next_offset = recorded_last + 1;
-                if let Some(c) = consumer {
-                    if let Err(e) = c.seek(
+                Outcome::Stale {
+                    topic,
+                    partition,
+                    epoch,
+                    recorded_last,
+                } => {
+                    self.summary.stale_commits += 1;
+                    warn!(topic, partition, recorded_last, "another writer already recorded these offsets: buffers dropped, resuming after them");
+                    let Some(st) = self
+                        .parts
+                        .iter_mut()
+                        .find(|p| p.topic == topic && p.partition == partition && p.epoch == epoch)
+                    else {
+                        continue;
+                    };
+                    self.next_epoch += 1;
+                    st.epoch = self.next_epoch;
+                    if let Some(b) = st.buf.take() {
+                        self.buffered_bytes -= b.bytes;
+                    }
+                    st.next_offset = recorded_last + 1;
+                    if let Err(e) = consumer.seek(
                         &topic,
                         partition,
                         Offset::Offset(recorded_last + 1),
@@ -676,41 +723,9 @@ impl Ingestor<'_> {
                         warn!(error = %e, topic, partition, "seek after a stale commit failed");
                     }
                 }
+                Outcome::Discarded => {}
             }
         }
         Ok(())
-    }
-
-    fn commit_partition(
-        &self,
-        c: &BaseConsumer<Ctx>,
-        topic: &str,
-        partition: i32,
-        next: i64,
-        mode: CommitMode,
-    ) {
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(topic, partition, Offset::Offset(next))
-            .is_ok()
-        {
-            match c.commit(&tpl, mode) {
-                Ok(()) => {}
-                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => {
-                    debug!(error = %e, topic, partition, "kafka offset commit failed (the manifest is authoritative)")
-                }
-            }
-        }
-    }
-
-    /// Commit every partition's recorded position to Kafka (for lag monitoring).
-    fn commit_kafka_offsets(&self, c: &BaseConsumer<Ctx>, mode: CommitMode) {
-        let assigned = c.context().assigned.lock().expect("lock").clone();
-        for p in &self.parts {
-            if p.next_offset > 0 && assigned.contains(&(p.topic.clone(), p.partition)) {
-                self.commit_partition(c, &p.topic, p.partition, p.next_offset, mode);
-            }
-        }
     }
 }

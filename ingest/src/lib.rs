@@ -7,6 +7,7 @@
 //! after which (and only after which) the offsets advance. The contract is in docs/DESIGN.md.
 
 pub mod batch;
+pub mod committer;
 pub mod config;
 pub mod consumer;
 pub mod convert;

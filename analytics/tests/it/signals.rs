@@ -31,7 +31,7 @@ fn sigterm_writes_and_records_the_buffer_then_exits_zero() {
     let mut c = s.ingest();
     c.arg("--config").arg(&cfg);
     let mut p = Running::spawn(c);
-    p.wait_for("consumed=1000", Duration::from_secs(60));
+    p.wait_for("buffered=1000 ", Duration::from_secs(60));
     assert!(
         !s.warehouse().join("gateway_events").exists(),
         "nothing written before the signal"
