@@ -2,11 +2,10 @@
 //! writer as ingest, without Kafka. For backfills from files, and to measure decode → Arrow →
 //! Parquet on its own (`make bench`). Rejected lines are counted by reason, not written.
 //!
-//! The file is read in chunks of whole lines; worker threads decode chunks into record batches;
-//! the calling thread writes them in input order, so the output is the same for any number of
-//! workers.
+//! The file is memory-mapped and cut into chunks of whole lines; worker threads decode chunks
+//! into record batches; the calling thread writes them in input order, so the output is the same
+//! for any number of workers.
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -33,10 +32,10 @@ pub struct ConvertSummary {
 /// Bytes per chunk handed to a worker (whole lines).
 const CHUNK_BYTES: usize = 8 << 20;
 
-struct Chunk {
+struct Chunk<'a> {
     seq: u64,
     first_line: u64,
-    data: Vec<u8>,
+    data: &'a [u8],
 }
 
 struct Decoded {
@@ -46,7 +45,12 @@ struct Decoded {
     rejected: HashMap<&'static str, u64>,
 }
 
-fn decode_chunk(chunk: &Chunk, table: Table, enricher: &Enricher, topic: &str) -> Result<Decoded> {
+fn decode_chunk(
+    chunk: &Chunk<'_>,
+    table: Table,
+    enricher: &Enricher,
+    topic: &str,
+) -> Result<Decoded> {
     let mut rows = Rows::new(table, 1 << 15);
     let mut rejected = HashMap::new();
     let mut lines = 0u64;
@@ -79,6 +83,10 @@ fn decode_chunk(chunk: &Chunk, table: Table, enricher: &Enricher, topic: &str) -
     })
 }
 
+fn memchr_count(data: &[u8]) -> u64 {
+    data.iter().filter(|b| **b == b'\n').count() as u64
+}
+
 /// Convert `input` (one JSON message per line) into one Parquet file `output` of `table`, with
 /// `workers` decoding threads (at least one).
 pub fn convert_jsonl(
@@ -93,7 +101,11 @@ pub fn convert_jsonl(
         table != Table::Quarantine,
         "convert writes gateway_events or flows"
     );
-    let mut file = std::fs::File::open(input).map_err(io_err("open", input))?;
+    let file = std::fs::File::open(input).map_err(io_err("open", input))?;
+    // SAFETY: the mapping is read-only and private to this call; a file truncated by someone else
+    // while we read it could fault, as with any reader of a file that changes underneath it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err("map", input))?;
+    let data: &[u8] = &map;
     let mut sink = ParquetSink::create(
         output,
         table.schema(),
@@ -107,13 +119,13 @@ pub fn convert_jsonl(
         .to_string();
     let mut summary = ConvertSummary::default();
     let workers = workers.max(1);
-    let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(workers * 2);
+    let (chunk_tx, chunk_rx) = sync_channel::<Chunk<'_>>(workers * 2);
     let chunk_rx = Arc::new(Mutex::new(chunk_rx));
     let (out_tx, out_rx) = sync_channel::<Result<Decoded>>(workers * 2);
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..workers {
             let (rx, tx, topic): (
-                Arc<Mutex<Receiver<Chunk>>>,
+                Arc<Mutex<Receiver<Chunk<'_>>>>,
                 SyncSender<Result<Decoded>>,
                 &str,
             ) = (chunk_rx.clone(), out_tx.clone(), &topic);
@@ -129,39 +141,25 @@ pub fn convert_jsonl(
             });
         }
         drop(out_tx);
-        // Reader: whole-line chunks, numbered.
-        let reader = scope.spawn(move || -> Result<u64> {
-            let mut carry: Vec<u8> = Vec::new();
-            let (mut seq, mut line_no, mut total) = (0u64, 0u64, 0u64);
-            loop {
-                let mut data = std::mem::take(&mut carry);
-                let start = data.len();
-                data.resize(start + CHUNK_BYTES, 0);
-                let n = file
-                    .read(&mut data[start..])
-                    .map_err(io_err("read", input))?;
-                data.truncate(start + n);
-                total += n as u64;
-                if n == 0 && data.is_empty() {
-                    break;
+        // Cutter: whole-line chunks of the mapping, numbered.
+        scope.spawn(move || {
+            let (mut seq, mut line_no, mut start) = (0u64, 0u64, 0usize);
+            while start < data.len() {
+                let mut end = (start + CHUNK_BYTES).min(data.len());
+                if end < data.len() {
+                    end = match data[end..].iter().position(|b| *b == b'\n') {
+                        Some(i) => end + i + 1,
+                        None => data.len(),
+                    };
                 }
-                if n > 0 {
-                    // Keep the last partial line for the next chunk.
-                    match data.iter().rposition(|b| *b == b'\n') {
-                        Some(i) => carry = data.split_off(i + 1),
-                        None => {
-                            carry = data;
-                            continue;
-                        }
-                    }
-                }
-                let lines = data.iter().filter(|b| **b == b'\n').count() as u64
-                    + u64::from(data.last().is_some_and(|b| *b != b'\n'));
+                let chunk = &data[start..end];
+                let lines =
+                    memchr_count(chunk) + u64::from(chunk.last().is_some_and(|b| *b != b'\n'));
                 if chunk_tx
                     .send(Chunk {
                         seq,
                         first_line: line_no,
-                        data,
+                        data: chunk,
                     })
                     .is_err()
                 {
@@ -169,11 +167,8 @@ pub fn convert_jsonl(
                 }
                 seq += 1;
                 line_no += lines;
-                if n == 0 {
-                    break;
-                }
+                start = end;
             }
-            Ok(total)
         });
         // Writer (this thread): in input order.
         let mut pending: BTreeMap<u64, Decoded> = BTreeMap::new();
@@ -193,7 +188,7 @@ pub fn convert_jsonl(
                 next += 1;
             }
         }
-        summary.input_bytes = reader.join().expect("reader thread")?;
+        summary.input_bytes = data.len() as u64;
         Ok(())
     })?;
     let (sha256, bytes) = sink.finish()?;
