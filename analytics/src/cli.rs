@@ -67,50 +67,43 @@ pub struct GenerateArgs {
     /// The UTC day to generate (YYYY-MM-DD).
     #[arg(long, env = "FLOWAUDIT_DATE")]
     pub date: NaiveDate,
-    /// Random seed: the same seed and date give the same traffic, byte for byte.
-    #[arg(long, default_value_t = 7, env = "FLOWAUDIT_SEED")]
-    pub seed: u64,
+    /// Random seed: the same seed and date give the same traffic, byte for byte (default 7). [config: generate.seed]
+    #[arg(long, env = "FLOWAUDIT_SEED")]
+    pub seed: Option<u64>,
     /// Write gateway.jsonl, flows.jsonl and planted.json into this directory.
-    #[arg(long, required_unless_present = "brokers")]
+    #[arg(long, env = "FLOWAUDIT_GENERATE_OUT")]
     pub out: Option<PathBuf>,
-    /// Produce the day to Kafka at HOST:PORT instead of (or as well as) writing files.
+    /// Produce the day to Kafka at HOST:PORT (instead of, or as well as, --out). [config: brokers]
     #[arg(long, env = "FLOWAUDIT_BROKERS")]
     pub brokers: Option<String>,
-    /// Policy folder the generated world is drawn from (networks, employees, approvals).
-    #[arg(long, env = "FLOWAUDIT_POLICY", default_value = "fixtures/policy")]
-    pub policy: PathBuf,
-    /// GeoIP CSV (start_ip,end_ip,country) that external addresses are drawn from.
-    #[arg(
-        long = "geoip",
-        env = "FLOWAUDIT_GEOIP_CSV",
-        default_value = "fixtures/geoip/ranges.csv"
-    )]
-    pub geoip_csv: PathBuf,
-    /// Approximate number of gateway events.
-    #[arg(long, default_value_t = 5000)]
-    pub events: usize,
-    /// Number of flow records.
-    #[arg(long, default_value_t = 40000)]
-    pub flows: usize,
-    /// Malformed messages to mix in (they go to the quarantine).
-    #[arg(long, default_value_t = 0)]
-    pub malformed: usize,
-    /// Encode every flow in one format (flowaudit, goflow2, zeek) instead of each exporter's own.
-    #[arg(long, value_parser = ["flowaudit", "goflow2", "zeek"])]
+    /// Policy folder the world is drawn from (default fixtures/policy). [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// GeoIP CSV (start_ip,end_ip,country) that external addresses are drawn from
+    /// (default fixtures/geoip/ranges.csv). [config: generate.geoip_csv]
+    #[arg(long = "geoip", env = "FLOWAUDIT_GEOIP_CSV")]
+    pub geoip_csv: Option<PathBuf>,
+    /// Approximate number of gateway events (default 5000). [config: generate.events]
+    #[arg(long, env = "FLOWAUDIT_EVENTS")]
+    pub events: Option<usize>,
+    /// Number of flow records (default 40000). [config: generate.flows]
+    #[arg(long, env = "FLOWAUDIT_FLOWS")]
+    pub flows: Option<usize>,
+    /// Malformed messages to mix in; they go to the quarantine (default 0). [config: generate.malformed]
+    #[arg(long, env = "FLOWAUDIT_MALFORMED")]
+    pub malformed: Option<usize>,
+    /// Encode every flow in one format instead of each exporter's own. [config: generate.flow_format]
+    #[arg(long, env = "FLOWAUDIT_FLOW_FORMAT", value_parser = ["flowaudit", "goflow2", "zeek"])]
     pub flow_format: Option<String>,
-    /// Topic for gateway events.
-    #[arg(
-        long,
-        env = "FLOWAUDIT_GATEWAY_TOPIC",
-        default_value = "gateway.access"
-    )]
-    pub gateway_topic: String,
-    /// Topic for flow records.
-    #[arg(long, env = "FLOWAUDIT_FLOW_TOPIC", default_value = "network.flows")]
-    pub flow_topic: String,
-    /// Partitions of each topic if it has to be created.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
+    /// Topic for gateway events (default gateway.access). [config: ingest.gateway_topic]
+    #[arg(long, env = "FLOWAUDIT_GATEWAY_TOPIC")]
+    pub gateway_topic: Option<String>,
+    /// Topic for flow records (default network.flows). [config: ingest.flow_topic]
+    #[arg(long, env = "FLOWAUDIT_FLOW_TOPIC")]
+    pub flow_topic: Option<String>,
+    /// Partitions of each topic if it has to be created (default 4). [config: generate.partitions]
+    #[arg(long, env = "FLOWAUDIT_PARTITIONS")]
+    pub partitions: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -207,7 +200,7 @@ impl IngestArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let file = FileConfig::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Generate(a) => run_generate(a),
+        Command::Generate(a) => run_generate(a, &file),
         Command::Ingest(a) => {
             let cfg = a
                 .settings()
@@ -241,17 +234,36 @@ pub fn shutdown_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+fn run_generate(a: GenerateArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let g = &file.generate;
+    let brokers = a.brokers.or(file.brokers.clone());
+    if a.out.is_none() && brokers.is_none() {
+        bail!("nothing to do: pass --out DIR to write files, and/or --brokers HOST:PORT (or FLOWAUDIT_BROKERS, or brokers in flowaudit.toml) to produce to Kafka");
+    }
     let opts = GenerateOptions {
         date: a.date,
-        seed: a.seed,
-        policy: a.policy,
-        geoip_csv: a.geoip_csv,
-        events: a.events,
-        flows: a.flows,
-        malformed: a.malformed,
-        flow_format: a.flow_format,
+        seed: a.seed.or(g.seed).unwrap_or(7),
+        policy: a
+            .policy
+            .or(file.policy.clone())
+            .unwrap_or_else(|| "fixtures/policy".into()),
+        geoip_csv: a
+            .geoip_csv
+            .or(g.geoip_csv.clone())
+            .unwrap_or_else(|| "fixtures/geoip/ranges.csv".into()),
+        events: a.events.or(g.events).unwrap_or(5000),
+        flows: a.flows.or(g.flows).unwrap_or(40000),
+        malformed: a.malformed.or(g.malformed).unwrap_or(0),
+        flow_format: a.flow_format.or(g.flow_format.clone()),
     };
+    let gateway_topic = a
+        .gateway_topic
+        .or(file.ingest.gateway_topic.clone())
+        .unwrap_or_else(|| "gateway.access".into());
+    let flow_topic = a
+        .flow_topic
+        .or(file.ingest.flow_topic.clone())
+        .unwrap_or_else(|| "network.flows".into());
     let gen = generate::generate(&opts).context("generating traffic")?;
     if let Some(out) = &a.out {
         generate::write_jsonl(&gen, out)
@@ -264,14 +276,17 @@ fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
             out.display()
         );
     }
-    if let Some(brokers) = &a.brokers {
-        produce::ensure_topics(brokers, &[&a.gateway_topic, &a.flow_topic], a.partitions)?;
-        let g = produce::produce(brokers, &a.gateway_topic, &gen.gateway)
+    if let Some(brokers) = &brokers {
+        produce::ensure_topics(
+            brokers,
+            &[&gateway_topic, &flow_topic],
+            a.partitions.or(g.partitions).unwrap_or(4),
+        )?;
+        let n_g = produce::produce(brokers, &gateway_topic, &gen.gateway)
             .context("producing gateway events")?;
-        let f = produce::produce(brokers, &a.flow_topic, &gen.flows).context("producing flows")?;
+        let n_f = produce::produce(brokers, &flow_topic, &gen.flows).context("producing flows")?;
         println!(
-            "produced {g} messages to {} and {f} to {} on {brokers}",
-            a.gateway_topic, a.flow_topic
+            "produced {n_g} messages to {gateway_topic} and {n_f} to {flow_topic} on {brokers}"
         );
     }
     Ok(())

@@ -17,6 +17,22 @@ pub struct FileConfig {
     pub geoip: Option<PathBuf>,
     #[serde(default)]
     pub ingest: IngestSettings,
+    #[serde(default)]
+    pub generate: GenerateSettings,
+}
+
+/// `[generate]`: defaults for `flowaudit generate`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSettings {
+    pub seed: Option<u64>,
+    pub events: Option<usize>,
+    pub flows: Option<usize>,
+    pub malformed: Option<usize>,
+    pub partitions: Option<i32>,
+    /// GeoIP CSV that external addresses are drawn from.
+    pub geoip_csv: Option<PathBuf>,
+    pub flow_format: Option<String>,
 }
 
 impl FileConfig {

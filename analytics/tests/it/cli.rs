@@ -127,3 +127,111 @@ fn generate_is_deterministic_and_lists_the_planted_violations() {
         .lines()
         .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
+
+#[test]
+fn generate_takes_its_settings_from_flowaudit_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("flowaudit.toml");
+    let policy = repo("fixtures/policy");
+    let geo = repo("fixtures/geoip/ranges.csv");
+    std::fs::write(
+        &cfg,
+        format!("policy = {policy:?}\n[generate]\nevents = 300\nflows = 700\nmalformed = 3\ngeoip_csv = {geo:?}\nflow_format = \"zeek\"\n"),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(&cfg)
+        .args(["generate", "--date", "2026-11-21"])
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .current_dir(dir.path());
+    run_ok(c);
+    let planted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("out/planted.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        planted["malformed_gateway"].as_u64().unwrap()
+            + planted["malformed_flows"].as_u64().unwrap(),
+        3
+    );
+    let flows = std::fs::read_to_string(dir.path().join("out/flows.jsonl")).unwrap();
+    assert!(
+        flows.lines().filter(|l| l.contains("\"uid\"")).count() >= 700,
+        "every flow in Zeek format"
+    );
+
+    let out = Command::new(bin())
+        .args(["generate", "--date", "2026-11-21"])
+        .env_remove("FLOWAUDIT_BROKERS")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nothing to do"),
+        "{err}"
+    );
+}
+
+#[test]
+fn convert_writes_the_same_parquet_with_any_thread_count_and_counts_rejects() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(bin());
+    c.args([
+        "generate",
+        "--date",
+        "2026-11-21",
+        "--events",
+        "200",
+        "--flows",
+        "5000",
+        "--malformed",
+        "9",
+    ])
+    .arg("--out")
+    .arg(dir.path())
+    .arg("--policy")
+    .arg(repo("fixtures/policy"))
+    .arg("--geoip")
+    .arg(repo("fixtures/geoip/ranges.csv"));
+    run_ok(c);
+    let lines = std::fs::read_to_string(dir.path().join("flows.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    let planted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("planted.json")).unwrap()).unwrap();
+    let bad = planted["malformed_flows"].as_u64().unwrap() as usize;
+    assert!(bad > 0);
+    let mut shas = Vec::new();
+    for threads in ["1", "3"] {
+        let out = dir.path().join(format!("flows-{threads}.parquet"));
+        let mut c = Command::new(bin());
+        c.args(["convert", "--table", "flows", "--threads", threads])
+            .arg("--input")
+            .arg(dir.path().join("flows.jsonl"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--policy")
+            .arg(repo("fixtures/policy"))
+            .arg("--geoip")
+            .arg(repo("fixtures/geoip/ranges.csv"));
+        let (stdout, _) = run_ok(c);
+        assert!(
+            stdout.contains(&format!("{lines} lines -> {} rows", lines - bad)),
+            "{stdout}"
+        );
+        shas.push(stdout.split("sha256 ").nth(1).unwrap()[..64].to_string());
+        let f = std::fs::File::open(&out).unwrap();
+        let rows: usize = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap().num_rows())
+            .sum();
+        assert_eq!(rows, lines - bad);
+    }
+    assert_eq!(shas[0], shas[1], "output independent of the thread count");
+}
