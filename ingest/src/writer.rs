@@ -65,6 +65,22 @@ pub struct StagedFile {
     pub max_ts_us: i64,
 }
 
+/// Columns written without dictionary encoding (nearly unique values).
+const NO_DICTIONARY: &[&str] = &[
+    "ts",
+    "ts_end",
+    "kafka_offset",
+    "sequence_num",
+    "bytes",
+    "packets",
+    "records",
+    "flow_id",
+    "event_id",
+    "src_port",
+    "raw",
+    "raw_sha256",
+];
+
 /// A Parquet file being written: hashed as it is written, fsynced when finished.
 pub struct ParquetSink {
     path: PathBuf,
@@ -81,7 +97,7 @@ impl ParquetSink {
     ) -> Result<Self> {
         let level = ZstdLevel::try_new(settings.zstd_level)
             .map_err(|e| Error::Config(format!("zstd level: {e}")))?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(settings.row_group_rows.max(1)))
             .set_key_value_metadata(Some(
@@ -90,8 +106,17 @@ impl ParquetSink {
                     .map(|(k, v)| KeyValue::new(k, v))
                     .collect(),
             ))
-            .set_created_by(format!("flowaudit {}", env!("CARGO_PKG_VERSION")))
-            .build();
+            .set_created_by(format!("flowaudit {}", env!("CARGO_PKG_VERSION")));
+        // Nearly unique columns gain nothing from a dictionary but its cost.
+        for col in NO_DICTIONARY {
+            if schema.column_with_name(col).is_some() {
+                props = props.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(*col),
+                    false,
+                );
+            }
+        }
+        let props = props.build();
         let file = File::options()
             .write(true)
             .create_new(true)
