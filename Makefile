@@ -37,8 +37,10 @@ demo: build ## Run the pipeline end to end on an embedded broker
 	$(BIN) demo --out demo-out
 
 test: build venv ## Unit and integration tests against a real Kafka-protocol broker
-	scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_BIN=$(BIN) \
-		$(CARGO) test --workspace -- --test-threads 2
+	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) \
+		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \
+		$(CARGO_TARGET_DIR)/test-output.log
 
 bench: deps venv ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
 	$(CARGO) build --release --bins

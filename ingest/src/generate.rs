@@ -88,6 +88,7 @@ pub struct Generated {
 
 struct Employee {
     id: String,
+    role: String,
     locations: Vec<String>,
     categories: Vec<String>,
     valid_from: NaiveDate,
@@ -226,6 +227,7 @@ struct Gen<'a> {
     date: NaiveDate,
     day_start_us: i64,
     pools: &'a Pools,
+    gateway_v6: BTreeMap<String, IpAddr>,
     gateway: Vec<(i64, String, Vec<u8>)>,
     flows: Vec<RawFlow>,
     planted: Vec<Planted>,
@@ -286,7 +288,11 @@ impl Gen<'_> {
                     let f = RawFlow {
                         ts_us: ts_us + i as i64 * 1_000_000 + self.rng.gen_range(0..500_000),
                         dur_us: self.rng.gen_range(200_000..30_000_000),
-                        src: gw.1,
+                        src: if dst.is_ipv6() {
+                            self.gateway_v6.get(&gw.0).copied().unwrap_or(gw.1)
+                        } else {
+                            gw.1
+                        },
                         dst,
                         sport: self.rng.gen_range(32768..61000),
                         dport,
@@ -333,16 +339,13 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
     for r in read_csv(&emp_path)? {
         employees.push(Employee {
             id: r["employee_id"].clone(),
+            role: r["role"].clone(),
             locations: list(&r["allowed_locations"]),
             categories: list(&r["allowed_categories"]),
             valid_from: date(&emp_path, &r["valid_from"])?,
             valid_to: date(&emp_path, &r["valid_to"])?,
         });
     }
-    let roles: BTreeMap<String, String> = read_csv(&emp_path)?
-        .into_iter()
-        .map(|r| (r["employee_id"].clone(), r["role"].clone()))
-        .collect();
     let appr_path = opts.policy.join("approvals.csv");
     let mut approvals = Vec::new();
     for r in read_csv(&appr_path)? {
@@ -359,7 +362,22 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
     let gateways: Vec<(String, IpAddr)> = networks
         .gateways
         .iter()
-        .filter_map(|g| g.ips.first().map(|ip| (g.id.clone(), *ip)))
+        .filter_map(|g| {
+            g.ips
+                .iter()
+                .find(|ip| ip.is_ipv4())
+                .map(|ip| (g.id.clone(), *ip))
+        })
+        .collect();
+    let gateway_v6: BTreeMap<String, IpAddr> = networks
+        .gateways
+        .iter()
+        .filter_map(|g| {
+            g.ips
+                .iter()
+                .find(|ip| ip.is_ipv6())
+                .map(|ip| (g.id.clone(), *ip))
+        })
         .collect();
     if gateways.is_empty() || networks.exporters.is_empty() {
         return Err(Error::Policy {
@@ -381,6 +399,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
         date: opts.date,
         day_start_us,
         pools: &pools,
+        gateway_v6,
         gateway: Vec::new(),
         flows: Vec::new(),
         planted: Vec::new(),
@@ -396,14 +415,15 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
     let sessions = (opts.events as f64 / 5.5).ceil() as usize;
     for s in 0..sessions {
         let emp = active[s % active.len()];
-        let role = roles.get(&emp.id).cloned().unwrap_or_default();
+        let role = emp.role.clone();
         let gw = gateways[g.rng.gen_range(0..gateways.len())].clone();
         let loc = if g.rng.gen_bool(0.85) {
             emp.locations[0].clone()
         } else {
             emp.locations.choose(&mut g.rng).expect("location").clone()
         };
-        let v6 = g.rng.gen_bool(0.1);
+        // IPv6 clients only through gateways that have an IPv6 address.
+        let v6 = g.gateway_v6.contains_key(&gw.0) && g.rng.gen_bool(0.3);
         let client = pools.ip(&mut g.rng, &loc, v6)?;
         let session = g.session_id();
         let (h, m, sec) = (
@@ -468,7 +488,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
         }
     }
 
-    plant_violations(&mut g, &gateways, &approvals)?;
+    plant_violations(&mut g, &gateways, &active, &approvals)?;
 
     // Internal and inbound background flows up to the requested count.
     let enclave_host = |rng: &mut ChaCha8Rng| {
@@ -569,22 +589,54 @@ pub fn generate(opts: &GenerateOptions) -> Result<Generated> {
     })
 }
 
+/// Plant one of each violation. Each planted event breaks exactly the rule it is planted for:
+/// employees are picked from the roster by the property the violation needs, and act from their
+/// home country with their own role unless the violation is about those.
 fn plant_violations(
     g: &mut Gen<'_>,
     gateways: &[(String, IpAddr)],
+    active: &[&Employee],
     approvals: &[Approval],
 ) -> Result<()> {
     let gw = gateways[0].clone();
-    // 1. Transfer to a country with no legal basis (RU), through the gateway, by an analyst.
+    let date = g.date;
+    let mut used: Vec<String> = Vec::new();
+    let mut pick = |what: &str,
+                    ok: &dyn Fn(&Employee) -> bool|
+     -> Result<(String, String, String, Vec<String>)> {
+        let e = active
+            .iter()
+            .find(|e| !used.contains(&e.id) && ok(e))
+            .ok_or_else(|| Error::Config(format!("the employee roster has no active employee {what}: cannot plant that violation")))?;
+        used.push(e.id.clone());
+        Ok((
+            e.id.clone(),
+            e.role.clone(),
+            e.locations[0].clone(),
+            e.locations.clone(),
+        ))
+    };
+    let has = |e: &Employee, c: &str| e.categories.iter().any(|x| x == c);
+    let valid_restricted_approval = |e: &Employee| {
+        approvals.iter().any(|a| {
+            a.employee == e.id
+                && a.valid_from <= date
+                && date <= a.valid_to
+                && a.categories.iter().any(|c| c == "restricted")
+        })
+    };
+
+    // 1. Transfer to a country with no legal basis (RU), through the gateway.
+    let (emp, role, home, _) = pick("allowed allowable data", &|e| has(e, "allowable"))?;
     let t = g.at(9, 12, 5);
     let dst = g.pools.ip(&mut g.rng, "RU", false)?;
     let s = g.session_id();
     let ev = g.event(
         t,
         &gw,
-        "e1001",
-        "DE",
-        "analyst",
+        &emp,
+        &home,
+        &role,
         "allowable",
         "export",
         "allow",
@@ -594,19 +646,22 @@ fn plant_violations(
         Some(dst),
     );
     g.plant("transfer_no_legal_basis", "high", t, t + 60_000_000,
-        &[("employee_id", "e1001".into()), ("dst_ip", dst.to_string()), ("dst_country", "RU".into()), ("event_id", ev)],
-        format!("e1001 exported allowable data through {} to {dst} in Russia, a country with no adequacy decision or other transfer basis", gw.0));
+        &[("employee_id", emp.clone()), ("dst_ip", dst.to_string()), ("dst_country", "RU".into()), ("event_id", ev)],
+        format!("{emp} exported allowable data through {} to {dst} in Russia, a country with no adequacy decision or other transfer basis", gw.0));
 
-    // 2. Access to restricted data from a location not approved for the employee (CH for e1005: FR/BE only).
+    // 2. Restricted data read from a location not approved for the employee (CH).
+    let (emp, role, _, locations) = pick("allowed restricted data and not approved in CH", &|e| {
+        has(e, "restricted") && !e.locations.iter().any(|l| l == "CH")
+    })?;
     let t = g.at(10, 40, 0);
     let client = g.pools.ip(&mut g.rng, "CH", false)?;
     let s = g.session_id();
     let ev = g.event(
         t,
         &gw,
-        "e1005",
+        &emp,
         "CH",
-        "analyst",
+        &role,
         "restricted",
         "read",
         "allow",
@@ -621,11 +676,14 @@ fn plant_violations(
         t,
         t + 1_000_000,
         &[
-            ("employee_id", "e1005".into()),
+            ("employee_id", emp.clone()),
             ("employee_country", "CH".into()),
             ("event_id", ev),
         ],
-        "e1005 (approved locations FR, BE) read restricted data from Switzerland".into(),
+        format!(
+            "{emp} (approved locations {}) read restricted data from Switzerland",
+            locations.join(", ")
+        ),
     );
 
     // 3. Gateway bypass: an enclave host talks straight to an external address, no gateway session.
@@ -646,29 +704,21 @@ fn plant_violations(
             exporter: Some(0),
         });
     }
-    g.plant(
-        "gateway_bypass",
-        "high",
-        t,
-        t + 200_000_000,
-        &[
-            ("src_ip", host.to_string()),
-            ("dst_ip", dst.to_string()),
-            ("dst_country", "NL".into()),
-        ],
-        format!("enclave host {host} sent 21 MB to {dst} directly, not through a security gateway"),
-    );
+    g.plant("gateway_bypass", "high", t, t + 200_000_000,
+        &[("src_ip", host.to_string()), ("dst_ip", dst.to_string()), ("dst_country", "NL".into())],
+        format!("enclave host {host} sent 21 MB to {dst} in the Netherlands directly, not through a security gateway"));
 
     // 4. Export of restricted data without an approval ticket.
+    let (emp, role, home, _) = pick("allowed restricted data", &|e| has(e, "restricted"))?;
     let t = g.at(12, 20, 0);
-    let dst = g.pools.ip(&mut g.rng, "DE", false)?;
+    let dst = g.pools.ip(&mut g.rng, &home, false)?;
     let s = g.session_id();
     let ev = g.event(
         t,
         &gw,
-        "e1004",
-        "IE",
-        "data-steward",
+        &emp,
+        &home,
+        &role,
         "restricted",
         "export",
         "allow",
@@ -682,26 +732,34 @@ fn plant_violations(
         "high",
         t,
         t + 60_000_000,
-        &[("employee_id", "e1004".into()), ("event_id", ev)],
-        "e1004 exported restricted data with no approval ticket".into(),
+        &[("employee_id", emp.clone()), ("event_id", ev)],
+        format!("{emp} exported restricted data to {home} with no approval ticket"),
     );
 
-    // 5. Export of restricted data with an expired approval ticket.
-    let expired = approvals
-        .iter()
-        .find(|a| a.valid_to < g.date && a.categories.iter().any(|c| c == "restricted"));
+    // 5. Export of restricted data under an expired approval ticket.
+    let expired = approvals.iter().find(|a| {
+        a.valid_to < date
+            && a.categories.iter().any(|c| c == "restricted")
+            && active.iter().any(|e| {
+                e.id == a.employee && has(e, "restricted") && !valid_restricted_approval(e)
+            })
+    });
     if let Some(a) = expired {
+        let e = active
+            .iter()
+            .find(|e| e.id == a.employee)
+            .expect("checked above");
+        let (emp, role, home) = (e.id.clone(), e.role.clone(), e.locations[0].clone());
         let t = g.at(14, 2, 0);
         let dst = g.pools.ip(&mut g.rng, &a.country, false)?;
         let s = g.session_id();
-        let (ticket, emp, to) = (a.ticket.clone(), a.employee.clone(), a.valid_to);
-        let country = if emp == "e1021" { "IT" } else { "DE" };
+        let (ticket, to) = (a.ticket.clone(), a.valid_to);
         let ev = g.event(
             t,
             &gw,
             &emp,
-            country,
-            "analyst",
+            &home,
+            &role,
             "restricted",
             "export",
             "allow",
@@ -725,43 +783,46 @@ fn plant_violations(
     }
 
     // 6. Access by someone absent from the roster.
-    let t = g.at(15, 45, 0);
-    let client = g.pools.ip(&mut g.rng, "DE", false)?;
-    let s = g.session_id();
-    let ev = g.event(
-        t,
-        &gw,
-        "e9999",
-        "DE",
-        "contractor",
-        "pseudonymised",
-        "query",
-        "allow",
-        None,
-        &s,
-        120,
-        Some(client),
-    );
-    g.plant(
-        "unknown_employee",
-        "high",
-        t,
-        t + 1_000_000,
-        &[("employee_id", "e9999".into()), ("event_id", ev)],
-        "e9999, who is not on the employee roster, queried pseudonymised data".into(),
-    );
+    if !active.iter().any(|e| e.id == "e9999") {
+        let t = g.at(15, 45, 0);
+        let client = g.pools.ip(&mut g.rng, "DE", false)?;
+        let s = g.session_id();
+        let ev = g.event(
+            t,
+            &gw,
+            "e9999",
+            "DE",
+            "contractor",
+            "public",
+            "query",
+            "allow",
+            None,
+            &s,
+            120,
+            Some(client),
+        );
+        g.plant(
+            "unknown_employee",
+            "high",
+            t,
+            t + 1_000_000,
+            &[("employee_id", "e9999".into()), ("event_id", ev)],
+            "e9999, who is not on the employee roster, queried public data".into(),
+        );
+    }
 
-    // 7. Volume spike: one employee's egress in one hour far above their own baseline.
+    // 7. Volume spike: one employee's egress in a few minutes far above their own baseline.
+    let (emp, role, home, _) = pick("allowed pseudonymised data", &|e| has(e, "pseudonymised"))?;
     let t = g.at(16, 10, 0);
-    let dst = g.pools.ip(&mut g.rng, "IE", false)?;
+    let dst = g.pools.ip(&mut g.rng, &home, false)?;
     let s = g.session_id();
     for i in 0..4 {
         g.event(
             t + i * 120_000_000,
             &gw,
-            "e1010",
-            "PL",
-            "data-steward",
+            &emp,
+            &home,
+            &role,
             "pseudonymised",
             "export",
             "allow",
@@ -772,20 +833,21 @@ fn plant_violations(
         );
     }
     g.plant("volume_spike", "medium", t, t + 480_000_000,
-        &[("employee_id", "e1010".into()), ("dst_ip", dst.to_string())],
-        "e1010 exported about 16 million records (several GB) of pseudonymised data in 8 minutes, far above their usual volume".into());
+        &[("employee_id", emp.clone()), ("dst_ip", dst.to_string())],
+        format!("{emp} exported 16 million records of pseudonymised data in 8 minutes, far above their usual volume"));
 
-    // 8. Repeated denials: probing restricted data without the right.
+    // 8. Repeated denials: probing restricted data without the right to it.
+    let (emp, role, home, _) = pick("not allowed restricted data", &|e| !has(e, "restricted"))?;
     let t = g.at(17, 30, 0);
-    let client = g.pools.ip(&mut g.rng, "FR", false)?;
+    let client = g.pools.ip(&mut g.rng, &home, false)?;
     let s = g.session_id();
     for i in 0..14 {
         g.event(
             t + i * 15_000_000,
             &gw,
-            "e1002",
-            "FR",
-            "engineer",
+            &emp,
+            &home,
+            &role,
             "restricted",
             "query",
             "deny",
@@ -800,8 +862,8 @@ fn plant_violations(
         "medium",
         t,
         t + 14 * 15_000_000,
-        &[("employee_id", "e1002".into())],
-        "e1002 was denied 14 times in 3.5 minutes querying restricted data".into(),
+        &[("employee_id", emp.clone())],
+        format!("{emp} was denied 14 times in 3.5 minutes querying restricted data"),
     );
     Ok(())
 }
