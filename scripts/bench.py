@@ -125,6 +125,15 @@ def main(bin_, out):
         print(f"produced {msgs} messages to Tansu in {secs:.1f} s", flush=True)
         res["e2e_messages"] = msgs
 
+        # The broker's ceiling: a bare confluent-kafka consumer that does nothing with the messages.
+        drains = []
+        for _ in range(RUNS):
+            _, _, so = run([PY, "scripts/kafka_client.py", "drain", brokers, str(msgs), "gateway.access", "network.flows"])
+            drains.append(float(re.search(r"in ([0-9.]+) s", so).group(1)))
+        d = median(drains)
+        res["confluent-kafka drain (no processing)"] = {"seconds": drains, "median_s": d, "messages_per_s": msgs / d}
+        print(f"bare consumer (confluent-kafka, no processing): median {d:.2f} s, {msgs / d:,.0f} messages/s", flush=True)
+
         def ingest(tag):
             wh = os.path.join(out, f"wh-{tag}")
             shutil.rmtree(wh, ignore_errors=True)
@@ -137,7 +146,7 @@ def main(bin_, out):
             return secs, busy, mb, consumed
 
         walls, busys, rss = [], [], []
-        for i in range(RUNS):
+        for i in range(RUNS):  # noqa: B007
             wall, busy, mb, consumed = ingest(f"1d-{i}")
             assert consumed == msgs, (consumed, msgs)
             walls.append(wall)

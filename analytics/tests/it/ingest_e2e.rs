@@ -24,7 +24,9 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
     })
     .unwrap();
     s.produce_gateway(&gen.gateway);
-    flowaudit_ingest::produce::produce(&brokers(), &s.flow_topic, &gen.flows).unwrap();
+    // The flows arrive from an independent client, as a collector would send them.
+    generate::write_jsonl(&gen, s.dir.path()).unwrap();
+    produce_with_python(&s.flow_topic, &s.dir.path().join("flows.jsonl"));
 
     let mut c = s.ingest();
     c.arg("--until-caught-up");

@@ -180,6 +180,24 @@ impl Running {
     }
 }
 
+/// Produce every line of `file` to `topic` with confluent-kafka (an independent client, as a
+/// sensor or collector would).
+pub fn produce_with_python(topic: &str, file: &Path) {
+    let py = std::env::var("FLOWAUDIT_PYTHON")
+        .expect("FLOWAUDIT_PYTHON is not set: run the tests with `make test`");
+    let out = Command::new(py)
+        .arg(repo("scripts/kafka_client.py"))
+        .args(["produce", &brokers(), topic])
+        .arg(file)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "kafka_client.py produce failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Read the warehouse with pyarrow (an independent reader) and return its JSON report.
 pub fn pyarrow(warehouse: &Path) -> Value {
     let py = std::env::var("FLOWAUDIT_PYTHON")
