@@ -86,6 +86,35 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
         "{zones:?}"
     );
 
+    // The catalog reads the same warehouse: partition columns, pruning, policy functions.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (day, other_day, quarantined, basis) = rt.block_on(async {
+        let c = flowaudit_analytics::catalog::Catalog::open(&s.warehouse(), &repo("fixtures/policy"), Some(&repo("fixtures/geoip/ranges.csv"))).await.unwrap();
+        let one = |sql: String| {
+            let ctx = c.ctx.clone();
+            async move {
+                let b = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap()
+            }
+        };
+        (
+            one("SELECT count(*) FROM gateway_events WHERE date = '2026-11-21'".into()).await,
+            one("SELECT count(*) FROM flows WHERE date = '2026-11-22'".into()).await,
+            one("SELECT count(*) FROM quarantine".into()).await,
+            one(format!("SELECT coalesce(basis_for(dst_country, ts), 'none') FROM gateway_events WHERE event_id = '{ev}'")).await,
+        )
+    });
+    assert_eq!(day, valid_gw.to_string());
+    assert_eq!(other_day, "0");
+    assert_eq!(quarantined, malformed.to_string());
+    assert_eq!(
+        basis, "none",
+        "no legal basis for the planted transfer to Russia"
+    );
+
     // The manifest matches the files, and records the GeoIP database's identity.
     assert_manifest_matches_files(&s.warehouse());
     let entries = flowaudit_ingest::manifest::read_entries(&s.warehouse()).unwrap();

@@ -1,0 +1,577 @@
+//! The catalog: one DataFusion session over the warehouse and the auditor's policy folder, used by
+//! every reader of the data (rules, report, SQL shell).
+//!
+//! - Warehouse tables `gateway_events`, `flows`, `quarantine` are listing tables over the
+//!   Hive-partitioned Parquet, with partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both
+//!   strings, so `WHERE date = '2026-11-21'` reads only that day's files.
+//! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
+//!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
+//!   policy file with its SHA-256, the version recorded with every run.
+//! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`.
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::NaiveDate;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+use datafusion::prelude::{CsvReadOptions, SessionContext};
+use flowaudit_ingest::geoip::GeoIp;
+use flowaudit_ingest::networks::{Cidr, Networks};
+use flowaudit_ingest::schema::Table;
+use sha2::{Digest, Sha256};
+
+/// Errors opening the catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {path}: {msg}")]
+    Policy { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Ingest(#[from] flowaudit_ingest::Error),
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] DataFusionError),
+}
+
+/// A legal basis for transfers to a country, valid over a period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferBasis {
+    pub country: String,
+    pub basis: String,
+    pub scope: String,
+    pub valid_from: NaiveDate,
+    pub valid_to: Option<NaiveDate>,
+}
+
+/// The opened catalog: the session, and the versions of the policy files it read.
+pub struct Catalog {
+    pub ctx: SessionContext,
+    /// Policy file name → SHA-256 of its contents.
+    pub policy_versions: BTreeMap<String, String>,
+    pub transfer_bases: Arc<Vec<TransferBasis>>,
+}
+
+/// The CSV policy tables and their schemas.
+fn policy_csv_tables() -> Vec<(&'static str, SchemaRef)> {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    let o = |n: &str| Field::new(n, DataType::Utf8, true);
+    let d = |n: &str, null: bool| Field::new(n, DataType::Date32, null);
+    vec![
+        (
+            "countries",
+            Arc::new(Schema::new(vec![
+                s("code"),
+                s("name"),
+                Field::new("eea", DataType::Boolean, false),
+            ])),
+        ),
+        (
+            "transfer_bases",
+            Arc::new(Schema::new(vec![
+                s("country"),
+                s("basis"),
+                s("scope"),
+                d("valid_from", false),
+                d("valid_to", true),
+                o("reference"),
+            ])),
+        ),
+        (
+            "employees",
+            Arc::new(Schema::new(vec![
+                s("employee_id"),
+                s("name"),
+                s("role"),
+                s("home_country"),
+                s("allowed_locations"),
+                s("allowed_categories"),
+                d("valid_from", false),
+                d("valid_to", true),
+            ])),
+        ),
+        (
+            "approvals",
+            Arc::new(Schema::new(vec![
+                s("ticket"),
+                s("employee_id"),
+                s("data_categories"),
+                s("destination_country"),
+                d("valid_from", false),
+                d("valid_to", false),
+                s("approver"),
+            ])),
+        ),
+        (
+            "suppressions",
+            Arc::new(Schema::new(vec![
+                s("rule_id"),
+                s("entity"),
+                s("reason"),
+                s("who"),
+                d("expires", false),
+            ])),
+        ),
+    ]
+}
+
+fn sha256_of(path: &Path) -> Result<String, CatalogError> {
+    let bytes = std::fs::read(path).map_err(|source| CatalogError::Io {
+        what: "read",
+        path: path.into(),
+        source,
+    })?;
+    Ok(hex::encode(Sha256::digest(bytes)))
+}
+
+impl Catalog {
+    /// Open the catalog over `warehouse` and `policy`; `geoip` backs `country_of`.
+    pub async fn open(
+        warehouse: &Path,
+        policy: &Path,
+        geoip: Option<&Path>,
+    ) -> Result<Self, CatalogError> {
+        let ctx = SessionContext::new();
+        register_warehouse(&ctx, warehouse)?;
+        let mut policy_versions = BTreeMap::new();
+        for (name, schema) in policy_csv_tables() {
+            let path = policy.join(format!("{name}.csv"));
+            policy_versions.insert(format!("{name}.csv"), sha256_of(&path)?);
+            let opts = CsvReadOptions::new().has_header(true).schema(&schema);
+            ctx.register_csv(name, path.to_string_lossy().as_ref(), opts)
+                .await?;
+        }
+        let networks = Networks::load(policy)?;
+        policy_versions.insert(
+            "networks.toml".into(),
+            sha256_of(&policy.join("networks.toml"))?,
+        );
+        register_networks(&ctx, &networks)?;
+        let files: Vec<(&String, &String)> = policy_versions.iter().collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("file", DataType::Utf8, false),
+                Field::new("sha256", DataType::Utf8, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    files.iter().map(|f| f.0.as_str()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    files.iter().map(|f| f.1.as_str()),
+                )),
+            ],
+        )
+        .map_err(DataFusionError::from)?;
+        ctx.register_table(
+            "policy_files",
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+        )?;
+
+        let transfer_bases = Arc::new(load_transfer_bases(&policy.join("transfer_bases.csv"))?);
+        let geoip = geoip.map(GeoIp::open).transpose()?.map(Arc::new);
+        register_udfs(&ctx, Arc::new(networks), geoip, transfer_bases.clone());
+        Ok(Self {
+            ctx,
+            policy_versions,
+            transfer_bases,
+        })
+    }
+}
+
+fn partition_cols() -> Vec<(String, DataType)> {
+    vec![
+        ("date".to_string(), DataType::Utf8),
+        ("hour".to_string(), DataType::Utf8),
+    ]
+}
+
+fn register_warehouse(ctx: &SessionContext, warehouse: &Path) -> Result<(), CatalogError> {
+    for t in Table::ALL {
+        let dir = warehouse.join(t.name());
+        if dir.is_dir() {
+            let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
+                what: "open",
+                path: dir.clone(),
+                source,
+            })?;
+            let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
+            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(partition_cols());
+            let config = ListingTableConfig::new(url)
+                .with_listing_options(opts)
+                .with_schema(t.schema());
+            ctx.register_table(t.name(), Arc::new(ListingTable::try_new(config)?))?;
+        } else {
+            // Nothing ingested yet: an empty table with the same columns.
+            let mut fields: Vec<Field> = t
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.extend(
+                partition_cols()
+                    .into_iter()
+                    .map(|(n, ty)| Field::new(n, ty, false)),
+            );
+            let schema = Arc::new(Schema::new(fields));
+            ctx.register_table(t.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        }
+    }
+    Ok(())
+}
+
+fn register_networks(ctx: &SessionContext, n: &Networks) -> Result<(), CatalogError> {
+    let utf8 = |v: Vec<String>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+    let mut zone = Vec::new();
+    let mut cidr = Vec::new();
+    let mut country = Vec::new();
+    let mut desc = Vec::new();
+    for (z, list) in [("enclave", &n.enclave), ("internal", &n.internal)] {
+        for net in list {
+            zone.push(z.to_string());
+            cidr.push(net.cidr.to_string());
+            country.push(net.country.clone());
+            desc.push(net.description.clone());
+        }
+    }
+    let networks = RecordBatch::try_from_iter(vec![
+        ("zone", utf8(zone)),
+        ("cidr", utf8(cidr)),
+        ("country", utf8(country)),
+        ("description", utf8(desc)),
+    ])
+    .map_err(DataFusionError::from)?;
+    let (mut gid, mut gip, mut gc, mut gi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for g in &n.gateways {
+        for ip in &g.ips {
+            gid.push(g.id.clone());
+            gip.push(ip.to_string());
+            gc.push(g.country.clone());
+            gi.push(g.expected_interval_s as i64);
+        }
+    }
+    let gateways = RecordBatch::try_from_iter(vec![
+        ("gateway_id", utf8(gid)),
+        ("ip", utf8(gip)),
+        ("country", utf8(gc)),
+        (
+            "expected_interval_s",
+            Arc::new(Int64Array::from(gi)) as ArrayRef,
+        ),
+    ])
+    .map_err(DataFusionError::from)?;
+    let exporters = RecordBatch::try_from_iter(vec![
+        (
+            "exporter",
+            utf8(n.exporters.iter().map(|e| e.id.clone()).collect()),
+        ),
+        (
+            "format",
+            utf8(n.exporters.iter().map(|e| e.format.clone()).collect()),
+        ),
+        (
+            "expected_interval_s",
+            Arc::new(Int64Array::from_iter_values(
+                n.exporters.iter().map(|e| e.expected_interval_s as i64),
+            )) as ArrayRef,
+        ),
+        (
+            "sequenced",
+            Arc::new(BooleanArray::from(
+                n.exporters.iter().map(|e| e.sequenced).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+    ])
+    .map_err(DataFusionError::from)?;
+    for (name, batch) in [
+        ("networks", networks),
+        ("gateways", gateways),
+        ("exporters", exporters),
+    ] {
+        ctx.register_table(
+            name,
+            Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
+        )?;
+    }
+    Ok(())
+}
+
+/// Read `transfer_bases.csv` (the same file the `transfer_bases` table shows) for `basis_for`.
+fn load_transfer_bases(path: &Path) -> Result<Vec<TransferBasis>, CatalogError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+        what: "read",
+        path: path.into(),
+        source,
+    })?;
+    let perr = |line: usize, msg: String| CatalogError::Policy {
+        path: path.into(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let date = |line: usize, s: &str| {
+        s.parse::<NaiveDate>()
+            .map_err(|_| perr(line, format!("\"{s}\" is not a date (YYYY-MM-DD)")))
+    };
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(1) {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let c: Vec<&str> = l.splitn(6, ',').collect();
+        if c.len() < 5 {
+            return Err(perr(
+                i + 1,
+                "expected country,basis,scope,valid_from,valid_to,reference".into(),
+            ));
+        }
+        out.push(TransferBasis {
+            country: c[0].to_string(),
+            basis: c[1].to_string(),
+            scope: c[2].to_string(),
+            valid_from: date(i + 1, c[3])?,
+            valid_to: if c[4].is_empty() {
+                None
+            } else {
+                Some(date(i + 1, c[4])?)
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The legal basis for sending data to `country` on `day`, if any (the first match in file order).
+pub fn basis_for<'a>(
+    bases: &'a [TransferBasis],
+    country: &str,
+    day: NaiveDate,
+) -> Option<&'a TransferBasis> {
+    bases.iter().find(|b| {
+        b.country == country && b.valid_from <= day && b.valid_to.is_none_or(|t| day <= t)
+    })
+}
+
+fn register_udfs(
+    ctx: &SessionContext,
+    networks: Arc<Networks>,
+    geoip: Option<Arc<GeoIp>>,
+    bases: Arc<Vec<TransferBasis>>,
+) {
+    // in_cidr(ip, cidr) -> boolean; null when either is null or unparseable.
+    let in_cidr = Arc::new(
+        |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let ips = string_array(&arrays[0], "in_cidr")?;
+            let cidrs = string_array(&arrays[1], "in_cidr")?;
+            let mut last: Option<(String, Option<Cidr>)> = None;
+            let out: BooleanArray = (0..ips.len())
+                .map(|i| {
+                    if ips.is_null(i) || cidrs.is_null(i) {
+                        return None;
+                    }
+                    let c = cidrs.value(i);
+                    if last.as_ref().is_none_or(|(s, _)| s != c) {
+                        last = Some((c.to_string(), c.parse::<Cidr>().ok()));
+                    }
+                    let cidr = last.as_ref().and_then(|(_, p)| *p)?;
+                    let ip: IpAddr = ips.value(i).parse().ok()?;
+                    Some(cidr.contains(ip))
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        },
+    );
+    ctx.register_udf(create_udf(
+        "in_cidr",
+        vec![DataType::Utf8, DataType::Utf8],
+        DataType::Boolean,
+        Volatility::Immutable,
+        in_cidr,
+    ));
+
+    // country_of(ip) -> string: the site country of enclave/internal addresses, else GeoIP.
+    let country_of = Arc::new(
+        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let ips = string_array(&arrays[0], "country_of")?;
+            let out: StringArray = (0..ips.len())
+                .map(|i| {
+                    let ip: IpAddr = ips.value(i).parse().ok().filter(|_| !ips.is_null(i))?;
+                    match networks.classify(ip) {
+                        (_, Some(site)) => Some(site.to_string()),
+                        _ => geoip
+                            .as_ref()
+                            .and_then(|g| g.lookup(ip).country_str().map(str::to_string)),
+                    }
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        },
+    );
+    ctx.register_udf(create_udf(
+        "country_of",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Immutable,
+        country_of,
+    ));
+
+    // basis_for(country, ts) -> string: eea / adequacy / scc / bcr / derogation, or null.
+    let basis = Arc::new(
+        move |args: &[ColumnarValue]| -> datafusion::error::Result<ColumnarValue> {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let countries = string_array(&arrays[0], "basis_for")?;
+            let ts = arrays[1]
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .ok_or_else(|| {
+                    DataFusionError::Execution(
+                        "basis_for: the second argument must be a timestamp".into(),
+                    )
+                })?;
+            let out: StringArray = (0..countries.len())
+                .map(|i| {
+                    if countries.is_null(i) || ts.is_null(i) {
+                        return None;
+                    }
+                    let day = chrono::DateTime::from_timestamp_micros(ts.value(i))?.date_naive();
+                    basis_for(&bases, countries.value(i), day).map(|b| b.basis.clone())
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(out)))
+        },
+    );
+    ctx.register_udf(create_udf(
+        "basis_for",
+        vec![
+            DataType::Utf8,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ],
+        DataType::Utf8,
+        Volatility::Immutable,
+        basis,
+    ));
+}
+
+fn string_array<'a>(a: &'a ArrayRef, f: &str) -> datafusion::error::Result<&'a StringArray> {
+    a.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+        DataFusionError::Execution(format!(
+            "{f}: expected a string argument, found {}",
+            a.data_type()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::AsArray;
+
+    fn repo(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel)
+    }
+
+    async fn query(c: &Catalog, sql: &str) -> Vec<RecordBatch> {
+        c.ctx
+            .sql(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .collect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn policy_tables_functions_and_an_empty_warehouse() {
+        let wh = tempfile::tempdir().unwrap();
+        let c = Catalog::open(
+            wh.path(),
+            &repo("fixtures/policy"),
+            Some(&repo("fixtures/geoip/ranges.csv")),
+        )
+        .await
+        .unwrap();
+        let b = query(
+            &c,
+            "SELECT count(*) AS n, sum(CASE WHEN eea THEN 1 ELSE 0 END) AS eea FROM countries",
+        )
+        .await;
+        assert_eq!(
+            b[0].column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            50
+        );
+        assert_eq!(
+            b[0].column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            30,
+            "EU27 + IS, LI, NO"
+        );
+        let b = query(
+            &c,
+            "SELECT in_cidr('10.20.3.4', cidr) AS inside, country_of('45.36.1.2') AS ru, country_of('10.20.0.10') AS site, \
+             basis_for('US', TIMESTAMP '2026-11-21T10:00:00Z') AS us, basis_for('US', TIMESTAMP '2018-01-01T00:00:00Z') AS us2018, \
+             basis_for('RU', TIMESTAMP '2026-11-21T10:00:00Z') AS ru_basis FROM networks WHERE zone = 'enclave' AND cidr LIKE '10.%'",
+        )
+        .await;
+        let r = &b[0];
+        assert!(r.column(0).as_boolean().value(0));
+        assert_eq!(r.column(1).as_string::<i32>().value(0), "RU");
+        assert_eq!(r.column(2).as_string::<i32>().value(0), "DE");
+        assert_eq!(r.column(3).as_string::<i32>().value(0), "adequacy");
+        assert_eq!(
+            r.column(4).as_string::<i32>().value(0),
+            "adequacy",
+            "Privacy Shield, 2016-2020"
+        );
+        assert!(r.column(5).is_null(0), "no basis for Russia");
+        let b = query(&c, "SELECT count(*) FROM flows WHERE date = '2026-11-21'").await;
+        assert_eq!(
+            b[0].column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            0
+        );
+        assert_eq!(c.policy_versions.len(), 6);
+        assert!(c.policy_versions.values().all(|h| h.len() == 64));
+    }
+
+    #[test]
+    fn basis_follows_validity_periods() {
+        let bases = load_transfer_bases(&repo("fixtures/policy/transfer_bases.csv")).unwrap();
+        let d = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(
+            basis_for(&bases, "US", d("2015-01-01")).unwrap().scope,
+            "organisations certified under Safe Harbor"
+        );
+        assert!(
+            basis_for(&bases, "US", d("2021-01-01")).is_none(),
+            "between Privacy Shield and the DPF"
+        );
+        assert_eq!(
+            basis_for(&bases, "DE", d("2026-11-21")).unwrap().basis,
+            "eea"
+        );
+        assert!(basis_for(&bases, "CN", d("2026-11-21")).is_none());
+    }
+}
