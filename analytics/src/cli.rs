@@ -337,8 +337,17 @@ pub fn print_summary(s: &IngestSummary) {
         "ingest: consumed {} = gateway_events {} + flows {} + quarantined {}; {} files in {} commits; {} already-recorded messages skipped; busy {:.3} s",
         s.consumed, s.written_gateway, s.written_flows, s.quarantined, s.files, s.commits, s.skipped_recorded, s.busy_secs
     );
+    if s.stale_commits > 0 || s.discarded_on_revoke > 0 {
+        println!(
+            "  rebalances: {} commits found their offsets already recorded by another writer; {} buffered messages left to the partitions' new owners",
+            s.stale_commits, s.discarded_on_revoke
+        );
+    }
     for (reason, n) in &s.quarantine_reasons {
         println!("  quarantined {n:>6}  {reason}");
+    }
+    for r in &s.repairs {
+        println!("  repair: {r}");
     }
     println!("manifest head: seq {} {}", s.manifest_seq, s.manifest_head);
 }

@@ -7,7 +7,7 @@
 //! for any number of workers.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 use arrow::record_batch::RecordBatch;
@@ -124,11 +124,7 @@ pub fn convert_jsonl(
     let (out_tx, out_rx) = sync_channel::<Result<Decoded>>(workers * 2);
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..workers {
-            let (rx, tx, topic): (
-                Arc<Mutex<Receiver<Chunk<'_>>>>,
-                SyncSender<Result<Decoded>>,
-                &str,
-            ) = (chunk_rx.clone(), out_tx.clone(), &topic);
+            let (rx, tx, topic) = (chunk_rx.clone(), out_tx.clone(), topic.as_str());
             scope.spawn(move || loop {
                 let next = rx.lock().expect("lock").recv();
                 let Ok(chunk) = next else { break };

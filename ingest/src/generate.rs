@@ -156,12 +156,15 @@ fn list(s: &str) -> Vec<String> {
 }
 
 /// IPv4 and IPv6 ranges per country, from a GeoIP CSV.
-struct Pools(BTreeMap<String, (Vec<(u32, u32)>, Vec<(u128, u128)>)>);
+/// IPv4 and IPv6 ranges of one country.
+type Ranges = (Vec<(u32, u32)>, Vec<(u128, u128)>);
+
+struct Pools(BTreeMap<String, Ranges>);
 
 impl Pools {
     fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(io_err("read", path))?;
-        let mut m: BTreeMap<String, (Vec<(u32, u32)>, Vec<(u128, u128)>)> = BTreeMap::new();
+        let mut m: BTreeMap<String, Ranges> = BTreeMap::new();
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let c: Vec<&str> = l.split(',').collect();
             if c.len() < 3 {

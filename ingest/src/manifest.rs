@@ -108,6 +108,24 @@ pub enum Repair {
     Missing { path: String },
 }
 
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repair::TruncatedTail { bytes } => write!(
+                f,
+                "cut off an incomplete last commit ({bytes} bytes) left by a crashed writer"
+            ),
+            Repair::RolledForward { path } => write!(
+                f,
+                "moved recorded file {path} into place from a crashed writer's staging area"
+            ),
+            Repair::Missing { path } => {
+                write!(f, "recorded file {path} is missing from the warehouse")
+            }
+        }
+    }
+}
+
 /// An exclusive lock on a file, released on drop.
 struct FileLock(#[allow(dead_code)] File);
 
