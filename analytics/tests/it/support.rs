@@ -180,39 +180,42 @@ impl Running {
     }
 }
 
-/// Produce every line of `file` to `topic` with confluent-kafka (an independent client, as a
-/// sensor or collector would).
-pub fn produce_with_python(topic: &str, file: &Path) {
+/// Run one of the repository's Python scripts in the test venv; its stdout if it exits 0.
+fn python_script(script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let py = std::env::var("FLOWAUDIT_PYTHON")
         .expect("FLOWAUDIT_PYTHON is not set: run the tests with `make test`");
     let out = Command::new(py)
-        .arg(repo("scripts/kafka_client.py"))
-        .args(["produce", &brokers(), topic])
-        .arg(file)
+        .arg(repo(&format!("scripts/{script}")))
+        .args(args)
         .output()
         .expect("run python");
     assert!(
         out.status.success(),
-        "kafka_client.py produce failed: {}",
+        "{script} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Produce every line of `file` to `topic` with confluent-kafka (an independent client, as a
+/// sensor or collector would).
+pub fn produce_with_python(topic: &str, file: &Path) {
+    let b = brokers();
+    python_script(
+        "kafka_client.py",
+        &[
+            "produce".as_ref(),
+            b.as_ref(),
+            topic.as_ref(),
+            file.as_os_str(),
+        ],
     );
 }
 
 /// Read the warehouse with pyarrow (an independent reader) and return its JSON report.
 pub fn pyarrow(warehouse: &Path) -> Value {
-    let py = std::env::var("FLOWAUDIT_PYTHON")
-        .expect("FLOWAUDIT_PYTHON is not set: run the tests with `make test`");
-    let out = Command::new(py)
-        .arg(repo("scripts/check_parquet.py"))
-        .arg(warehouse)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "check_parquet.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json from check_parquet.py")
+    let out = python_script("check_parquet.py", &[warehouse.as_os_str()]);
+    serde_json::from_slice(&out).expect("json from check_parquet.py")
 }
 
 /// Rows recorded in the manifest, per table.
