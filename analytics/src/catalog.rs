@@ -556,6 +556,42 @@ mod tests {
         assert!(c.policy_versions.values().all(|h| h.len() == 64));
     }
 
+    #[tokio::test]
+    async fn every_rule_file_parses_and_plans_against_the_catalog() {
+        let wh = tempfile::tempdir().unwrap();
+        let c = Catalog::open(wh.path(), &repo("fixtures/policy"), None)
+            .await
+            .unwrap();
+        let rules = crate::rules::load_rules(&repo("queries")).unwrap();
+        assert!(!rules.is_empty());
+        let (from, to) = (
+            "2026-11-21T00:00:00Z".parse().unwrap(),
+            "2026-11-22T00:00:00Z".parse().unwrap(),
+        );
+        for r in rules {
+            let sql = crate::rules::render(&r, from, to);
+            let df = c
+                .ctx
+                .sql(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", r.path.display()));
+            let cols: Vec<String> = df
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            for e in &r.entity {
+                assert!(
+                    cols.contains(e),
+                    "{}: entity column {e} is not in the result {cols:?}",
+                    r.id
+                );
+            }
+            df.collect().await.unwrap();
+        }
+    }
+
     #[test]
     fn basis_follows_validity_periods() {
         let bases = load_transfer_bases(&repo("fixtures/policy/transfer_bases.csv")).unwrap();

@@ -5,3 +5,4 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod rules;

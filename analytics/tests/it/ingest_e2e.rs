@@ -91,7 +91,8 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
         .enable_all()
         .build()
         .unwrap();
-    let (day, other_day, quarantined, basis) = rt.block_on(async {
+    let p01_dst = p01.entity["dst_ip"].clone();
+    let (day, other_day, quarantined, basis, transfers) = rt.block_on(async {
         let c = flowaudit_analytics::catalog::Catalog::open(&s.warehouse(), &repo("fixtures/policy"), Some(&repo("fixtures/geoip/ranges.csv"))).await.unwrap();
         let one = |sql: String| {
             let ctx = c.ctx.clone();
@@ -105,8 +106,28 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
             one("SELECT count(*) FROM flows WHERE date = '2026-11-22'".into()).await,
             one("SELECT count(*) FROM quarantine".into()).await,
             one(format!("SELECT coalesce(basis_for(dst_country, ts), 'none') FROM gateway_events WHERE event_id = '{ev}'")).await,
+            {
+                // The rule file finds the planted transfer, and nothing else (the background obeys the policy).
+                let rules = flowaudit_analytics::rules::load_rules(&repo("queries")).unwrap();
+                let rule = rules.iter().find(|r| r.id == "transfer_no_legal_basis").unwrap();
+                let sql = flowaudit_analytics::rules::render(rule, "2026-11-21T00:00:00Z".parse().unwrap(), "2026-11-22T00:00:00Z".parse().unwrap());
+                let b = c.ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                let mut found = Vec::new();
+                for batch in &b {
+                    for i in 0..batch.num_rows() {
+                        let col = |n: &str| arrow::util::display::array_value_to_string(batch.column_by_name(n).unwrap(), i).unwrap();
+                        found.push((col("dst_ip"), col("dst_country")));
+                    }
+                }
+                found
+            },
         )
     });
+    assert_eq!(
+        transfers,
+        vec![(p01_dst, "RU".to_string())],
+        "exactly the planted transfer"
+    );
     assert_eq!(day, valid_gw.to_string());
     assert_eq!(other_day, "0");
     assert_eq!(quarantined, malformed.to_string());
