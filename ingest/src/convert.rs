@@ -54,14 +54,15 @@ fn decode_chunk(
     let mut rows = Rows::new(table, 1 << 15);
     let mut rejected = HashMap::new();
     let mut lines = 0u64;
-    for line in chunk.data.split(|b| *b == b'\n') {
+    // `offset` is the line number in the file (blank lines count, as the cutter counts them).
+    for (i, line) in chunk.data.split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
         let prov = Provenance {
             topic,
             partition: 0,
-            offset: (chunk.first_line + lines) as i64,
+            offset: (chunk.first_line + i as u64) as i64,
             timestamp_ms: None,
         };
         lines += 1;
@@ -83,7 +84,7 @@ fn decode_chunk(
     })
 }
 
-fn memchr_count(data: &[u8]) -> u64 {
+fn count_lines(data: &[u8]) -> u64 {
     data.iter().filter(|b| **b == b'\n').count() as u64
 }
 
@@ -150,7 +151,7 @@ pub fn convert_jsonl(
                 }
                 let chunk = &data[start..end];
                 let lines =
-                    memchr_count(chunk) + u64::from(chunk.last().is_some_and(|b| *b != b'\n'));
+                    count_lines(chunk) + u64::from(chunk.last().is_some_and(|b| *b != b'\n'));
                 if chunk_tx
                     .send(Chunk {
                         seq,

@@ -320,10 +320,9 @@ impl Gen<'_> {
         entity: &[(&'static str, String)],
         description: String,
     ) {
-        let id = format!("P{:02}", self.planted.len() + 1);
         let entity = entity.iter().cloned().collect();
         self.planted.push(Planted {
-            id,
+            id: String::new(), // numbered in time order once all are planted
             kind,
             severity,
             from: iso(from),

@@ -1,4 +1,5 @@
 //! Integration tests of the ingest library (one test binary; modules by topic).
+mod convert;
 mod formats;
 mod geoip;
 mod manifest;
