@@ -4,6 +4,8 @@
 -- schedule: */15 * * * *
 -- lookback: 1h
 -- entity: src_ip, dst_ip, dst_country
+-- policy: transfer_bases.csv, networks.toml
+-- summary: {src_ip} sent {bytes} bytes in {flows} flows to {dst_ip} in {dst_country}, which had no transfer basis on {first_seen}
 -- description: Data left the enclave for an address in a country that, on the day it was sent,
 --   was neither in the EEA nor covered by an adequacy decision or another transfer basis listed
 --   in the policy's transfer_bases. Destinations whose country is unknown are not reported here.
@@ -21,5 +23,5 @@ WHERE f.date BETWEEN '{{from_date}}' AND '{{to_date}}'
   AND f.dst_zone = 'external'
   AND f.dst_country IS NOT NULL
   AND basis_for(f.dst_country, f.ts) IS NULL
-GROUP BY f.src_ip, f.dst_ip, f.dst_country
+GROUP BY f.src_ip, f.dst_ip, f.dst_country, CAST(f.ts AS DATE)
 ORDER BY first_seen, f.dst_ip

@@ -1,9 +1,10 @@
 //! The catalog: one DataFusion session over the warehouse and the auditor's policy folder, used by
 //! every reader of the data (rules, report, SQL shell).
 //!
-//! - Warehouse tables `gateway_events`, `flows`, `quarantine` are listing tables over the
+//! - Warehouse tables `gateway_events`, `flows`, `quarantine`, `alerts` are listing tables over the
 //!   Hive-partitioned Parquet, with partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both
-//!   strings, so `WHERE date = '2026-11-21'` reads only that day's files.
+//!   strings, so `WHERE date = '2026-11-21'` reads only that day's files (`alerts` has `date`
+//!   only: the day of the finding).
 //! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
 //!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
 //!   policy file with its SHA-256, the version recorded with every run.
@@ -65,6 +66,8 @@ pub struct Catalog {
     /// Policy file name → SHA-256 of its contents.
     pub policy_versions: BTreeMap<String, String>,
     pub transfer_bases: Arc<Vec<TransferBasis>>,
+    /// The GeoIP database behind `country_of`: kind, path and SHA-256.
+    pub geoip: Option<BTreeMap<String, String>>,
 }
 
 /// The CSV policy tables and their schemas.
@@ -185,11 +188,20 @@ impl Catalog {
 
         let transfer_bases = Arc::new(load_transfer_bases(&policy.join("transfer_bases.csv"))?);
         let geoip = geoip.map(GeoIp::open).transpose()?.map(Arc::new);
+        let geoip_identity = geoip.as_ref().map(|g| {
+            let id = g.identity();
+            BTreeMap::from([
+                ("kind".to_string(), id.kind.to_string()),
+                ("path".to_string(), id.path.display().to_string()),
+                ("sha256".to_string(), id.sha256.clone()),
+            ])
+        });
         register_udfs(&ctx, Arc::new(networks), geoip, transfer_bases.clone());
         Ok(Self {
             ctx,
             policy_versions,
             transfer_bases,
+            geoip: geoip_identity,
         })
     }
 }
@@ -202,8 +214,16 @@ fn partition_cols() -> Vec<(String, DataType)> {
 }
 
 fn register_warehouse(ctx: &SessionContext, warehouse: &Path) -> Result<(), CatalogError> {
-    for t in Table::ALL {
-        let dir = warehouse.join(t.name());
+    let tables = Table::ALL
+        .iter()
+        .map(|t| (t.name(), t.schema(), partition_cols()))
+        .chain([(
+            "alerts",
+            crate::alerts::table_schema(),
+            vec![("date".to_string(), DataType::Utf8)],
+        )]);
+    for (name, schema, parts) in tables {
+        let dir = warehouse.join(name);
         if dir.is_dir() {
             let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
                 what: "open",
@@ -213,26 +233,18 @@ fn register_warehouse(ctx: &SessionContext, warehouse: &Path) -> Result<(), Cata
             let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
             let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet")
-                .with_table_partition_cols(partition_cols());
+                .with_table_partition_cols(parts);
             let config = ListingTableConfig::new(url)
                 .with_listing_options(opts)
-                .with_schema(t.schema());
-            ctx.register_table(t.name(), Arc::new(ListingTable::try_new(config)?))?;
+                .with_schema(schema);
+            ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
         } else {
-            // Nothing ingested yet: an empty table with the same columns.
-            let mut fields: Vec<Field> = t
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.extend(
-                partition_cols()
-                    .into_iter()
-                    .map(|(n, ty)| Field::new(n, ty, false)),
-            );
+            // Nothing written yet: an empty table with the same columns.
+            let mut fields: Vec<Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.extend(parts.into_iter().map(|(n, ty)| Field::new(n, ty, false)));
             let schema = Arc::new(Schema::new(fields));
-            ctx.register_table(t.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+            ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
         }
     }
     Ok(())

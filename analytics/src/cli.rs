@@ -35,6 +35,116 @@ pub enum Command {
     Demo(DemoArgs),
     /// Convert a JSON-lines file to one Parquet file through ingest's decoders (no Kafka).
     Convert(ConvertArgs),
+    /// The rule pack: run rules over a window, list them, test them against their cases.
+    Rules(RulesArgs),
+    /// Run every rule on its schedule (with catch-up), deliver alerts, optionally ingest too.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    pub command: RulesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Run the rules over a day or a range of days; raise, record and deliver new alerts.
+    Run(RulesRunArgs),
+    /// List the rules.
+    List(RulesDirArgs),
+    /// Run every rule against its test cases (events that must fire, near misses that must not).
+    Test(RulesTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesDirArgs {
+    /// Folder of rule files (default queries). [config: rules.dir]
+    #[arg(long, env = "FLOWAUDIT_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesTestArgs {
+    #[command(flatten)]
+    pub dir: RulesDirArgs,
+    /// Folder of rule test cases (default fixtures/rules). [config: rules.cases]
+    #[arg(long, env = "FLOWAUDIT_RULE_CASES")]
+    pub cases: Option<PathBuf>,
+    /// Policy folder the cases are decided with (default fixtures/policy). [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// GeoIP database for the cases' addresses (default fixtures/geoip/ranges.csv). [config: geoip]
+    #[arg(long, env = "FLOWAUDIT_GEOIP")]
+    pub geoip: Option<PathBuf>,
+}
+
+/// Where the data and policy are, and where alerts go (shared by `rules run` and `serve`).
+#[derive(Debug, Args, Clone)]
+pub struct WarehouseArgs {
+    /// Warehouse directory (Parquet tables, manifest, alerts, run records). [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// Policy folder. [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// GeoIP database behind country_of(): .mmdb or CSV ranges. [config: geoip]
+    #[arg(long, env = "FLOWAUDIT_GEOIP")]
+    pub geoip: Option<PathBuf>,
+    /// Folder of rule files (default queries). [config: rules.dir]
+    #[arg(long, env = "FLOWAUDIT_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Run only this rule (repeatable; default all). [config: rules.only]
+    #[arg(long = "rule", env = "FLOWAUDIT_RULE", value_delimiter = ',')]
+    pub rule: Vec<String>,
+    /// Kafka bootstrap servers: alerts go to the alerts topic there. [config: brokers]
+    #[arg(long, env = "FLOWAUDIT_BROKERS")]
+    pub brokers: Option<String>,
+    /// Kafka topic for alerts (default audit.alerts). [config: alerts.topic]
+    #[arg(long, env = "FLOWAUDIT_ALERTS_TOPIC")]
+    pub alerts_topic: Option<String>,
+    /// Append alerts to this JSON-lines file. [config: alerts.file]
+    #[arg(long, env = "FLOWAUDIT_ALERTS_FILE")]
+    pub alerts_file: Option<PathBuf>,
+    /// POST each alert as JSON to this URL (retries with back-off). [config: alerts.webhook]
+    #[arg(long, env = "FLOWAUDIT_WEBHOOK")]
+    pub webhook: Option<String>,
+    /// Attempts per alert and delivery round (default 5). [config: alerts.webhook_attempts]
+    #[arg(long, env = "FLOWAUDIT_WEBHOOK_ATTEMPTS")]
+    pub webhook_attempts: Option<u32>,
+    /// First back-off between webhook attempts in ms, doubling (default 500). [config: alerts.webhook_backoff_ms]
+    #[arg(long, env = "FLOWAUDIT_WEBHOOK_BACKOFF_MS")]
+    pub webhook_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesRunArgs {
+    #[command(flatten)]
+    pub common: WarehouseArgs,
+    /// The UTC day to run over (YYYY-MM-DD).
+    #[arg(long, env = "FLOWAUDIT_DATE", conflicts_with_all = ["from", "to"])]
+    pub date: Option<NaiveDate>,
+    /// First day of a backfill (YYYY-MM-DD, inclusive); each day is its own run.
+    #[arg(long, env = "FLOWAUDIT_FROM", requires = "to")]
+    pub from: Option<NaiveDate>,
+    /// Last day of a backfill (inclusive).
+    #[arg(long, env = "FLOWAUDIT_TO", requires = "from")]
+    pub to: Option<NaiveDate>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: WarehouseArgs,
+    /// Run ingest in the same process (its settings come from [ingest] and the top-level keys). [config: serve.ingest]
+    #[arg(long, env = "FLOWAUDIT_SERVE_INGEST")]
+    pub ingest: bool,
+    /// Seconds between scheduler ticks (default 10). [config: serve.tick_s]
+    #[arg(long, env = "FLOWAUDIT_TICK_S")]
+    pub tick_s: Option<u64>,
+    /// How far back missed firings are caught up, e.g. 7d (default 7d). [config: serve.catch_up_max]
+    #[arg(long, env = "FLOWAUDIT_CATCH_UP_MAX")]
+    pub catch_up_max: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -222,7 +332,363 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo(a) => crate::demo::run(&a),
         Command::Convert(a) => run_convert(a),
+        Command::Rules(r) => match r.command {
+            RulesCommand::Run(a) => run_rules(a, &file),
+            RulesCommand::List(a) => list_rules(a, &file),
+            RulesCommand::Test(a) => test_rules(a, &file),
+        },
+        Command::Serve(a) => run_serve(a, &file),
     }
+}
+
+/// Settings resolved from flags, environment and file, for `rules run` and `serve`.
+pub struct Resolved {
+    pub warehouse: PathBuf,
+    pub policy: PathBuf,
+    pub geoip: Option<PathBuf>,
+    pub rules_dir: PathBuf,
+    pub only: Vec<String>,
+    pub sinks: Vec<crate::sinks::Sink>,
+}
+
+impl WarehouseArgs {
+    pub fn resolve(self, file: &FileConfig) -> anyhow::Result<Resolved> {
+        use crate::sinks::Sink;
+        use std::time::Duration;
+        let Some(warehouse) = self.warehouse.or(file.warehouse.clone()) else {
+            bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+        };
+        let Some(policy) = self.policy.or(file.policy.clone()) else {
+            bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
+        };
+        let a = &file.alerts;
+        let mut sinks = Vec::new();
+        if let Some(brokers) = self.brokers.or(file.brokers.clone()) {
+            if a.kafka.unwrap_or(true) {
+                sinks.push(Sink::Kafka {
+                    brokers,
+                    topic: self
+                        .alerts_topic
+                        .or(a.topic.clone())
+                        .unwrap_or_else(|| "audit.alerts".into()),
+                    properties: file
+                        .ingest
+                        .kafka
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    timeout: Duration::from_millis(a.kafka_timeout_ms.unwrap_or(30_000)),
+                });
+            }
+        }
+        if let Some(f) = self.alerts_file.or(a.file.clone()) {
+            sinks.push(Sink::File(f));
+        }
+        if let Some(url) = self.webhook.or(a.webhook.clone()) {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("webhook URL \"{url}\" must start with http:// or https://");
+            }
+            sinks.push(Sink::Webhook {
+                url,
+                attempts: self
+                    .webhook_attempts
+                    .or(a.webhook_attempts)
+                    .unwrap_or(5)
+                    .max(1),
+                backoff: Duration::from_millis(
+                    self.webhook_backoff_ms
+                        .or(a.webhook_backoff_ms)
+                        .unwrap_or(500),
+                ),
+                timeout: Duration::from_millis(a.webhook_timeout_ms.unwrap_or(10_000)),
+            });
+        }
+        Ok(Resolved {
+            warehouse,
+            policy,
+            geoip: self.geoip.or(file.geoip.clone()),
+            rules_dir: self
+                .rules_dir
+                .or(file.rules.dir.clone())
+                .unwrap_or_else(|| "queries".into()),
+            only: if self.rule.is_empty() {
+                file.rules.only.clone().unwrap_or_default()
+            } else {
+                self.rule
+            },
+            sinks,
+        })
+    }
+}
+
+fn select_rules(dir: &std::path::Path, only: &[String]) -> anyhow::Result<Vec<crate::rules::Rule>> {
+    let rules = crate::rules::load_rules(dir)
+        .with_context(|| format!("loading rules from {}", dir.display()))?;
+    for id in only {
+        if !rules.iter().any(|r| &r.id == id) {
+            bail!(
+                "no rule `{id}` in {} (rules: {})",
+                dir.display(),
+                rules
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(rules
+        .into_iter()
+        .filter(|r| only.is_empty() || only.contains(&r.id))
+        .collect())
+}
+
+fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let days: Vec<NaiveDate> = match (a.date, a.from, a.to) {
+        (Some(d), None, None) => vec![d],
+        (None, Some(f), Some(t)) if f <= t => f.iter_days().take_while(|d| *d <= t).collect(),
+        (None, Some(f), Some(t)) => bail!("--from {f} is after --to {t}"),
+        _ => bail!("give the window: --date YYYY-MM-DD, or --from YYYY-MM-DD --to YYYY-MM-DD"),
+    };
+    let r = a.common.resolve(file)?;
+    let rules = select_rules(&r.rules_dir, &r.only)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let suppressions = crate::alerts::load_suppressions(&r.policy.join("suppressions.csv"))?;
+    let mut failed = Vec::new();
+    let mut undelivered = Vec::new();
+    for day in days {
+        let from = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        let to = from + chrono::Duration::days(1);
+        let catalog = rt
+            .block_on(crate::catalog::Catalog::open(
+                &r.warehouse,
+                &r.policy,
+                r.geoip.as_deref(),
+            ))
+            .context("opening the catalog")?;
+        let mut store = crate::alerts::AlertStore::open(&r.warehouse)?;
+        let before = store.len();
+        let res = rt
+            .block_on(crate::runner::run_window(
+                &catalog,
+                &r.warehouse,
+                &rules,
+                &mut store,
+                &suppressions,
+                from,
+                to,
+                "manual",
+            ))
+            .context("running the rules")?;
+        print_run(&res);
+        for f in res.record.failed_rules() {
+            failed.push(format!(
+                "{day} {}: {}",
+                f.id,
+                f.error.as_deref().unwrap_or_default()
+            ));
+        }
+        for d in crate::sinks::deliver_all(&store, &r.sinks, before) {
+            match &d.error {
+                None => println!("  delivered {} alert(s) to {}", d.delivered, d.sink),
+                Some(e) => {
+                    println!("  NOT delivered: {e}");
+                    undelivered.push(e.clone());
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} rule run(s) failed:\n  {}",
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
+    if !undelivered.is_empty() {
+        bail!(
+            "alerts are recorded but not delivered to every sink; they will be sent by the next `rules run` or `serve`:\n  {}",
+            undelivered.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Print a run: per-rule counts, then the new alerts grouped by rule, then suppressions.
+pub fn print_run(res: &crate::runner::RunResult) {
+    let rec = &res.record;
+    println!(
+        "run {} ({}) over [{}, {}): {} rules in {} ms; manifest head seq {}",
+        rec.run_id,
+        rec.trigger,
+        rec.window_from,
+        rec.window_to,
+        rec.rules.len(),
+        rec.millis,
+        rec.manifest_seq
+    );
+    println!(
+        "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>7}",
+        "rule", "severity", "rows", "new", "repeated", "suppressed", "ms"
+    );
+    for o in &rec.rules {
+        println!(
+            "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>7}{}",
+            o.id,
+            o.severity,
+            o.rows,
+            o.new,
+            o.already_raised,
+            o.suppressed,
+            o.millis,
+            o.error
+                .as_ref()
+                .map(|e| format!("  FAILED: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    print_alerts_by_rule(&res.raised);
+    for a in &res.suppressed {
+        let s = a.suppression.as_ref().expect("suppressed");
+        println!(
+            "  suppressed {} [{}]: by {} until {}: {}",
+            a.rule_id, a.entity_key, s.who, s.expires, s.reason
+        );
+    }
+    for s in &rec.expired_suppressions {
+        println!(
+            "  expired suppression did not apply: {} [{}] by {} expired {}: {}",
+            s.rule_id, s.entity, s.who, s.expires, s.reason
+        );
+    }
+}
+
+/// New alerts, grouped by rule.
+pub fn print_alerts_by_rule(alerts: &[crate::alerts::Alert]) {
+    let mut by_rule: std::collections::BTreeMap<&str, Vec<&crate::alerts::Alert>> =
+        std::collections::BTreeMap::new();
+    for a in alerts {
+        by_rule.entry(a.rule_id.as_str()).or_default().push(a);
+    }
+    if alerts.is_empty() {
+        println!("  no new alerts");
+    }
+    for (rule, list) in by_rule {
+        println!("  {rule} ({} new, {})", list.len(), list[0].severity);
+        for a in list {
+            println!("    [{}] {}", &a.fingerprint[..12], a.summary);
+        }
+    }
+}
+
+fn list_rules(a: RulesDirArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let dir = a
+        .rules_dir
+        .or(file.rules.dir.clone())
+        .unwrap_or_else(|| "queries".into());
+    let rules = select_rules(&dir, &[])?;
+    println!(
+        "{:<34} {:<8} {:<14} {:<8} title",
+        "id", "severity", "schedule", "lookback"
+    );
+    for r in &rules {
+        println!(
+            "{:<34} {:<8} {:<14} {:<8} {}",
+            r.id,
+            r.severity.as_str(),
+            r.schedule,
+            crate::rules::format_duration(r.lookback),
+            r.title
+        );
+    }
+    println!("{} rules in {}", rules.len(), dir.display());
+    Ok(())
+}
+
+fn test_rules(a: RulesTestArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let dir = a
+        .dir
+        .rules_dir
+        .or(file.rules.dir.clone())
+        .unwrap_or_else(|| "queries".into());
+    let cases = a
+        .cases
+        .or(file.rules.cases.clone())
+        .unwrap_or_else(|| "fixtures/rules".into());
+    let policy = a
+        .policy
+        .or(file.policy.clone())
+        .unwrap_or_else(|| "fixtures/policy".into());
+    let geoip = a
+        .geoip
+        .or(file.geoip.clone())
+        .unwrap_or_else(|| "fixtures/geoip/ranges.csv".into());
+    let rules = select_rules(&dir, &[])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let reports = rt
+        .block_on(crate::cases::run_cases(&rules, &cases, &policy, &geoip))
+        .map_err(anyhow::Error::msg)?;
+    let mut failed = 0;
+    for r in &reports {
+        if r.passed() {
+            println!(
+                "ok    {:<34} fired {} of {} expected, {} near misses quiet",
+                r.rule, r.fired, r.expected, r.quiet
+            );
+        } else {
+            failed += 1;
+            println!("FAIL  {}", r.rule);
+            for p in &r.problems {
+                println!("        {p}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} rules failed their cases", reports.len());
+    }
+    println!("all {} rules pass their cases", reports.len());
+    Ok(())
+}
+
+fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let s = &file.serve;
+    let ingest = if a.ingest || s.ingest.unwrap_or(false) {
+        Some(
+            IngestSettings {
+                warehouse: a.common.warehouse.clone(),
+                policy: a.common.policy.clone(),
+                geoip: a.common.geoip.clone(),
+                brokers: a.common.brokers.clone(),
+                ..Default::default()
+            }
+            .or(file.ingest_settings())
+            .resolve()
+            .context("ingest configuration")?,
+        )
+    } else {
+        None
+    };
+    let catch_up = a
+        .catch_up_max
+        .or(s.catch_up_max.clone())
+        .unwrap_or_else(|| "7d".into());
+    let catch_up_max = crate::rules::parse_duration(&catch_up)
+        .with_context(|| format!("catch_up_max \"{catch_up}\" is not a duration like 12h or 7d"))?;
+    let r = a.common.resolve(file)?;
+    select_rules(&r.rules_dir, &r.only)?;
+    let opts = crate::serve::ServeOptions {
+        warehouse: r.warehouse,
+        policy: r.policy,
+        geoip: r.geoip,
+        rules_dir: r.rules_dir,
+        only: r.only,
+        sinks: r.sinks,
+        tick: std::time::Duration::from_secs(a.tick_s.or(s.tick_s).unwrap_or(10).max(1)),
+        catch_up_max,
+        ingest,
+    };
+    crate::serve::serve(opts, shutdown_flag()?)
 }
 
 /// SIGINT and SIGTERM set the returned flag; the ingest loop then flushes, records and exits.

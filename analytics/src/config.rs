@@ -19,6 +19,58 @@ pub struct FileConfig {
     pub ingest: IngestSettings,
     #[serde(default)]
     pub generate: GenerateSettings,
+    #[serde(default)]
+    pub rules: RulesSettings,
+    #[serde(default)]
+    pub alerts: AlertSettings,
+    #[serde(default)]
+    pub serve: ServeSettings,
+}
+
+/// `[rules]`: where the rule files and their test cases are.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSettings {
+    /// Folder of rule files (default `queries`).
+    pub dir: Option<PathBuf>,
+    /// Folder of rule test cases (default `fixtures/rules`).
+    pub cases: Option<PathBuf>,
+    /// Run only these rule ids (default: all).
+    pub only: Option<Vec<String>>,
+}
+
+/// `[alerts]`: the sinks alerts are delivered to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// Kafka topic for the incident desk (default `audit.alerts`); used when brokers are set.
+    pub topic: Option<String>,
+    /// Send alerts to Kafka when brokers are set (default true).
+    pub kafka: Option<bool>,
+    /// How long librdkafka keeps trying to deliver one alert, ms (default 30000).
+    pub kafka_timeout_ms: Option<u64>,
+    /// Append alerts to this JSON-lines file.
+    pub file: Option<PathBuf>,
+    /// POST each alert to this URL.
+    pub webhook: Option<String>,
+    /// Attempts per alert in one delivery round (default 5).
+    pub webhook_attempts: Option<u32>,
+    /// First back-off between attempts, ms; doubles up to 30 s (default 500).
+    pub webhook_backoff_ms: Option<u64>,
+    /// Timeout of one webhook request, ms (default 10000).
+    pub webhook_timeout_ms: Option<u64>,
+}
+
+/// `[serve]`: the scheduler.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Run ingest in the same process (settings from `[ingest]`).
+    pub ingest: Option<bool>,
+    /// Seconds between scheduler ticks (default 10).
+    pub tick_s: Option<u64>,
+    /// How far back missed firings are caught up, e.g. `7d` (default 7d).
+    pub catch_up_max: Option<String>,
 }
 
 /// `[generate]`: defaults for `flowaudit generate`.

@@ -1,8 +1,15 @@
 //! flowaudit's command line and the work it orchestrates. Ingest lives in `flowaudit-ingest`;
-//! this crate holds the `flowaudit` binary's subcommands, their configuration and the demo.
+//! this crate holds the catalog, the rules and their runner, alerts and their sinks, the
+//! scheduler, the `flowaudit` binary's subcommands, their configuration and the demo.
 
+pub mod alerts;
+pub mod cases;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod cron;
 pub mod demo;
 pub mod rules;
+pub mod runner;
+pub mod serve;
+pub mod sinks;

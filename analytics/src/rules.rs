@@ -15,8 +15,11 @@
 //!
 //! A line starting with `--` followed by two or more spaces continues the previous key. The
 //! query may use the window placeholders `{{from}}`, `{{to}}` (UTC timestamp literals) and
-//! `{{from_date}}`, `{{to_date}}` (`YYYY-MM-DD`, for partition pruning). Every problem is reported
-//! with the file and line.
+//! `{{from_date}}`, `{{to_date}}` (`YYYY-MM-DD`, for partition pruning), and, for rules with a
+//! `history` key, `{{history_from}}` and `{{history_from_date}}` (the window's start minus the
+//! history). Optional keys: `summary` (a template with `{column}` placeholders), `policy` (the
+//! policy files that decide the rule) and `history`. Every problem is reported with the file
+//! and line.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +75,13 @@ pub struct Rule {
     /// Columns of the result that identify the entity a finding is about.
     pub entity: Vec<String>,
     pub description: String,
+    /// Optional summary template: `{column}` is replaced by that column of the finding's first
+    /// evidence row.
+    pub summary: Option<String>,
+    /// Policy files the rule decides with (their SHA-256 go into each alert).
+    pub policy: Vec<String>,
+    /// How far before the window the query may look for a baseline (`{{history_from}}`).
+    pub history: Duration,
     /// The query, header removed.
     pub sql: String,
     pub path: PathBuf,
@@ -87,7 +97,13 @@ const KEYS: &[&str] = &[
     "lookback",
     "entity",
     "description",
+    "summary",
+    "policy",
+    "history",
 ];
+
+/// Keys a header may leave out.
+const OPTIONAL: &[&str] = &["summary", "policy", "history"];
 
 /// Parse a duration like `90s`, `15m`, `1h`, `7d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -104,12 +120,16 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(n * secs))
 }
 
-fn valid_cron(s: &str) -> bool {
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    fields.len() == 5
-        && fields
-            .iter()
-            .all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c)))
+/// Format a duration the way rule headers write it (`90s`, `15m`, `1h`, `7d`).
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Parse one rule file.
@@ -161,7 +181,7 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
         offset += line.len();
     }
     for k in KEYS {
-        if !header.contains_key(k) {
+        if !header.contains_key(k) && !OPTIONAL.contains(k) {
             return Err(err(1, format!("header key `{k}` is missing")));
         }
     }
@@ -198,11 +218,8 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
         }
     };
     let (line, schedule) = get("schedule");
-    if !valid_cron(&schedule) {
-        return Err(err(
-            line,
-            format!("schedule `{schedule}` is not a five-field cron expression"),
-        ));
+    if let Err(e) = schedule.parse::<crate::cron::Cron>() {
+        return Err(err(line, format!("schedule: {e}")));
     }
     let (line, lb) = get("lookback");
     let lookback = parse_duration(&lb).ok_or_else(|| {
@@ -220,6 +237,24 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
     if entity.is_empty() {
         return Err(err(line, "entity names no column".into()));
     }
+    let history = match header.get("history") {
+        None => Duration::ZERO,
+        Some((line, h)) => parse_duration(h).ok_or_else(|| {
+            err(
+                *line,
+                format!("history `{h}` is not a duration like 7d or 30d"),
+            )
+        })?,
+    };
+    let policy: Vec<String> = header
+        .get("policy")
+        .map(|(_, p)| {
+            p.split(',')
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     let sql = text[sql_start..].trim().to_string();
     if sql.is_empty() {
         return Err(err(
@@ -235,6 +270,9 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
         lookback,
         entity,
         description: get("description").1,
+        summary: header.get("summary").map(|s| s.1.clone()),
+        policy,
+        history,
         sql,
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),
@@ -271,7 +309,13 @@ pub fn render(
     let ts = |t: chrono::DateTime<chrono::Utc>| {
         format!("TIMESTAMP '{}'", t.format("%Y-%m-%dT%H:%M:%S%.6fZ"))
     };
+    let history_from = from - chrono::Duration::from_std(rule.history).unwrap_or_default();
     rule.sql
+        .replace(
+            "{{history_from_date}}",
+            &history_from.date_naive().to_string(),
+        )
+        .replace("{{history_from}}", &ts(history_from))
         .replace("{{from_date}}", &from.date_naive().to_string())
         .replace("{{to_date}}", &to.date_naive().to_string())
         .replace("{{from}}", &ts(from))
@@ -307,7 +351,7 @@ mod tests {
             ),
             (
                 GOOD.replace("*/15 * * * *", "every 15 minutes"),
-                "r1.sql:4: schedule",
+                "r1.sql:4: schedule: `every 15 minutes` has 3 fields",
             ),
             (
                 GOOD.replace("lookback: 1h", "lookback: an hour"),

@@ -838,7 +838,42 @@ fn plant_violations(
         &[("employee_id", emp.clone()), ("dst_ip", dst.to_string())],
         format!("{emp} exported 16 million records of pseudonymised data in 8 minutes, far above their usual volume"));
 
-    // 8. Repeated denials: probing restricted data without the right to it.
+    // 8. The gateway allowed a data category the employee is not entitled to.
+    let (emp, role, home, _) = pick("not allowed restricted data", &|e| !has(e, "restricted"))?;
+    let t = g.at(8, 47, 10);
+    let client = g.pools.ip(&mut g.rng, &home, false)?;
+    let s = g.session_id();
+    let ev = g.event(
+        t,
+        &gw,
+        &emp,
+        &home,
+        &role,
+        "restricted",
+        "read",
+        "allow",
+        None,
+        &s,
+        800,
+        Some(client),
+    );
+    g.plant(
+        "gateway_allowed_forbidden",
+        "high",
+        t,
+        t + 1_000_000,
+        &[
+            ("employee_id", emp.clone()),
+            ("data_category", "restricted".into()),
+            ("event_id", ev),
+        ],
+        format!(
+            "{} let {emp} read restricted data, a category the roster does not allow them",
+            gw.0
+        ),
+    );
+
+    // 9. Repeated denials: probing restricted data without the right to it.
     let (emp, role, home, _) = pick("not allowed restricted data", &|e| !has(e, "restricted"))?;
     let t = g.at(17, 30, 0);
     let client = g.pools.ip(&mut g.rng, &home, false)?;
@@ -961,7 +996,7 @@ fn encode_flows(
         "high",
         silent_from,
         silent_to,
-        &[("exporter", exporters[silent].id.clone())],
+        &[("source", exporters[silent].id.clone())],
         format!(
             "exporter {} sent nothing from 13:00 to 15:30 UTC (expected every {} s)",
             exporters[silent].id, exporters[silent].expected_interval_s

@@ -1,0 +1,757 @@
+//! Alerts: what a rule's findings become, and the store that makes them raised once.
+//!
+//! A rule's result rows are findings. Rows with the same rule, entity (the rule's entity columns)
+//! and day (UTC date of `first_seen`) are one alert; its fingerprint is the SHA-256 of those
+//! three, so re-running a window, or running an overlapping or later window after late data,
+//! finds the same fingerprint and raises nothing new.
+//!
+//! The store lives in the warehouse under `_alerts/`:
+//! - `alerts.jsonl`: every alert ever raised (or suppressed), one JSON object per line, in the
+//!   order raised, each with its sequence number `seq`. It is the outbox for the sinks and the
+//!   dedup index. Appends are fsynced; a torn last line (a crash mid-write) is cut on open.
+//! - `cursors/<sink>`: how many lines of `alerts.jsonl` a sink has received.
+//! - `lock`: an exclusive flock held while a run or a delivery uses the store.
+//!
+//! The `alerts` table (`alerts/date=D/alerts-<first>-<last>.parquet`) is written from the
+//! outbox, so SQL sees the same alerts; any range missing after a crash is written on next open.
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use crate::rules::Rule;
+
+/// Version of the alert JSON.
+pub const ALERT_SCHEMA: &str = "flowaudit.alert/1";
+/// Most evidence rows kept in one alert (the total is kept in `evidence_total`).
+pub const MAX_EVIDENCE: usize = 20;
+
+/// Errors of the alert store.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {msg}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("suppressions: {0}")]
+    Suppression(String),
+    #[error("rule {rule}: {msg}")]
+    Finding { rule: String, msg: String },
+    #[error("writing the alerts table: {0}")]
+    Table(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> AlertError + 'a {
+    move |source| AlertError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The suppression that silenced an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub rule_id: String,
+    /// `*`, or `column=value` pairs separated by `;`, all of which must match the entity.
+    pub entity: String,
+    pub reason: String,
+    pub who: String,
+    /// Last day (UTC, inclusive) the suppression is in force.
+    pub expires: chrono::NaiveDate,
+}
+
+impl Suppression {
+    /// Does this suppression cover `entity` of a finding of `rule_id` on `day`? (Ignores expiry.)
+    pub fn matches(&self, rule_id: &str, entity: &BTreeMap<String, Value>) -> bool {
+        if self.rule_id != rule_id {
+            return false;
+        }
+        let e = self.entity.trim();
+        e == "*"
+            || e.split(';').filter(|p| !p.trim().is_empty()).all(|pair| {
+                pair.split_once('=').is_some_and(|(k, v)| {
+                    entity
+                        .get(k.trim())
+                        .is_some_and(|x| value_text(x) == v.trim())
+                })
+            })
+    }
+}
+
+/// Read `suppressions.csv`: `rule_id,entity,reason,who,expires`; every row needs a reason, who
+/// and an expiry date.
+pub fn load_suppressions(path: &Path) -> Result<Vec<Suppression>, AlertError> {
+    let text = std::fs::read_to_string(path).map_err(io("read", path))?;
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.trim() == "rule_id,entity,reason,who,expires" => {}
+        _ => {
+            return Err(AlertError::Suppression(format!(
+                "{}:1: the header must be rule_id,entity,reason,who,expires",
+                path.display()
+            )))
+        }
+    }
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f = split_csv(line);
+        let err =
+            |msg: String| AlertError::Suppression(format!("{}:{}: {msg}", path.display(), i + 1));
+        if f.len() != 5 {
+            return Err(err(format!("expected 5 fields, found {}", f.len())));
+        }
+        for (n, name) in [(0, "rule_id"), (1, "entity"), (2, "reason"), (3, "who")] {
+            if f[n].trim().is_empty() {
+                return Err(err(format!("{name} is empty")));
+            }
+        }
+        if f[4].trim().is_empty() {
+            return Err(err(
+                "no expiry: every suppression needs an expires date".into()
+            ));
+        }
+        let expires = f[4]
+            .trim()
+            .parse()
+            .map_err(|_| err(format!("expires \"{}\" is not a date (YYYY-MM-DD)", f[4])))?;
+        out.push(Suppression {
+            rule_id: f[0].trim().into(),
+            entity: f[1].trim().into(),
+            reason: f[2].trim().into(),
+            who: f[3].trim().into(),
+            expires,
+        });
+    }
+    Ok(out)
+}
+
+/// Split one CSV line (fields may be double-quoted, with `""` for a quote).
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                out.last_mut().expect("one").push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().expect("one").push(c),
+        }
+    }
+    out
+}
+
+/// One alert: a rule's findings about one entity on one day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub schema: String,
+    /// Position in the outbox (1, 2, …).
+    pub seq: u64,
+    pub fingerprint: String,
+    /// `new` (sent to the sinks) or `suppressed` (recorded, not sent).
+    pub status: String,
+    pub rule_id: String,
+    pub rule_title: String,
+    /// SHA-256 of the rule file that raised it.
+    pub rule_sha256: String,
+    pub severity: String,
+    pub entity: BTreeMap<String, Value>,
+    /// The entity as `column=value` pairs, for people and for suppressions.
+    pub entity_key: String,
+    /// The UTC day the finding belongs to (part of the fingerprint).
+    pub day: String,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    pub summary: String,
+    pub description: String,
+    /// The rule's result rows for this entity and day (at most [`MAX_EVIDENCE`]).
+    pub evidence: Vec<Map<String, Value>>,
+    pub evidence_total: usize,
+    /// Policy values that decided it (the rule's `policy_*` columns, from the first row).
+    pub decided_by: Map<String, Value>,
+    /// The policy files the rule decides with, and their SHA-256.
+    pub policy_versions: BTreeMap<String, String>,
+    /// The run window that raised it.
+    pub window_from: String,
+    pub window_to: String,
+    pub run_id: String,
+    pub raised_at: String,
+    pub suppression: Option<Suppression>,
+}
+
+/// A JSON value as plain text (strings without quotes).
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "null".into(),
+        v => v.to_string(),
+    }
+}
+
+/// The fingerprint of a finding: rule, entity and day.
+pub fn fingerprint(rule_id: &str, entity_key: &str, day: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [rule_id, entity_key, day] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Fill a summary template: `{column}` becomes that column of `row`.
+fn fill(template: &str, row: &Map<String, Value>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        match after.find('}') {
+            Some(end) if row.contains_key(&after[..end]) => {
+                out.push_str(&value_text(&row[&after[..end]]));
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What the runner knows about the run that found something.
+pub struct RunContext<'a> {
+    pub run_id: &'a str,
+    pub window_from: &'a str,
+    pub window_to: &'a str,
+    pub raised_at: &'a str,
+    pub policy_versions: &'a BTreeMap<String, String>,
+}
+
+/// Group a rule's result rows (as JSON objects) into alerts, in the order first found.
+/// `seq` and `status` are set when the store records them.
+pub fn group_findings(
+    rule: &Rule,
+    rows: Vec<Map<String, Value>>,
+    run: &RunContext<'_>,
+) -> Result<Vec<Alert>, AlertError> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_fp: BTreeMap<String, Alert> = BTreeMap::new();
+    let window_day = run.window_from.get(..10).unwrap_or_default().to_string();
+    for row in rows {
+        let mut entity = BTreeMap::new();
+        for col in &rule.entity {
+            let v = row.get(col).cloned().unwrap_or(Value::Null);
+            if v.is_null() {
+                return Err(AlertError::Finding {
+                    rule: rule.id.clone(),
+                    msg: format!("a finding has no value in its entity column `{col}`"),
+                });
+            }
+            entity.insert(col.clone(), v);
+        }
+        let entity_key = rule
+            .entity
+            .iter()
+            .map(|c| format!("{c}={}", value_text(&entity[c])))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let first_seen = row
+            .get("first_seen")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let last_seen = row
+            .get("last_seen")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let day = first_seen
+            .as_deref()
+            .and_then(|s| s.get(..10))
+            .map_or(window_day.clone(), str::to_string);
+        let fp = fingerprint(&rule.id, &entity_key, &day);
+        match by_fp.get_mut(&fp) {
+            Some(a) => {
+                a.evidence_total += 1;
+                if a.evidence.len() < MAX_EVIDENCE {
+                    a.evidence.push(row);
+                }
+                if last_seen > a.last_seen {
+                    a.last_seen = last_seen;
+                }
+                if first_seen.is_some() && (a.first_seen.is_none() || first_seen < a.first_seen) {
+                    a.first_seen = first_seen;
+                }
+            }
+            None => {
+                let decided_by: Map<String, Value> = row
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("policy_"))
+                    .map(|(k, v)| (k["policy_".len()..].to_string(), v.clone()))
+                    .collect();
+                let summary = match &rule.summary {
+                    Some(t) => fill(t, &row),
+                    None => format!("{}: {entity_key}", rule.title),
+                };
+                let policy_versions = rule
+                    .policy
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.clone(),
+                            run.policy_versions.get(f).cloned().unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                order.push(fp.clone());
+                by_fp.insert(
+                    fp.clone(),
+                    Alert {
+                        schema: ALERT_SCHEMA.into(),
+                        seq: 0,
+                        fingerprint: fp,
+                        status: "new".into(),
+                        rule_id: rule.id.clone(),
+                        rule_title: rule.title.clone(),
+                        rule_sha256: rule.sha256.clone(),
+                        severity: rule.severity.as_str().into(),
+                        entity,
+                        entity_key,
+                        day,
+                        first_seen,
+                        last_seen,
+                        summary,
+                        description: rule.description.clone(),
+                        evidence: vec![row],
+                        evidence_total: 1,
+                        decided_by,
+                        policy_versions,
+                        window_from: run.window_from.into(),
+                        window_to: run.window_to.into(),
+                        run_id: run.run_id.into(),
+                        raised_at: run.raised_at.into(),
+                        suppression: None,
+                    },
+                );
+            }
+        }
+    }
+    Ok(order
+        .into_iter()
+        .map(|fp| by_fp.remove(&fp).expect("grouped"))
+        .collect())
+}
+
+/// How a run's findings were recorded.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Recorded {
+    pub new: Vec<Alert>,
+    pub suppressed: Vec<Alert>,
+    /// Fingerprints already raised before (not raised again).
+    pub duplicates: usize,
+    /// Suppressions that matched a finding but had expired on its day.
+    pub expired_suppressions: Vec<Suppression>,
+}
+
+/// The alert store of a warehouse (see the module docs). Holding it holds the store's lock.
+pub struct AlertStore {
+    dir: PathBuf,
+    warehouse: PathBuf,
+    log: File,
+    seen: HashSet<String>,
+    next_seq: u64,
+    /// Alerts up to this sequence number are in the `alerts` table.
+    table_upto: u64,
+    _lock: File,
+}
+
+impl AlertStore {
+    /// Open (and lock) the store of `warehouse`, creating it if needed.
+    pub fn open(warehouse: &Path) -> Result<Self, AlertError> {
+        let dir = warehouse.join("_alerts");
+        std::fs::create_dir_all(dir.join("cursors")).map_err(io("create", &dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(io("lock", &lock_path)(std::io::Error::last_os_error()));
+        }
+        let path = dir.join("alerts.jsonl");
+        let mut log = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let mut seen = HashSet::new();
+        let mut next_seq = 1;
+        let mut good_len = 0u64;
+        let mut reader = BufReader::new(&log);
+        let mut line = String::new();
+        let mut n = 0;
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line).map_err(io("read", &path))?;
+            if read == 0 {
+                break;
+            }
+            n += 1;
+            if !line.ends_with('\n') {
+                warn!(path = %path.display(), line = n, "cutting a torn last line (a crash while raising alerts)");
+                break;
+            }
+            let a: Alert = serde_json::from_str(&line).map_err(|e| AlertError::Corrupt {
+                path: path.clone(),
+                line: n,
+                msg: e.to_string(),
+            })?;
+            if a.seq != next_seq {
+                return Err(AlertError::Corrupt {
+                    path: path.clone(),
+                    line: n,
+                    msg: format!("sequence {} where {next_seq} was expected", a.seq),
+                });
+            }
+            seen.insert(a.fingerprint);
+            next_seq += 1;
+            good_len += read as u64;
+        }
+        drop(reader);
+        if log.metadata().map_err(io("stat", &path))?.len() != good_len {
+            log.set_len(good_len).map_err(io("truncate", &path))?;
+            log.sync_all().map_err(io("fsync", &path))?;
+        }
+        log.seek(SeekFrom::End(0)).map_err(io("seek", &path))?;
+        let mut store = Self {
+            dir,
+            warehouse: warehouse.to_path_buf(),
+            log,
+            seen,
+            next_seq,
+            table_upto: 0,
+            _lock: lock,
+        };
+        store.write_missing_tables()?;
+        Ok(store)
+    }
+
+    /// The number of alerts recorded.
+    pub fn len(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next_seq == 1
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Record the alerts of one rule's run: those already raised are counted and dropped; new
+    /// ones are checked against the suppressions and appended (fsynced) in order.
+    pub fn record(
+        &mut self,
+        alerts: Vec<Alert>,
+        suppressions: &[Suppression],
+    ) -> Result<Recorded, AlertError> {
+        let mut out = Recorded::default();
+        let mut lines = String::new();
+        let mut added = Vec::new();
+        for mut a in alerts {
+            if !self.seen.insert(a.fingerprint.clone()) {
+                out.duplicates += 1;
+                continue;
+            }
+            let day: Option<chrono::NaiveDate> = a.day.parse().ok();
+            for s in suppressions
+                .iter()
+                .filter(|s| s.matches(&a.rule_id, &a.entity))
+            {
+                if day.is_some_and(|d| d <= s.expires) {
+                    a.suppression = Some(s.clone());
+                    break;
+                }
+                if !out.expired_suppressions.contains(s) {
+                    out.expired_suppressions.push(s.clone());
+                }
+            }
+            a.status = if a.suppression.is_some() {
+                "suppressed".into()
+            } else {
+                "new".into()
+            };
+            a.seq = self.next_seq;
+            self.next_seq += 1;
+            lines.push_str(&serde_json::to_string(&a).expect("alert json"));
+            lines.push('\n');
+            added.push(a);
+        }
+        if !lines.is_empty() {
+            let path = self.dir.join("alerts.jsonl");
+            self.log
+                .write_all(lines.as_bytes())
+                .map_err(io("append to", &path))?;
+            self.log.sync_data().map_err(io("fsync", &path))?;
+        }
+        for a in added {
+            if a.suppression.is_some() {
+                out.suppressed.push(a);
+            } else {
+                out.new.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// All alerts from sequence `from` (1-based) on.
+    pub fn read_from(&self, from: u64) -> Result<Vec<Alert>, AlertError> {
+        let path = self.dir.join("alerts.jsonl");
+        let f = File::open(&path).map_err(io("open", &path))?;
+        let mut out = Vec::new();
+        for (i, line) in BufReader::new(f).lines().enumerate() {
+            let line = line.map_err(io("read", &path))?;
+            if (i as u64) + 1 < from {
+                continue;
+            }
+            if (i as u64) + 1 >= self.next_seq {
+                break;
+            }
+            out.push(
+                serde_json::from_str(&line).map_err(|e| AlertError::Corrupt {
+                    path: path.clone(),
+                    line: i + 1,
+                    msg: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn cursor_path(&self, sink: &str) -> PathBuf {
+        let name: String = sink
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let h = hex::encode(&Sha256::digest(sink.as_bytes())[..4]);
+        self.dir.join("cursors").join(format!("{name}-{h}"))
+    }
+
+    /// How many alerts `sink` has received; a sink seen for the first time starts at `start`.
+    pub fn cursor(&self, sink: &str, start: u64) -> Result<u64, AlertError> {
+        let path = self.cursor_path(sink);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let first = s.lines().next().unwrap_or_default().trim();
+                first.parse().map_err(|_| AlertError::Corrupt {
+                    path,
+                    line: 1,
+                    msg: format!("\"{first}\" is not a count"),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.set_cursor(sink, start)?;
+                Ok(start)
+            }
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+
+    /// Record that `sink` has received the first `n` alerts (written atomically, fsynced).
+    pub fn set_cursor(&self, sink: &str, n: u64) -> Result<(), AlertError> {
+        let path = self.cursor_path(sink);
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+        writeln!(f, "{n}\n{sink}").map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        Ok(())
+    }
+
+    /// Write the alerts recorded since the last call into the `alerts` table (one file per day).
+    pub fn sync_table(&mut self) -> Result<(), AlertError> {
+        if self.table_upto + 1 < self.next_seq {
+            let list = self.read_from(self.table_upto + 1)?;
+            write_table(&self.warehouse, &list)?;
+            self.table_upto = self.next_seq - 1;
+        }
+        Ok(())
+    }
+
+    /// Write the `alerts` table files for outbox ranges that have none (after a crash).
+    fn write_missing_tables(&mut self) -> Result<(), AlertError> {
+        self.table_upto = self.len();
+        if self.is_empty() {
+            return Ok(());
+        }
+        let mut covered = vec![false; self.len() as usize + 1];
+        let table = self.warehouse.join("alerts");
+        if let Ok(days) = std::fs::read_dir(&table) {
+            for day in days.flatten() {
+                for f in std::fs::read_dir(day.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    let Some(range) = name
+                        .strip_prefix("alerts-")
+                        .and_then(|r| r.strip_suffix(".parquet"))
+                    else {
+                        continue;
+                    };
+                    if let Some((a, b)) = range.split_once('-') {
+                        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                            for c in covered.iter_mut().take(b + 1).skip(a) {
+                                *c = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let missing: Vec<Alert> = self
+            .read_from(1)?
+            .into_iter()
+            .filter(|a| !covered[a.seq as usize])
+            .collect();
+        if !missing.is_empty() {
+            warn!(
+                alerts = missing.len(),
+                "writing alerts-table files missing after an interrupted run"
+            );
+            write_table(&self.warehouse, &missing)?;
+        }
+        Ok(())
+    }
+}
+
+/// The columns of the `alerts` table (`date` is its partition directory).
+pub fn table_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let s = |n: &str, null| Field::new(n, DataType::Utf8, null);
+    Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        s("fingerprint", false),
+        s("status", false),
+        s("rule_id", false),
+        s("severity", false),
+        s("entity", false),
+        Field::new("first_seen", ts(), true),
+        Field::new("last_seen", ts(), true),
+        s("summary", false),
+        Field::new("evidence_total", DataType::Int64, false),
+        s("suppressed_by", true),
+        s("run_id", false),
+        Field::new("raised_at", ts(), false),
+        s("alert", false),
+    ]))
+}
+
+fn micros(s: Option<&str>) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(s?)
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// Write `alerts` into the `alerts` table, one file per day: `alerts-<first>-<last>.parquet`.
+fn write_table(warehouse: &Path, alerts: &[Alert]) -> Result<(), AlertError> {
+    let mut by_day: BTreeMap<&str, Vec<&Alert>> = BTreeMap::new();
+    for a in alerts {
+        by_day.entry(a.day.as_str()).or_default().push(a);
+    }
+    for (day, list) in by_day {
+        let dir = warehouse.join("alerts").join(format!("date={day}"));
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let first = list.first().expect("non-empty").seq;
+        let last = list.last().expect("non-empty").seq;
+        let col = |f: &dyn Fn(&Alert) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(list.iter().map(|a| f(a))))
+        };
+        let tcol = |f: &dyn Fn(&Alert) -> Option<i64>| -> ArrayRef {
+            Arc::new(
+                TimestampMicrosecondArray::from(list.iter().map(|a| f(a)).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            )
+        };
+        let batch = RecordBatch::try_new(
+            table_schema(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(
+                    list.iter().map(|a| a.seq as i64),
+                )),
+                col(&|a| a.fingerprint.clone()),
+                col(&|a| a.status.clone()),
+                col(&|a| a.rule_id.clone()),
+                col(&|a| a.severity.clone()),
+                col(&|a| a.entity_key.clone()),
+                tcol(&|a| micros(a.first_seen.as_deref())),
+                tcol(&|a| micros(a.last_seen.as_deref())),
+                col(&|a| a.summary.clone()),
+                Arc::new(Int64Array::from_iter_values(
+                    list.iter().map(|a| a.evidence_total as i64),
+                )),
+                Arc::new(StringArray::from(
+                    list.iter()
+                        .map(|a| {
+                            a.suppression
+                                .as_ref()
+                                .map(|s| format!("{} until {}: {}", s.who, s.expires, s.reason))
+                        })
+                        .collect::<Vec<_>>(),
+                )),
+                col(&|a| a.run_id.clone()),
+                tcol(&|a| micros(Some(&a.raised_at))),
+                col(&|a| serde_json::to_string(a).expect("json")),
+            ],
+        )
+        .map_err(|e| AlertError::Table(e.to_string()))?;
+        let path = dir.join(format!("alerts-{first:08}-{last:08}.parquet"));
+        let tmp = dir.join(format!(".alerts-{first:08}-{last:08}.tmp"));
+        flowaudit_ingest::writer::write_parquet(
+            &tmp,
+            &batch,
+            &Default::default(),
+            vec![("flowaudit.table".into(), "alerts".into())],
+        )
+        .map_err(|e| AlertError::Table(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! Running rules over a window: each rule's query, its findings grouped into alerts, the alerts
+//! recorded once, and a run record appended to `_runs/runs.jsonl` in the warehouse.
+//!
+//! A run record names everything the result depends on: the window, every rule's id and
+//! SHA-256, the policy files' SHA-256, the GeoIP database, the ingest manifest's head (sequence
+//! and hash) at the start of the run, and flowaudit's version; and what came out: per rule the
+//! rows, alerts, new, already-raised and suppressed counts, time taken and any error.
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tracing::{info, warn};
+
+use crate::alerts::{self, Alert, AlertStore, RunContext, Suppression};
+use crate::catalog::Catalog;
+use crate::rules::{self, Rule};
+
+/// Errors that stop a run (a failing rule does not: it is recorded and the others run).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Alerts(#[from] alerts::AlertError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading the ingest manifest: {0}")]
+    Manifest(#[from] flowaudit_ingest::Error),
+}
+
+/// What one rule did in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleOutcome {
+    pub id: String,
+    pub sha256: String,
+    pub severity: String,
+    pub rows: usize,
+    pub alerts: usize,
+    pub new: usize,
+    pub already_raised: usize,
+    pub suppressed: usize,
+    pub millis: u64,
+    pub error: Option<String>,
+}
+
+/// The record of one run, as appended to `_runs/runs.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    /// `manual`, `schedule` or `catch-up`.
+    pub trigger: String,
+    pub window_from: String,
+    pub window_to: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub millis: u64,
+    pub flowaudit_version: String,
+    pub manifest_seq: u64,
+    pub manifest_head: String,
+    pub policy_versions: BTreeMap<String, String>,
+    pub geoip: Option<BTreeMap<String, String>>,
+    pub rules: Vec<RuleOutcome>,
+    /// Fingerprints of the alerts this run raised (sent to the sinks).
+    pub raised: Vec<String>,
+    /// Fingerprints of findings silenced by a suppression.
+    pub suppressed: Vec<String>,
+    /// Suppressions that matched a finding after their expiry (so did not silence it).
+    pub expired_suppressions: Vec<Suppression>,
+}
+
+impl RunRecord {
+    pub fn failed_rules(&self) -> Vec<&RuleOutcome> {
+        self.rules.iter().filter(|r| r.error.is_some()).collect()
+    }
+}
+
+/// A run's record and the alerts it raised or suppressed.
+pub struct RunResult {
+    pub record: RunRecord,
+    pub raised: Vec<Alert>,
+    pub suppressed: Vec<Alert>,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Run `rules` over `[from, to)`, record the alerts and append the run record.
+pub async fn run_window(
+    catalog: &Catalog,
+    warehouse: &Path,
+    rules: &[Rule],
+    store: &mut AlertStore,
+    suppressions: &[Suppression],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    trigger: &str,
+) -> Result<RunResult, RunError> {
+    let started = Utc::now();
+    let clock = Instant::now();
+    let run_id = format!(
+        "{}-{:04x}",
+        started.format("%Y%m%dT%H%M%S%.6fZ"),
+        std::process::id() & 0xffff
+    );
+    let manifest = flowaudit_ingest::manifest::read_entries(warehouse)?;
+    let (manifest_seq, manifest_head) = manifest
+        .last()
+        .map_or((0, String::new()), |e| (e.seq, e.hash.clone()));
+    let (from_s, to_s, raised_at) = (ts(from), ts(to), ts(started));
+    let ctx = RunContext {
+        run_id: &run_id,
+        window_from: &from_s,
+        window_to: &to_s,
+        raised_at: &raised_at,
+        policy_versions: &catalog.policy_versions,
+    };
+    let mut outcomes = Vec::new();
+    let (mut raised, mut suppressed, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+    for rule in rules {
+        let t = Instant::now();
+        let mut outcome = RuleOutcome {
+            id: rule.id.clone(),
+            sha256: rule.sha256.clone(),
+            severity: rule.severity.as_str().into(),
+            rows: 0,
+            alerts: 0,
+            new: 0,
+            already_raised: 0,
+            suppressed: 0,
+            millis: 0,
+            error: None,
+        };
+        match query_rows(catalog, rule, from, to).await {
+            Ok(rows) => {
+                outcome.rows = rows.len();
+                let grouped = alerts::group_findings(rule, rows, &ctx)?;
+                outcome.alerts = grouped.len();
+                let rec = store.record(grouped, suppressions)?;
+                outcome.new = rec.new.len();
+                outcome.already_raised = rec.duplicates;
+                outcome.suppressed = rec.suppressed.len();
+                raised.extend(rec.new);
+                suppressed.extend(rec.suppressed);
+                for s in rec.expired_suppressions {
+                    if !expired.contains(&s) {
+                        expired.push(s);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(rule = %rule.id, error = %e, "rule failed");
+                outcome.error = Some(e);
+            }
+        }
+        outcome.millis = t.elapsed().as_millis() as u64;
+        info!(rule = %rule.id, rows = outcome.rows, new = outcome.new, already_raised = outcome.already_raised,
+              suppressed = outcome.suppressed, ms = outcome.millis, "rule ran");
+        outcomes.push(outcome);
+    }
+    store.sync_table()?;
+    let finished = Utc::now();
+    let record = RunRecord {
+        run_id,
+        trigger: trigger.into(),
+        window_from: from_s.clone(),
+        window_to: to_s.clone(),
+        started_at: raised_at.clone(),
+        finished_at: ts(finished),
+        millis: clock.elapsed().as_millis() as u64,
+        flowaudit_version: env!("CARGO_PKG_VERSION").into(),
+        manifest_seq,
+        manifest_head,
+        policy_versions: catalog.policy_versions.clone(),
+        geoip: catalog.geoip.clone(),
+        rules: outcomes,
+        raised: raised
+            .iter()
+            .map(|a: &Alert| a.fingerprint.clone())
+            .collect(),
+        suppressed: suppressed
+            .iter()
+            .map(|a: &Alert| a.fingerprint.clone())
+            .collect(),
+        expired_suppressions: expired,
+    };
+    append_run(warehouse, &record)?;
+    Ok(RunResult {
+        record,
+        raised,
+        suppressed,
+    })
+}
+
+/// Append a run record to `_runs/runs.jsonl` (fsynced).
+fn append_run(warehouse: &Path, record: &RunRecord) -> Result<(), RunError> {
+    let dir = warehouse.join("_runs");
+    let path = dir.join("runs.jsonl");
+    let err = |what: &'static str| {
+        let path = path.clone();
+        move |source| RunError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(err("create"))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(err("open"))?;
+    let mut line = serde_json::to_string(record).expect("json");
+    line.push('\n');
+    f.write_all(line.as_bytes()).map_err(err("append to"))?;
+    f.sync_data().map_err(err("fsync"))?;
+    Ok(())
+}
+
+/// Every run record of a warehouse, oldest first.
+pub fn read_runs(warehouse: &Path) -> Result<Vec<Value>, RunError> {
+    let path = warehouse.join("_runs").join("runs.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(RunError::Io {
+                what: "read",
+                path,
+                source,
+            })
+        }
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Run one rule's query for a window; its rows as JSON objects (timestamps as RFC 3339 text).
+pub async fn query_rows(
+    catalog: &Catalog,
+    rule: &Rule,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Map<String, Value>>, String> {
+    let sql = rules::render(rule, from, to);
+    let df = catalog
+        .ctx
+        .sql(&sql)
+        .await
+        .map_err(|e| format!("{}: {e}", rule.path.display()))?;
+    let batches = df
+        .collect()
+        .await
+        .map_err(|e| format!("{}: {e}", rule.path.display()))?;
+    batches_to_json(&batches).map_err(|e| format!("{}: {e}", rule.path.display()))
+}
+
+/// Record batches as JSON objects, nulls included.
+pub fn batches_to_json(
+    batches: &[arrow::record_batch::RecordBatch],
+) -> Result<Vec<Map<String, Value>>, String> {
+    use arrow::json::writer::{JsonArray, WriterBuilder};
+    let mut buf = Vec::new();
+    {
+        let mut w = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, JsonArray>(&mut buf);
+        for b in batches {
+            w.write(b).map_err(|e| e.to_string())?;
+        }
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+}

@@ -1,0 +1,255 @@
+//! `flowaudit serve`: every rule on its own schedule, with catch-up, alert delivery, and ingest
+//! alongside when asked.
+//!
+//! Each rule's schedule is a cron expression (UTC). A firing at time `t` runs the rule over
+//! `[t - lookback, t)`. What has been covered is kept in `_runs/schedule.json` (rule id → last
+//! firing run), written after each run; on start, every firing missed while the service was
+//! down is run in order (marked `catch-up` in the run records), going back at most
+//! `catch_up_max`. A rule seen for the first time starts at the next firing. Rules firing at the
+//! same time with the same lookback run together, as one run. Every tick also delivers alerts
+//! still pending for a sink that was down.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, DurationRound, Utc};
+use tracing::{error, info, warn};
+
+use crate::alerts::{load_suppressions, AlertStore};
+use crate::catalog::Catalog;
+use crate::cron::Cron;
+use crate::rules::{load_rules, Rule};
+use crate::runner::run_window;
+use crate::sinks::{deliver_all, Sink};
+
+/// What `serve` runs.
+pub struct ServeOptions {
+    pub warehouse: PathBuf,
+    pub policy: PathBuf,
+    pub geoip: Option<PathBuf>,
+    pub rules_dir: PathBuf,
+    /// Only these rules (all when empty).
+    pub only: Vec<String>,
+    pub sinks: Vec<Sink>,
+    /// How often the scheduler wakes up.
+    pub tick: Duration,
+    /// How far back missed firings are caught up.
+    pub catch_up_max: Duration,
+    /// Run ingest in the same process.
+    pub ingest: Option<flowaudit_ingest::config::IngestConfig>,
+}
+
+fn state_path(warehouse: &Path) -> PathBuf {
+    warehouse.join("_runs").join("schedule.json")
+}
+
+fn load_state(warehouse: &Path) -> anyhow::Result<BTreeMap<String, DateTime<Utc>>> {
+    let p = state_path(warehouse);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn save_state(warehouse: &Path, state: &BTreeMap<String, DateTime<Utc>>) -> anyhow::Result<()> {
+    let p = state_path(warehouse);
+    std::fs::create_dir_all(p.parent().expect("parent"))?;
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))?;
+    Ok(())
+}
+
+/// The firings due for `rule` after `last` up to `now`, oldest first.
+pub fn due_firings(
+    cron: &Cron,
+    last: DateTime<Utc>,
+    now: DateTime<Utc>,
+    catch_up_max: Duration,
+) -> Vec<DateTime<Utc>> {
+    let floor = now - chrono::Duration::from_std(catch_up_max).unwrap_or_default();
+    let mut t = last.max(floor - chrono::Duration::minutes(1));
+    let mut out = Vec::new();
+    while let Some(next) = cron.next_after(t) {
+        if next > now {
+            break;
+        }
+        out.push(next);
+        t = next;
+    }
+    out
+}
+
+/// Run the scheduler until `shutdown` is set.
+pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let ingest = opts.ingest.clone().map(|cfg| {
+        let flag = shutdown.clone();
+        info!("ingest runs alongside the scheduler");
+        std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || flowaudit_ingest::consumer::run(&cfg, flag))
+            .expect("spawning the ingest thread")
+    });
+    let mut ingest = ingest;
+    let mut state = load_state(&opts.warehouse)?;
+    info!(warehouse = %opts.warehouse.display(), rules = %opts.rules_dir.display(), "scheduler started");
+    while !shutdown.load(Ordering::Relaxed) {
+        if ingest.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = ingest.take().expect("checked");
+            match h.join() {
+                Ok(Ok(summary)) => {
+                    crate::cli::print_summary(&summary);
+                    if !shutdown.load(Ordering::Relaxed) {
+                        bail!("ingest stopped unexpectedly");
+                    }
+                }
+                Ok(Err(e)) => return Err(e).context("ingest"),
+                Err(_) => bail!("the ingest thread panicked"),
+            }
+        }
+        if let Err(e) = rt.block_on(tick(&opts, &mut state, &shutdown)) {
+            error!(
+                error = format!("{e:#}"),
+                "scheduler tick failed; retrying next tick"
+            );
+        }
+        let until = std::time::Instant::now() + opts.tick;
+        while std::time::Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    info!("scheduler stopping");
+    if let Some(h) = ingest {
+        match h.join() {
+            Ok(Ok(summary)) => crate::cli::print_summary(&summary),
+            Ok(Err(e)) => return Err(e).context("ingest"),
+            Err(_) => bail!("the ingest thread panicked"),
+        }
+    }
+    Ok(())
+}
+
+/// One scheduler tick: run what is due, then deliver what is pending.
+async fn tick(
+    opts: &ServeOptions,
+    state: &mut BTreeMap<String, DateTime<Utc>>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
+    let rules: Vec<Rule> = load_rules(&opts.rules_dir)?
+        .into_iter()
+        .filter(|r| opts.only.is_empty() || opts.only.contains(&r.id))
+        .collect();
+    let now = Utc::now();
+    // (firing, lookback) → rules
+    let mut due: BTreeMap<(DateTime<Utc>, Duration), Vec<Rule>> = BTreeMap::new();
+    let mut latest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    for r in &rules {
+        let cron: Cron = r.schedule.parse().map_err(anyhow::Error::msg)?;
+        let Some(last) = state.get(&r.id).copied() else {
+            let start = now.duration_trunc(chrono::Duration::minutes(1))?;
+            info!(rule = %r.id, next = ?cron.next_after(start), "new rule: first run at its next firing");
+            state.insert(r.id.clone(), start);
+            save_state(&opts.warehouse, state)?;
+            continue;
+        };
+        let firings = due_firings(&cron, last, now, opts.catch_up_max);
+        if let Some(l) = firings.last() {
+            latest.insert(r.id.clone(), *l);
+        }
+        for t in firings {
+            due.entry((t, r.lookback)).or_default().push(r.clone());
+        }
+    }
+    let suppressions = load_suppressions(&opts.policy.join("suppressions.csv"))?;
+    for ((t, lookback), group) in due {
+        if shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        let catalog = Catalog::open(&opts.warehouse, &opts.policy, opts.geoip.as_deref()).await?;
+        let mut store = AlertStore::open(&opts.warehouse)?;
+        let before = store.len();
+        let trigger = if group.iter().all(|r| latest.get(&r.id) == Some(&t)) {
+            "schedule"
+        } else {
+            "catch-up"
+        };
+        let from = t - chrono::Duration::from_std(lookback)?;
+        let res = run_window(
+            &catalog,
+            &opts.warehouse,
+            &group,
+            &mut store,
+            &suppressions,
+            from,
+            t,
+            trigger,
+        )
+        .await?;
+        for f in res.record.failed_rules() {
+            warn!(rule = %f.id, error = f.error.as_deref().unwrap_or_default(), "rule failed");
+        }
+        info!(firing = %t, trigger, rules = group.len(), raised = res.raised.len(),
+              suppressed = res.suppressed.len(), run = %res.record.run_id, "run recorded");
+        for r in &group {
+            state.insert(r.id.clone(), t);
+        }
+        save_state(&opts.warehouse, state)?;
+        deliver_all(&store, &opts.sinks, before);
+    }
+    // Deliver anything still pending (a sink that was down may be back).
+    if !opts.sinks.is_empty() && opts.warehouse.join("_alerts").is_dir() {
+        let store = AlertStore::open(&opts.warehouse)?;
+        let len = store.len();
+        deliver_all(&store, &opts.sinks, len);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missed_firings_are_caught_up_within_the_limit() {
+        let c: Cron = "*/15 * * * *".parse().unwrap();
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let due = due_firings(
+            &c,
+            t("2026-11-21T10:00:00Z"),
+            t("2026-11-21T11:07:00Z"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(
+            due,
+            [
+                t("2026-11-21T10:15:00Z"),
+                t("2026-11-21T10:30:00Z"),
+                t("2026-11-21T10:45:00Z"),
+                t("2026-11-21T11:00:00Z")
+            ]
+        );
+        // Down for three days, catch up at most one.
+        let due = due_firings(
+            &c,
+            t("2026-11-18T10:00:00Z"),
+            t("2026-11-21T10:00:00Z"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(due.len(), 97);
+        assert_eq!(due[0], t("2026-11-20T10:00:00Z"));
+        assert!(due_firings(
+            &c,
+            t("2026-11-21T11:00:00Z"),
+            t("2026-11-21T11:07:00Z"),
+            Duration::from_secs(86_400)
+        )
+        .is_empty());
+    }
+}
