@@ -281,6 +281,9 @@ pub struct DemoArgs {
     /// GeoIP CSV used both to draw addresses and to enrich them.
     #[arg(long, default_value = "fixtures/geoip/ranges.csv")]
     pub geoip: PathBuf,
+    /// Folder of rule files.
+    #[arg(long, default_value = "queries")]
+    pub rules: PathBuf,
 }
 
 impl IngestArgs {

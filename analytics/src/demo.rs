@@ -1,7 +1,9 @@
 //! `flowaudit demo`: the whole pipeline on an embedded broker (librdkafka's in-process mock
 //! cluster), so a new user sees it work with one command. Generates a day with planted
 //! violations and some malformed messages, produces it, ingests it exactly once, and prints what
-//! was written per table, what was quarantined and why, and the manifest head.
+//! was written per table, what was quarantined and why, and the manifest head; then runs the
+//! rule pack over the day, delivers the alerts to the `audit.alerts` topic and a JSON-lines
+//! file, prints them grouped by rule, and checks them against the planted violations.
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -12,10 +14,14 @@ use flowaudit_ingest::generate::{self, GenerateOptions};
 use flowaudit_ingest::{manifest, produce};
 use rdkafka::mocking::MockCluster;
 
-use crate::cli::{print_summary, DemoArgs};
+use crate::alerts::AlertStore;
+use crate::catalog::Catalog;
+use crate::cli::{print_run, print_summary, DemoArgs};
+use crate::sinks::{deliver_all, Sink};
 
 const GATEWAY_TOPIC: &str = "gateway.access";
 const FLOW_TOPIC: &str = "network.flows";
+const ALERT_TOPIC: &str = "audit.alerts";
 const PARTITIONS: i32 = 6;
 
 /// Run the demo.
@@ -35,7 +41,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     // The mock cluster keeps at most 5 MiB per partition: the demo's volume (lz4-compressed) stays well below.
     let cluster = MockCluster::new(1).context("starting the embedded Kafka broker")?;
     let brokers = cluster.bootstrap_servers();
-    for t in [GATEWAY_TOPIC, FLOW_TOPIC] {
+    for t in [GATEWAY_TOPIC, FLOW_TOPIC, ALERT_TOPIC] {
         cluster
             .create_topic(t, PARTITIONS, 1)
             .with_context(|| format!("creating topic {t}"))?;
@@ -121,6 +127,76 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         summary.consumed,
         summary.written_gateway + summary.written_flows,
         summary.quarantined
+    );
+
+    // Rules over the day, alerts to Kafka and a file.
+    let alerts_file = a.out.join("alerts.jsonl");
+    std::fs::remove_file(&alerts_file).ok();
+    let sinks = vec![
+        Sink::Kafka {
+            brokers: brokers.clone(),
+            topic: ALERT_TOPIC.into(),
+            properties: Vec::new(),
+            timeout: std::time::Duration::from_secs(30),
+        },
+        Sink::File(alerts_file.clone()),
+    ];
+    let rules = crate::rules::load_rules(&a.rules).context("loading the rules")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let catalog = rt
+        .block_on(Catalog::open(&warehouse, &a.policy, Some(&a.geoip)))
+        .context("opening the catalog")?;
+    let suppressions = crate::alerts::load_suppressions(&a.policy.join("suppressions.csv"))?;
+    let mut store = AlertStore::open(&warehouse)?;
+    let from = a.date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let res = rt.block_on(crate::runner::run_window(
+        &catalog,
+        &warehouse,
+        &rules,
+        &mut store,
+        &suppressions,
+        from,
+        from + chrono::Duration::days(1),
+        "manual",
+    ))?;
+    println!("\n== rules over {} ==", a.date);
+    print_run(&res);
+    for d in deliver_all(&store, &sinks, 0) {
+        match d.error {
+            None => println!("  delivered {} alert(s) to {}", d.delivered, d.sink),
+            Some(e) => bail!("alert delivery failed: {e}"),
+        }
+    }
+    let cov = crate::planted::check(&serde_json::to_value(&gen.planted)?, &res.raised);
+    println!(
+        "\nplanted violations found: {} of {}; unexpected high-severity alerts: {}",
+        cov.found.len(),
+        cov.found.len() + cov.missed.len(),
+        cov.unexpected_high.len()
+    );
+    for (id, kind, fp) in &cov.found {
+        println!("  {id} {kind:<32} found by alert {}", &fp[..12]);
+    }
+    for (id, kind) in &cov.missed {
+        println!("  {id} {kind:<32} NOT FOUND");
+    }
+    for x in &cov.unexpected_high {
+        println!("  unexpected: {} {}", x.rule_id, x.summary);
+    }
+    if let Some(f) = res.record.failed_rules().first() {
+        bail!(
+            "rule {} failed: {}",
+            f.id,
+            f.error.as_deref().unwrap_or_default()
+        );
+    }
+    if !cov.complete() {
+        bail!("the rules did not find exactly the planted violations");
+    }
+    println!(
+        "alerts: {} (JSON lines) and topic {ALERT_TOPIC}; run records: {}",
+        alerts_file.display(),
+        warehouse.join("_runs/runs.jsonl").display()
     );
     drop(cluster);
     Ok(())

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod cron;
 pub mod demo;
+pub mod planted;
 pub mod rules;
 pub mod runner;
 pub mod serve;

@@ -835,7 +835,7 @@ fn plant_violations(
         );
     }
     g.plant("volume_spike", "medium", t, t + 480_000_000,
-        &[("employee_id", emp.clone()), ("dst_ip", dst.to_string())],
+        &[("scope", "employee".into()), ("subject", emp.clone()), ("employee_id", emp.clone()), ("dst_ip", dst.to_string())],
         format!("{emp} exported 16 million records of pseudonymised data in 8 minutes, far above their usual volume"));
 
     // 8. The gateway allowed a data category the employee is not entitled to.
