@@ -36,7 +36,7 @@ SELECT s.source,
        s.kind,
        g.silent_from,
        g.silent_to,
-       CAST(date_part('epoch', g.silent_to) - date_part('epoch', g.silent_from) AS BIGINT) AS silent_s,
+       CAST(floor(date_part('epoch', g.silent_to) - date_part('epoch', g.silent_from)) AS BIGINT) AS silent_s,
        s.expected_interval_s,
        g.silent_from AS first_seen,
        g.silent_to AS last_seen

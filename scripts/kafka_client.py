@@ -2,7 +2,10 @@
 
   kafka_client.py produce BROKERS TOPIC FILE     one message per line of FILE (what a sensor sends)
   kafka_client.py drain BROKERS N TOPIC [TOPIC…] consume N messages, no processing; prints the rate
+  kafka_client.py dump BROKERS TOPIC SECONDS     every message until SECONDS pass with none, as JSON
+                                                 lines {"key": …, "value": …}
 """
+import json
 import sys
 import time
 
@@ -55,8 +58,24 @@ def drain(brokers, n, topics):
     print(f"drained {got} in {secs:.3f} s")
 
 
+def dump(brokers, topic, quiet_s):
+    c = Consumer({"bootstrap.servers": brokers, "group.id": f"dump-{time.time()}", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False, "session.timeout.ms": 6000})
+    c.subscribe([topic])
+    last = time.time()
+    while time.time() - last < quiet_s:
+        for m in c.consume(1000, 0.5):
+            if m.error():
+                continue
+            last = time.time()
+            print(json.dumps({"key": m.key().decode(), "value": json.loads(m.value())}))
+    c.close()
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "produce":
+    if sys.argv[1] == "dump":
+        dump(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    elif sys.argv[1] == "produce":
         produce(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         drain(sys.argv[2], int(sys.argv[3]), sys.argv[4:])

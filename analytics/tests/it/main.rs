@@ -7,4 +7,5 @@ mod crash;
 mod group;
 mod ingest_e2e;
 mod malformed;
+mod rules;
 mod signals;

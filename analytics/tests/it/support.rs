@@ -181,7 +181,7 @@ impl Running {
 }
 
 /// Run one of the repository's Python scripts in the test venv; its stdout if it exits 0.
-fn python_script(script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
+pub fn python_script(script: &str, args: &[&std::ffi::OsStr]) -> Vec<u8> {
     let py = std::env::var("FLOWAUDIT_PYTHON")
         .expect("FLOWAUDIT_PYTHON is not set: run the tests with `make test`");
     let out = Command::new(py)

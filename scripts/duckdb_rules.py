@@ -1,0 +1,96 @@
+"""Run rule files with DuckDB over a flowaudit warehouse and policy folder: the same SQL the
+rules run in flowaudit, for the differential test and the benchmark.
+
+  duckdb_rules.py WAREHOUSE POLICY FROM TO RULE.sql [RULE.sql …]
+
+FROM and TO are RFC 3339 instants. Prints one JSON object: rule id → {"rows": [...], "ms": t}.
+The warehouse tables are views over the Hive-partitioned Parquet, the policy CSV files and
+networks.toml become tables, and basis_for(country, ts) is a macro over transfer_bases.
+"""
+import datetime as dt
+import decimal
+import json
+import os
+import re
+import sys
+import time
+import tomllib
+
+import duckdb
+
+
+def setup(con, wh, policy):
+    con.execute("SET TimeZone = 'UTC'")
+    for t in ["gateway_events", "flows", "quarantine"]:
+        d = os.path.join(wh, t)
+        if os.path.isdir(d):
+            con.execute(f"""CREATE VIEW {t} AS SELECT * FROM read_parquet('{d}/*/*/*.parquet',
+                hive_partitioning = true, hive_types = {{'date': VARCHAR, 'hour': VARCHAR}})""")
+    csv = {
+        "countries": "{'code': 'VARCHAR', 'name': 'VARCHAR', 'eea': 'BOOLEAN'}",
+        "transfer_bases": "{'country': 'VARCHAR', 'basis': 'VARCHAR', 'scope': 'VARCHAR', 'valid_from': 'DATE', 'valid_to': 'DATE', 'reference': 'VARCHAR'}",
+        "employees": "{'employee_id': 'VARCHAR', 'name': 'VARCHAR', 'role': 'VARCHAR', 'home_country': 'VARCHAR', 'allowed_locations': 'VARCHAR', 'allowed_categories': 'VARCHAR', 'valid_from': 'DATE', 'valid_to': 'DATE'}",
+        "approvals": "{'ticket': 'VARCHAR', 'employee_id': 'VARCHAR', 'data_categories': 'VARCHAR', 'destination_country': 'VARCHAR', 'valid_from': 'DATE', 'valid_to': 'DATE', 'approver': 'VARCHAR'}",
+    }
+    for name, cols in csv.items():
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_csv('{policy}/{name}.csv', header = true, columns = {cols})")
+    with open(os.path.join(policy, "networks.toml"), "rb") as f:
+        n = tomllib.load(f)
+    con.execute("CREATE TABLE gateways (gateway_id VARCHAR, ip VARCHAR, country VARCHAR, expected_interval_s BIGINT)")
+    for g in n.get("gateways", []):
+        for ip in g["ips"]:
+            con.execute("INSERT INTO gateways VALUES (?, ?, ?, ?)", [g["id"], ip, g.get("country"), g["expected_interval_s"]])
+    con.execute("CREATE TABLE exporters (exporter VARCHAR, format VARCHAR, expected_interval_s BIGINT, sequenced BOOLEAN)")
+    for e in n.get("exporters", []):
+        con.execute("INSERT INTO exporters VALUES (?, ?, ?, ?)", [e["id"], e["format"], e["expected_interval_s"], e.get("sequenced", False)])
+    con.execute("""CREATE MACRO basis_for(c, t) AS (
+        SELECT first(b.basis) FROM transfer_bases b
+        WHERE b.country = c AND b.valid_from <= CAST(t AS DATE)
+          AND (b.valid_to IS NULL OR CAST(t AS DATE) <= b.valid_to))""")
+
+
+def duration(s):
+    m = re.fullmatch(r"(\d+)([smhd])", s.strip())
+    return dt.timedelta(seconds=int(m[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]])
+
+
+def render(text, start, end):
+    header = dict(re.findall(r"^-- (\w+): (.*)$", text, re.M))
+    sql = "\n".join(l for l in text.splitlines() if not l.startswith("--"))
+    hist = start - duration(header["history"]) if "history" in header else start
+    lit = lambda t: f"TIMESTAMPTZ '{t.strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+    for k, v in {"history_from_date": str(hist.date()), "history_from": lit(hist),
+                 "from_date": str(start.date()), "to_date": str(end.date()),
+                 "from": lit(start), "to": lit(end)}.items():
+        sql = sql.replace("{{" + k + "}}", v)
+    return header["id"], sql
+
+
+def plain(v):
+    if isinstance(v, dt.datetime):
+        return v.astimezone(dt.timezone.utc).isoformat()
+    if isinstance(v, (dt.date,)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v
+
+
+def main():
+    wh, policy, start, end = sys.argv[1:5]
+    start = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    end = dt.datetime.fromisoformat(end.replace("Z", "+00:00"))
+    con = duckdb.connect()
+    setup(con, wh, policy)
+    out = {}
+    for path in sys.argv[5:]:
+        rid, sql = render(open(path).read(), start, end)
+        t = time.perf_counter()
+        table = con.sql(sql).to_arrow_table()
+        rows = [{c: plain(v) for c, v in r.items()} for r in table.to_pylist()]
+        out[rid] = {"rows": rows, "ms": (time.perf_counter() - t) * 1000}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
