@@ -199,13 +199,18 @@ impl Manifest {
                 .map(|d| d.subsec_nanos())
                 .unwrap_or(0)
         );
+        // Create and lock the staging directory under the manifest lock: another writer removes
+        // unlocked staging directories under that lock, and must not see this one before it is
+        // locked.
+        let lock_path = dir.join("lock");
+        let manifest_lock = FileLock::acquire(&lock_path, true)?.expect("blocking lock");
         let staging = staging_root.join(&writer_id);
         std::fs::create_dir_all(&staging).map_err(io_err("create", &staging))?;
         let staging_lock = FileLock::acquire(&staging.join(".lock"), true)?.expect("blocking lock");
         let mut m = Self {
             warehouse: warehouse.to_path_buf(),
             path: dir.join("manifest.jsonl"),
-            lock_path: dir.join("lock"),
+            lock_path,
             staging,
             writer_id,
             _staging_lock: staging_lock,
@@ -216,9 +221,9 @@ impl Manifest {
             commits: 0,
             repairs: Vec::new(),
         };
-        let _lock = m.lock()?;
         m.refresh()?;
         m.remove_dead_staging()?;
+        drop(manifest_lock);
         Ok(m)
     }
 

@@ -189,3 +189,33 @@ fn an_edited_manifest_line_breaks_the_chain() {
         .to_string();
     assert!(e.contains("hash chain broken"), "{e}");
 }
+
+#[test]
+fn writers_opening_together_never_remove_each_others_staging() {
+    // A writer removes the staging directories of writers that are not running (not locked).
+    // A writer that is just starting must never be taken for one: many writers open at once,
+    // and each must still have its staging directory afterwards.
+    let dir = tempfile::tempdir().unwrap();
+    let wh = Arc::new(dir.path().to_path_buf());
+    for _ in 0..10 {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let wh = wh.clone();
+                std::thread::spawn(move || {
+                    let m = Manifest::open(&wh).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    assert!(
+                        m.staging_dir().is_dir(),
+                        "{} was removed",
+                        m.staging_dir().display()
+                    );
+                    m
+                })
+            })
+            .collect();
+        let writers: Vec<Manifest> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for m in &writers {
+            assert!(m.staging_dir().join(".lock").is_file());
+        }
+    }
+}
