@@ -45,6 +45,7 @@ test: build venv ## Unit and integration tests against a real Kafka-protocol bro
 bench: deps venv ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
 	$(CARGO) build --release --bins
 	$(PY) scripts/bench.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
+	$(PY) scripts/bench_rules.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -1,9 +1,11 @@
 """Run rule files with DuckDB over a flowaudit warehouse and policy folder: the same SQL the
 rules run in flowaudit, for the differential test and the benchmark.
 
-  duckdb_rules.py WAREHOUSE POLICY FROM TO RULE.sql [RULE.sql …]
+  duckdb_rules.py [--per-day] WAREHOUSE POLICY FROM TO RULE.sql [RULE.sql …]
 
 FROM and TO are RFC 3339 instants. Prints one JSON object: rule id → {"rows": [...], "ms": t}.
+With --per-day the window is cut into UTC days, each run separately (as `flowaudit rules run
+--from --to` does); rows of all days are listed and ms summed.
 The warehouse tables are views over the Hive-partitioned Parquet, the policy CSV files and
 networks.toml become tables, and basis_for(country, ts) is a macro over transfer_bases.
 """
@@ -77,18 +79,32 @@ def plain(v):
 
 
 def main():
-    wh, policy, start, end = sys.argv[1:5]
+    args = sys.argv[1:]
+    per_day = args[0] == "--per-day"
+    if per_day:
+        args = args[1:]
+    wh, policy, start, end = args[:4]
     start = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
     end = dt.datetime.fromisoformat(end.replace("Z", "+00:00"))
     con = duckdb.connect()
     setup(con, wh, policy)
+    windows = [(start, end)]
+    if per_day:
+        windows = []
+        d = start
+        while d < end:
+            windows.append((d, min(d + dt.timedelta(days=1), end)))
+            d += dt.timedelta(days=1)
     out = {}
-    for path in sys.argv[5:]:
-        rid, sql = render(open(path).read(), start, end)
-        t = time.perf_counter()
-        table = con.sql(sql).to_arrow_table()
-        rows = [{c: plain(v) for c, v in r.items()} for r in table.to_pylist()]
-        out[rid] = {"rows": rows, "ms": (time.perf_counter() - t) * 1000}
+    for a, b in windows:
+        for path in args[4:]:
+            rid, sql = render(open(path).read(), a, b)
+            t = time.perf_counter()
+            table = con.sql(sql).to_arrow_table()
+            rows = [{c: plain(v) for c, v in r.items()} for r in table.to_pylist()]
+            o = out.setdefault(rid, {"rows": [], "ms": 0.0})
+            o["rows"] += rows
+            o["ms"] += (time.perf_counter() - t) * 1000
     print(json.dumps(out))
 
 

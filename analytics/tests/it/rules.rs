@@ -580,3 +580,70 @@ fn duckdb_gives_the_same_rows_for_every_rule() {
         "the comparison must cover rules that find something"
     );
 }
+
+#[test]
+fn serve_runs_ingest_alongside_and_both_stop_on_sigterm() {
+    let s = crate::support::Setup::new(2);
+    let msgs: Vec<flowaudit_ingest::generate::Message> = (0..50)
+        .map(|i| {
+            let p = format!(
+                r#"{{"event_id":"srv-{i}","ts":"2026-11-21T12:00:00Z","gateway_id":"gw-fra-1","employee_id":"e1001","employee_country":"DE","role":"analyst","data_category":"public","action":"query","decision":"allow","session_id":"s","records":1,"bytes":1}}"#
+            );
+            flowaudit_ingest::generate::Message {
+                key: format!("{}", i % 5),
+                payload: p.into_bytes(),
+                ts_us: 1_795_262_400_000_000,
+            }
+        })
+        .collect();
+    s.produce_gateway(&msgs);
+    let cfg = s.dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ingest]\ngroup = \"{}\"\ngateway_topic = \"{}\"\nflow_topic = \"{}\"\nflush_interval_ms = 500\nsession_timeout_ms = 6000\n\n[serve]\ningest = true\ntick_s = 1\n",
+            s.group, s.gateway_topic, s.flow_topic
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--brokers", &brokers(), "--rule", "unknown_employee"])
+        .arg("--warehouse")
+        .arg(s.warehouse())
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    let mut p = Running::spawn(c);
+    p.wait_for(
+        "ingest runs alongside the scheduler",
+        Duration::from_secs(30),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while crate::support::manifest_rows(&s.warehouse(), "gateway_events") < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ingested:\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.signal(libc::SIGTERM);
+    let st = p.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st:?}\n{}", p.log());
+    assert_eq!(
+        crate::support::manifest_rows(&s.warehouse(), "gateway_events"),
+        50
+    );
+    assert!(
+        s.warehouse().join("_runs/schedule.json").is_file(),
+        "{}",
+        p.log()
+    );
+}

@@ -1,0 +1,124 @@
+"""`make bench`, rules part: the whole rule pack over a generated week, flowaudit beside DuckDB.
+
+A week of traffic (BENCH_DAYS days, default 7; BENCH_WEEK_FLOWS flows and BENCH_WEEK_EVENTS
+gateway events in all, default 10M and 1M) is generated with `flowaudit generate` and written to
+a warehouse with `flowaudit convert` (one Parquet file per table and day). Then, RUNS times,
+interleaved:
+  A. `flowaudit rules run --from D1 --to D7`: every rule over every day (one run per day), as a
+     nightly backfill would; wall time of the process, and the sum of the rules' query times from
+     its run records;
+  B. DuckDB (Python) running the same rule files, rendered for the same windows, over the same
+     Parquet files (scripts/duckdb_rules.py --per-day); wall time of the process, and the sum of
+     its query times.
+Both engines must return the same number of rows per rule (checked every round).
+Usage: python scripts/bench_rules.py BIN OUTDIR
+"""
+import datetime as dt
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+DAYS = int(os.environ.get("BENCH_DAYS", "7"))
+FLOWS = int(os.environ.get("BENCH_WEEK_FLOWS", "10000000"))
+EVENTS = int(os.environ.get("BENCH_WEEK_EVENTS", "1000000"))
+FIRST = dt.date(2026, 11, 15)
+PY = sys.executable
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def sh(cmd, **kw):
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        sys.exit(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return time.perf_counter() - t, p.stdout
+
+
+def build_week(bin_, out):
+    wh = os.path.join(out, "warehouse")
+    stamp = os.path.join(out, f"week-{DAYS}-{FLOWS}-{EVENTS}.done")
+    if os.path.exists(stamp):
+        return wh
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    policy = os.path.join(ROOT, "fixtures/policy")
+    geoip = os.path.join(ROOT, "fixtures/geoip/ranges.csv")
+    for i in range(DAYS):
+        day = FIRST + dt.timedelta(days=i)
+        inp = os.path.join(out, "input", str(day))
+        t, _ = sh([bin_, "generate", "--date", str(day), "--seed", str(100 + i), "--events", str(EVENTS // DAYS),
+                   "--flows", str(FLOWS // DAYS), "--out", inp, "--policy", policy, "--geoip", geoip])
+        print(f"  generated {day} in {t:.1f} s", flush=True)
+        for table, f in [("gateway_events", "gateway.jsonl"), ("flows", "flows.jsonl")]:
+            d = os.path.join(wh, table, f"date={day}", "hour=00")
+            os.makedirs(d)
+            sh([bin_, "convert", "--input", os.path.join(inp, f), "--table", table,
+                "--out", os.path.join(d, "day.parquet"), "--policy", policy, "--geoip", geoip])
+        shutil.rmtree(inp)
+    open(stamp, "w").close()
+    return wh
+
+
+def main(bin_, out):
+    out = os.path.join(out, "rules")
+    print(f"rules bench: {DAYS} days, {FLOWS} flows, {EVENTS} gateway events; {RUNS} rounds", flush=True)
+    wh = build_week(bin_, out)
+    policy = os.path.join(ROOT, "fixtures/policy")
+    rules = sorted(glob.glob(os.path.join(ROOT, "queries", "*.sql")))
+    last = FIRST + dt.timedelta(days=DAYS - 1)
+    end = FIRST + dt.timedelta(days=DAYS)
+    fa_wall, fa_q, dk_wall, dk_q = [], [], [], []
+    per_rule_fa, per_rule_dk = {}, {}
+    for r in range(RUNS):
+        # flowaudit: a fresh alert store each round, so every round raises the same alerts.
+        for d in ["_alerts", "_runs", "alerts"]:
+            shutil.rmtree(os.path.join(wh, d), ignore_errors=True)
+        t, _ = sh([bin_, "rules", "run", "--warehouse", wh, "--policy", policy, "--rules-dir",
+                   os.path.join(ROOT, "queries"), "--from", str(FIRST), "--to", str(last)],
+                  env={**os.environ, "FLOWAUDIT_LOG": "warn"})
+        runs = [json.loads(l) for l in open(os.path.join(wh, "_runs", "runs.jsonl"))]
+        q = sum(x["millis"] for run in runs for x in run["rules"]) / 1000
+        rows_fa, ms_fa = {}, {}
+        for run in runs:
+            for x in run["rules"]:
+                rows_fa[x["id"]] = rows_fa.get(x["id"], 0) + x["rows"]
+                ms_fa[x["id"]] = ms_fa.get(x["id"], 0) + x["millis"]
+        for k, v in ms_fa.items():
+            per_rule_fa.setdefault(k, []).append(v)
+        fa_wall.append(t)
+        fa_q.append(q)
+        t, so = sh([PY, os.path.join(HERE, "duckdb_rules.py"), "--per-day", wh, policy,
+                    f"{FIRST}T00:00:00Z", f"{end}T00:00:00Z", *rules])
+        res = json.loads(so)
+        dk_wall.append(t)
+        dk_q.append(sum(v["ms"] for v in res.values()) / 1000)
+        for k, v in res.items():
+            per_rule_dk.setdefault(k, []).append(v["ms"])
+        rows_dk = {k: len(v["rows"]) for k, v in res.items()}
+        if rows_dk != rows_fa:
+            sys.exit(f"row counts differ: flowaudit {rows_fa} duckdb {rows_dk}")
+        print(f"  round {r + 1}: flowaudit {fa_wall[-1]:.2f} s (queries {fa_q[-1]:.2f} s), "
+              f"DuckDB {dk_wall[-1]:.2f} s (queries {dk_q[-1]:.2f} s); rows {sum(rows_fa.values())}", flush=True)
+    m = statistics.median
+    summary = {
+        "days": DAYS, "flows": FLOWS, "events": EVENTS, "runs": RUNS,
+        "flowaudit_wall_s": m(fa_wall), "flowaudit_queries_s": m(fa_q),
+        "duckdb_wall_s": m(dk_wall), "duckdb_queries_s": m(dk_q),
+        "ratio_wall": m(fa_wall) / m(dk_wall), "ratio_queries": m(fa_q) / m(dk_q),
+        "per_rule_ms": {k: {"flowaudit": m(per_rule_fa[k]), "duckdb": m(per_rule_dk[k])} for k in per_rule_fa},
+        "rows": rows_fa,
+    }
+    print(json.dumps(summary, indent=2))
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
