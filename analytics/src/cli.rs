@@ -479,9 +479,11 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
                 &rules,
                 &mut store,
                 &suppressions,
-                from,
-                to,
-                "manual",
+                crate::runner::Window {
+                    from,
+                    to,
+                    trigger: "manual",
+                },
             ))
             .context("running the rules")?;
         print_run(&res);

@@ -155,9 +155,11 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         &rules,
         &mut store,
         &suppressions,
-        from,
-        from + chrono::Duration::days(1),
-        "manual",
+        crate::runner::Window {
+            from,
+            to: from + chrono::Duration::days(1),
+            trigger: "manual",
+        },
     ))?;
     println!("\n== rules over {} ==", a.date);
     print_run(&res);

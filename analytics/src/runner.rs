@@ -92,17 +92,24 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Run `rules` over `[from, to)`, record the alerts and append the run record.
+/// The window of a run, and what started it (`manual`, `schedule`, `catch-up`).
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub trigger: &'a str,
+}
+
+/// Run `rules` over the window `[from, to)`, record the alerts and append the run record.
 pub async fn run_window(
     catalog: &Catalog,
     warehouse: &Path,
     rules: &[Rule],
     store: &mut AlertStore,
     suppressions: &[Suppression],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    trigger: &str,
+    window: Window<'_>,
 ) -> Result<RunResult, RunError> {
+    let Window { from, to, trigger } = window;
     let started = Utc::now();
     let clock = Instant::now();
     let run_id = format!(

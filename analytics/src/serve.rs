@@ -187,9 +187,11 @@ async fn tick(
             &group,
             &mut store,
             &suppressions,
-            from,
-            t,
-            trigger,
+            crate::runner::Window {
+                from,
+                to: t,
+                trigger,
+            },
         )
         .await?;
         for f in res.record.failed_rules() {
