@@ -145,10 +145,15 @@ pub async fn run_window(
             millis: 0,
             error: None,
         };
-        match query_rows(catalog, rule, from, to).await {
-            Ok(rows) => {
-                outcome.rows = rows.len();
-                let grouped = alerts::group_findings(rule, rows, &ctx)?;
+        let found = query_rows(catalog, rule, from, to).await.and_then(|rows| {
+            let n = rows.len();
+            alerts::group_findings(rule, rows, &ctx)
+                .map(|g| (n, g))
+                .map_err(|e| e.to_string())
+        });
+        match found {
+            Ok((rows, grouped)) => {
+                outcome.rows = rows;
                 outcome.alerts = grouped.len();
                 let rec = store.record(grouped, suppressions)?;
                 outcome.new = rec.new.len();

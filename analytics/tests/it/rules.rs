@@ -64,8 +64,7 @@ fn rules_run(wh: &Path, policy: &Path) -> Command {
         .arg(policy)
         .arg("--geoip")
         .arg(repo("fixtures/geoip/ranges.csv"))
-        .arg("--rules-dir")
-        .arg(repo("queries"))
+        .env("FLOWAUDIT_RULES_DIR", repo("queries"))
         .env("FLOWAUDIT_LOG", "warn")
         .env_remove("FLOWAUDIT_CONFIG")
         .env_remove("FLOWAUDIT_BROKERS");
@@ -646,4 +645,62 @@ fn serve_runs_ingest_alongside_and_both_stop_on_sigterm() {
         "{}",
         p.log()
     );
+}
+
+#[test]
+fn a_failing_rule_is_recorded_and_the_others_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 11);
+    let rules = dir.path().join("queries");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::copy(
+        repo("queries/transfer_no_legal_basis.sql"),
+        rules.join("transfer_no_legal_basis.sql"),
+    )
+    .unwrap();
+    let header = |id: &str| {
+        format!("-- id: {id}\n-- title: t\n-- severity: low\n-- schedule: 0 * * * *\n-- lookback: 1h\n-- entity: who\n-- description: d\n")
+    };
+    std::fs::write(
+        rules.join("bad_column.sql"),
+        header("bad_column") + "SELECT no_such_column AS who FROM flows\n",
+    )
+    .unwrap();
+    std::fs::write(
+        rules.join("null_entity.sql"),
+        header("null_entity") + "SELECT CAST(NULL AS VARCHAR) AS who, TIMESTAMP '2026-11-22T01:00:00Z' AS first_seen\n",
+    )
+    .unwrap();
+    let file = dir.path().join("alerts.jsonl");
+    let mut c = rules_run(&wh, &repo("fixtures/policy"));
+    c.arg("--rules-dir")
+        .arg(&rules)
+        .arg("--alerts-file")
+        .arg(&file);
+    let out = c.output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success());
+    assert!(se.contains("2 rule run(s) failed"), "{se}");
+    assert!(
+        se.contains("bad_column.sql") && se.contains("no_such_column"),
+        "{se}"
+    );
+    assert!(
+        se.contains("null_entity: a finding has no value in its entity column `who`"),
+        "{se}"
+    );
+    assert!(so.contains("transfer_no_legal_basis (1 new, high)"), "{so}");
+    assert_eq!(read_alerts(&file).len(), 1);
+    let runs = flowaudit_analytics::runner::read_runs(&wh).unwrap();
+    let failed: Vec<&str> = runs[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["error"].is_null())
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["bad_column", "null_entity"]);
 }
