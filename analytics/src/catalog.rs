@@ -557,7 +557,11 @@ mod tests {
             "Privacy Shield, 2016-2020"
         );
         assert!(r.column(5).is_null(0), "no basis for Russia");
-        let b = query(&c, "SELECT count(*) FROM flows WHERE date = '2026-11-21'").await;
+        let b = query(
+            &c,
+            "SELECT (SELECT count(*) FROM flows WHERE date = '2026-11-21') + (SELECT count(*) FROM alerts)",
+        )
+        .await;
         assert_eq!(
             b[0].column(0)
                 .as_primitive::<arrow::datatypes::Int64Type>()

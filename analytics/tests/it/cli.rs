@@ -235,3 +235,31 @@ fn convert_writes_the_same_parquet_with_any_thread_count_and_counts_rejects() {
     }
     assert_eq!(shas[0], shas[1], "output independent of the thread count");
 }
+
+#[test]
+fn demo_runs_end_to_end_and_finds_exactly_what_was_planted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(bin());
+    c.current_dir(repo(""))
+        .args(["demo", "--out"])
+        .arg(dir.path())
+        .env("FLOWAUDIT_LOG", "warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    let (out, _) = run_ok(c);
+    assert!(
+        out.contains("planted violations found: 11 of 11; unexpected high-severity alerts: 0"),
+        "{out}"
+    );
+    assert!(out.contains("to kafka:"), "{out}");
+    let alerts = std::fs::read_to_string(dir.path().join("alerts.jsonl")).unwrap();
+    let n = alerts.lines().count();
+    assert!(
+        out.contains(&format!("delivered {n} alert(s) to file:")),
+        "{out}"
+    );
+    // Grouped by rule, each with its summary.
+    assert!(
+        out.contains("transfer_no_legal_basis (1 new, high)"),
+        "{out}"
+    );
+}
