@@ -364,6 +364,18 @@ impl WarehouseArgs {
         let Some(policy) = self.policy.or(file.policy.clone()) else {
             bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
         };
+        if !warehouse.is_dir() {
+            bail!(
+                "warehouse {} does not exist (ingest creates it; check --warehouse)",
+                warehouse.display()
+            );
+        }
+        if !policy.join("networks.toml").is_file() {
+            bail!(
+                "{} is not a policy folder: it has no networks.toml",
+                policy.display()
+            );
+        }
         let a = &file.alerts;
         let mut sinks = Vec::new();
         if let Some(brokers) = self.brokers.or(file.brokers.clone()) {
@@ -680,6 +692,11 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         .unwrap_or_else(|| "7d".into());
     let catch_up_max = crate::rules::parse_duration(&catch_up)
         .with_context(|| format!("catch_up_max \"{catch_up}\" is not a duration like 12h or 7d"))?;
+    if let Some(cfg) = &ingest {
+        // Ingest creates the warehouse it writes.
+        std::fs::create_dir_all(&cfg.warehouse)
+            .with_context(|| format!("creating the warehouse {}", cfg.warehouse.display()))?;
+    }
     let r = a.common.resolve(file)?;
     select_rules(&r.rules_dir, &r.only)?;
     let opts = crate::serve::ServeOptions {

@@ -294,6 +294,17 @@ fn reruns_and_late_data_raise_nothing_twice_and_suppressions_silence_until_expir
     assert_eq!(rows[0]["n"].as_i64().unwrap() as usize, all.len());
     assert_eq!(rows[1]["status"], "suppressed");
 
+    // A mistyped warehouse is an error, not an empty result.
+    let out = rules_run(&dir.path().join("no-such-warehouse"), &policy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-warehouse does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A suppression without an expiry is refused, naming the line.
     std::fs::write(
         policy.join("suppressions.csv"),
