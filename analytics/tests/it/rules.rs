@@ -738,3 +738,89 @@ fn a_failing_rule_is_recorded_and_the_others_still_run() {
         .collect();
     assert_eq!(failed, ["bad_column", "null_entity"]);
 }
+
+#[test]
+fn alerts_wait_for_a_kafka_broker_that_is_down_and_go_out_when_it_is_back() {
+    let tansu = std::env::var("FLOWAUDIT_TANSU").expect("FLOWAUDIT_TANSU: run with make test");
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 11);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("flowaudit.toml");
+    std::fs::write(&cfg, "[alerts]\nkafka_timeout_ms = 3000\n").unwrap();
+    let run = || {
+        let mut c = rules_run(&wh, &repo("fixtures/policy"));
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["--brokers", &addr, "--alerts-topic", "desk.alerts"]);
+        c.output().unwrap()
+    };
+    // Down: the alerts are recorded, the run says they were not delivered.
+    let out = run();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{so}");
+    assert!(
+        so.contains("NOT delivered") && so.contains("kafka:"),
+        "{so}"
+    );
+    let raised = flowaudit_analytics::alerts::AlertStore::open(&wh)
+        .unwrap()
+        .len();
+
+    // Back: the next run (which finds nothing new) delivers them all.
+    let url = format!("tcp://{addr}");
+    let mut broker = Command::new(&tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::sleep(Duration::from_millis(500));
+        flowaudit_ingest::produce::ensure_topics(&addr, &["desk.alerts"], 1).unwrap();
+        let out = run();
+        let so = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{so}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(so.contains("no new alerts"), "{so}");
+        assert!(
+            so.contains(&format!("delivered {raised} alert(s) to kafka:")),
+            "{so}"
+        );
+        let msgs = python_script(
+            "kafka_client.py",
+            &[
+                "dump".as_ref(),
+                addr.as_ref(),
+                "desk.alerts".as_ref(),
+                "4".as_ref(),
+            ],
+        );
+        let fps: BTreeSet<String> = String::from_utf8(msgs)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(fps.len() as u64, raised);
+    }));
+    broker.kill().ok();
+    broker.wait().ok();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
