@@ -39,6 +39,16 @@ pub enum Command {
     Rules(RulesArgs),
     /// Run every rule on its schedule (with catch-up), deliver alerts, optionally ingest too.
     Serve(ServeArgs),
+    /// Check the warehouse against its manifest: hash chain, every file's SHA-256 and rows,
+    /// files added outside the manifest.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Warehouse directory. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -341,7 +351,34 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             RulesCommand::Test(a) => test_rules(a, &file),
         },
         Command::Serve(a) => run_serve(a, &file),
+        Command::Verify(a) => run_verify(a, &file),
     }
+}
+
+fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
+        bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+    };
+    let v = crate::verify::verify(&wh);
+    if v.problems.is_empty() {
+        println!(
+            "verified {}: {} files, {} rows, manifest head seq {} {}",
+            wh.display(),
+            v.files,
+            v.rows,
+            v.head_seq,
+            v.head_hash
+        );
+        return Ok(());
+    }
+    for p in &v.problems {
+        println!("{p}");
+    }
+    bail!(
+        "{} does not verify: {} problem(s)",
+        wh.display(),
+        v.problems.len()
+    )
 }
 
 /// Settings resolved from flags, environment and file, for `rules run` and `serve`.

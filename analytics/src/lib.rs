@@ -14,3 +14,4 @@ pub mod rules;
 pub mod runner;
 pub mod serve;
 pub mod sinks;
+pub mod verify;

@@ -9,3 +9,4 @@ mod ingest_e2e;
 mod malformed;
 mod rules;
 mod signals;
+mod verify;
