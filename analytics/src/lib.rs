@@ -10,6 +10,7 @@ pub mod config;
 pub mod cron;
 pub mod demo;
 pub mod planted;
+pub mod report;
 pub mod rules;
 pub mod runner;
 pub mod serve;

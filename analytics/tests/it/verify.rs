@@ -133,3 +133,89 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
         "{out}"
     );
 }
+
+#[test]
+fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = demo_warehouse(&dir.path().join("demo"));
+    let report = |out: &Path| {
+        let mut c = Command::new(bin());
+        c.args(["report", "--date", "2026-11-21", "--reproducible", "--out"])
+            .arg(out)
+            .arg("--warehouse")
+            .arg(&wh)
+            .arg("--policy")
+            .arg(repo("fixtures/policy"))
+            .arg("--geoip")
+            .arg(repo("fixtures/geoip/ranges.csv"))
+            .arg("--rules-dir")
+            .arg(repo("queries"))
+            .env_remove("FLOWAUDIT_CONFIG");
+        run_ok(c)
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    report(&a);
+    report(&b);
+    for f in [
+        "report.json",
+        "report.html",
+        "findings.csv",
+        "egress.csv",
+        "coverage.csv",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between two runs"
+        );
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("report.json")).unwrap()).unwrap();
+    let alerts = std::fs::read_to_string(dir.path().join("demo/alerts.jsonl")).unwrap();
+    assert_eq!(
+        r["findings"].as_array().unwrap().len(),
+        alerts.lines().count()
+    );
+    assert_eq!(r["summary"]["verdict"], "violations found");
+    assert_eq!(r["generated_at"], "2026-11-22T00:00:00Z");
+    assert_eq!(r["summary"]["totals"]["quarantined"], 24);
+    let entries = flowaudit_ingest::manifest::read_entries(&wh).unwrap();
+    assert_eq!(
+        r["appendix"]["files"].as_array().unwrap().len(),
+        entries.len()
+    );
+    assert_eq!(
+        r["appendix"]["manifest_head"]["hash"],
+        entries.last().unwrap().hash.as_str()
+    );
+    assert_eq!(r["appendix"]["rules"].as_array().unwrap().len(), 11);
+    assert!(r["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["country"] == "RU" && e["basis"] == "none"));
+    assert_eq!(r["coverage"]["silent_periods"].as_array().unwrap().len(), 1);
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    let order = [
+        "id=\"summary\"",
+        "id=\"coverage\"",
+        "id=\"egress\"",
+        "id=\"findings\"",
+        "id=\"suppressions\"",
+        "id=\"appendix\"",
+    ];
+    let pos: Vec<usize> = order
+        .iter()
+        .map(|s| html.find(s).unwrap_or_else(|| panic!("{s} missing")))
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "sections out of order");
+    assert!(html.matches("<svg").count() >= 3, "charts are inline SVG");
+    for external in ["http://", "https://", "<script", "<link", "<img"] {
+        assert!(
+            !html.contains(external),
+            "the report must not fetch anything: found {external}"
+        );
+    }
+    let csv = std::fs::read_to_string(a.join("findings.csv")).unwrap();
+    assert_eq!(csv.lines().count(), alerts.lines().count() + 1);
+}
