@@ -21,6 +21,7 @@ deps: ## Install the system packages the build needs (idempotent; apt when missi
 	command -v cc >/dev/null || missing="$$missing build-essential"; \
 	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
 	command -v perl >/dev/null || missing="$$missing perl"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 venv: $(VENV)/.installed ## Python venv: Tansu broker, confluent-kafka, pyarrow, duckdb

@@ -75,6 +75,9 @@ pub struct ReportArgs {
     /// Pin the generation time to the end of the window: the same inputs give the same bytes.
     #[arg(long, env = "FLOWAUDIT_REPRODUCIBLE")]
     pub reproducible: bool,
+    /// Sign the report and the manifest head with this Ed25519 key (PKCS#8 PEM), into report.sig.json.
+    #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +85,12 @@ pub struct VerifyArgs {
     /// Warehouse directory. [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
+    /// A signed report (its directory or report.json): check its signature and files too.
+    #[arg(long, env = "FLOWAUDIT_REPORT", requires = "public_key")]
+    pub report: Option<PathBuf>,
+    /// The auditor's Ed25519 public key (PEM) for --report.
+    #[arg(long, env = "FLOWAUDIT_PUBLIC_KEY", requires = "report")]
+    pub public_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -419,7 +428,10 @@ fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
         .block_on(crate::report::build(&opts))
         .map_err(anyhow::Error::msg)
         .context("building the report")?;
-    let files = crate::report::write(&r, &a.out).map_err(anyhow::Error::msg)?;
+    let mut files = crate::report::write(&r, &a.out).map_err(anyhow::Error::msg)?;
+    if let Some(key) = &a.sign_key {
+        files.push(crate::signing::sign(&a.out, &r, key).map_err(anyhow::Error::msg)?);
+    }
     println!(
         "report {from} to {to}: {} ({} findings); wrote {}",
         r["summary"]["verdict"].as_str().unwrap_or_default(),
@@ -437,7 +449,28 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
     let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
         bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
     };
-    let v = crate::verify::verify(&wh);
+    let mut v = crate::verify::verify(&wh);
+    if let (Some(report), Some(key)) = (&a.report, &a.public_key) {
+        let c = crate::signing::check(report, key).map_err(anyhow::Error::msg)?;
+        let signed_problems = !c.problems.is_empty();
+        v.problems.extend(c.problems);
+        if !signed_problems {
+            match c.manifest_head {
+                Some((seq, hash)) => {
+                    let entries = flowaudit_ingest::manifest::read_entries(&wh).unwrap_or_default();
+                    match entries.iter().find(|e| e.seq == seq) {
+                        Some(e) if e.hash == hash => println!(
+                            "report signature valid; its files are unchanged; the signed manifest head (seq {seq}) is in the manifest"
+                        ),
+                        _ => v.problems.push(format!(
+                            "the manifest no longer contains the signed head seq {seq} {hash}: the evidence the report covers was rewritten"
+                        )),
+                    }
+                }
+                None => println!("report signature valid; its files are unchanged"),
+            }
+        }
+    }
     if v.problems.is_empty() {
         println!(
             "verified {}: {} files, {} rows, manifest head seq {} {}",

@@ -14,5 +14,6 @@ pub mod report;
 pub mod rules;
 pub mod runner;
 pub mod serve;
+pub mod signing;
 pub mod sinks;
 pub mod verify;

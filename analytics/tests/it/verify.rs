@@ -219,3 +219,85 @@ fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() 
     let csv = std::fs::read_to_string(a.join("findings.csv")).unwrap();
     assert_eq!(csv.lines().count(), alerts.lines().count() + 1);
 }
+
+#[test]
+fn a_signed_report_verifies_and_edits_or_the_wrong_key_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = demo_warehouse(&dir.path().join("demo"));
+    // The auditor's key, made the way docs/operations.md says.
+    let key = dir.path().join("auditor.pem");
+    let public = dir.path().join("auditor.pub.pem");
+    let other = dir.path().join("other.pem");
+    let other_pub = dir.path().join("other.pub.pem");
+    for (k, p) in [(&key, &public), (&other, &other_pub)] {
+        let mut c = Command::new("openssl");
+        c.args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(k);
+        run_ok(c);
+        let mut c = Command::new("openssl");
+        c.args(["pkey", "-pubout", "-in"]).arg(k).arg("-out").arg(p);
+        run_ok(c);
+    }
+    let out = dir.path().join("report");
+    let mut c = Command::new(bin());
+    c.args(["report", "--date", "2026-11-21", "--out"])
+        .arg(&out)
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .arg("--sign-key")
+        .arg(&key)
+        .env_remove("FLOWAUDIT_CONFIG");
+    run_ok(c);
+    let check = |report: &Path, key: &Path| {
+        let out = Command::new(bin())
+            .arg("verify")
+            .arg("--warehouse")
+            .arg(&wh)
+            .arg("--report")
+            .arg(report)
+            .arg("--public-key")
+            .arg(key)
+            .env_remove("FLOWAUDIT_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = check(&out, &public);
+    assert!(ok, "{text}");
+    assert!(text.contains("report signature valid"), "{text}");
+
+    let (ok, text) = check(&out.join("report.json"), &other_pub);
+    assert!(!ok);
+    assert!(text.contains("does not match this public key"), "{text}");
+
+    let csv = out.join("findings.csv");
+    let mut body = std::fs::read_to_string(&csv).unwrap();
+    body.push_str("forged,line\n");
+    std::fs::write(&csv, body).unwrap();
+    let (ok, text) = check(&out, &public);
+    assert!(!ok);
+    assert!(
+        text.contains("findings.csv: modified after signing"),
+        "{text}"
+    );
+
+    // Editing the signed statement itself (e.g. to match the forged file) breaks the signature.
+    let sig = out.join("report.sig.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sig).unwrap()).unwrap();
+    doc["statement"]["files"]["findings.csv"] =
+        serde_json::json!(flowaudit_ingest::writer::sha256_file(&csv).unwrap());
+    std::fs::write(&sig, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (ok, text) = check(&out, &public);
+    assert!(!ok);
+    assert!(
+        text.contains("does not match this public key and statement"),
+        "{text}"
+    );
+}
