@@ -3,7 +3,8 @@
 //! violations and some malformed messages, produces it, ingests it exactly once, and prints what
 //! was written per table, what was quarantined and why, and the manifest head; then runs the
 //! rule pack over the day, delivers the alerts to the `audit.alerts` topic and a JSON-lines
-//! file, prints them grouped by rule, and checks them against the planted violations.
+//! file, prints them grouped by rule, and checks them against the planted violations; last, it
+//! writes the auditor's report of the day.
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -199,6 +200,27 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         "alerts: {} (JSON lines) and topic {ALERT_TOPIC}; run records: {}",
         alerts_file.display(),
         warehouse.join("_runs/runs.jsonl").display()
+    );
+
+    // The auditor's report of the day.
+    let report_dir = a.out.join("report");
+    let report = rt
+        .block_on(crate::report::build(&crate::report::ReportOptions {
+            warehouse: warehouse.clone(),
+            policy: a.policy.clone(),
+            geoip: Some(a.geoip.clone()),
+            rules_dir: a.rules.clone(),
+            from: a.date,
+            to: a.date,
+            reproducible: true,
+        }))
+        .map_err(anyhow::Error::msg)
+        .context("building the report")?;
+    crate::report::write(&report, &report_dir).map_err(anyhow::Error::msg)?;
+    println!(
+        "report: {} ({})",
+        report_dir.join("report.html").display(),
+        report["summary"]["verdict"].as_str().unwrap_or_default()
     );
     drop(cluster);
     Ok(())

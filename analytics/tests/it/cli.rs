@@ -262,4 +262,12 @@ fn demo_runs_end_to_end_and_finds_exactly_what_was_planted() {
         out.contains("transfer_no_legal_basis (1 new, high)"),
         "{out}"
     );
+    // And it ends with the report.
+    let html = dir.path().join("report/report.html");
+    assert!(
+        out.trim_end()
+            .ends_with(&format!("report: {} (violations found)", html.display())),
+        "{out}"
+    );
+    assert!(html.is_file());
 }
