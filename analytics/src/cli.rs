@@ -78,6 +78,9 @@ pub struct ReportArgs {
     /// Sign the report and the manifest head with this Ed25519 key (PKCS#8 PEM), into report.sig.json.
     #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
     pub sign_key: Option<PathBuf>,
+    /// The previous report's report.json: the summary says what changed since.
+    #[arg(long, env = "FLOWAUDIT_PREVIOUS_REPORT")]
+    pub previous: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +425,7 @@ fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
         from,
         to,
         reproducible: a.reproducible,
+        previous: a.previous,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let r = rt

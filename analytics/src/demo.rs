@@ -213,6 +213,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             from: a.date,
             to: a.date,
             reproducible: true,
+            previous: None,
         }))
         .map_err(anyhow::Error::msg)
         .context("building the report")?;

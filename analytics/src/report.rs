@@ -23,6 +23,49 @@ pub struct ReportOptions {
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub reproducible: bool,
+    /// The previous report (its report.json), for "what changed".
+    pub previous: Option<PathBuf>,
+}
+
+/// What changed since the previous report: verdict and counts, and which rule files, policy
+/// files and GeoIP database differ.
+fn changes(prev: &Value, cur: &Value) -> Value {
+    let map_diff = |a: &Value, b: &Value| -> Vec<String> {
+        let (a, b) = (
+            a.as_object().cloned().unwrap_or_default(),
+            b.as_object().cloned().unwrap_or_default(),
+        );
+        let mut out: Vec<String> = Vec::new();
+        for (k, v) in &b {
+            match a.get(k) {
+                None => out.push(format!("{k} added")),
+                Some(x) if x != v => out.push(format!("{k} changed")),
+                _ => {}
+            }
+        }
+        for k in a.keys().filter(|k| !b.contains_key(*k)) {
+            out.push(format!("{k} removed"));
+        }
+        out
+    };
+    let rules = |r: &Value| -> Value {
+        Value::Object(
+            r["appendix"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| (crate::alerts::value_text(&x["id"]), x["sha256"].clone()))
+                .collect(),
+        )
+    };
+    json!({
+        "previous_window": prev["window"],
+        "previous_verdict": prev["summary"]["verdict"],
+        "previous_findings_by_severity": prev["summary"]["findings_by_severity"],
+        "rules": map_diff(&rules(prev), &rules(cur)),
+        "policy_files": map_diff(&prev["appendix"]["policy_files"], &cur["appendix"]["policy_files"]),
+        "geoip_changed": prev["appendix"]["geoip"] != cur["appendix"]["geoip"],
+    })
 }
 
 async fn rows(c: &Catalog, sql: &str) -> Result<Vec<Map<String, Value>>, String> {
@@ -127,7 +170,7 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         Utc::now()
     };
     let alert_json = |a: &Alert| serde_json::to_value(a).expect("json");
-    Ok(json!({
+    let mut report = json!({
         "schema": "flowaudit.report/1",
         "window": {"from": f, "to": t},
         "generated_at": generated_at.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -156,7 +199,19 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
             "geoip": c.geoip,
             "flowaudit_version": env!("CARGO_PKG_VERSION"),
         },
-    }))
+    });
+    let prev = match &o.previous {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(
+                serde_json::from_str::<Value>(&text)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    report["summary"]["changes"] = prev.map_or(Value::Null, |p| changes(&p, &report));
+    Ok(report)
 }
 
 fn read_alerts(warehouse: &Path) -> Result<Vec<Alert>, String> {
@@ -345,12 +400,51 @@ pub fn html(r: &Value) -> String {
     let t = &s["totals"];
     let _ = write!(
         h,
-        "</table><p>{} gateway events and {} flow records examined; {} messages quarantined; {} findings suppressed.</p></section>",
+        "</table><p>{} gateway events and {} flow records examined; {} messages quarantined; {} findings suppressed.</p>",
         text(&t["gateway_events"]),
         text(&t["flows"]),
         text(&t["quarantined"]),
         text(&s["suppressed"])
     );
+    let ch = &s["changes"];
+    if ch.is_null() {
+        h.push_str("<p>No previous report to compare with.</p>");
+    } else {
+        let _ = write!(
+            h,
+            "<h3>Since the previous report ({} to {})</h3><ul><li>verdict then: {}</li>",
+            text(&ch["previous_window"]["from"]),
+            text(&ch["previous_window"]["to"]),
+            text(&ch["previous_verdict"])
+        );
+        for (what, key) in [("rule file", "rules"), ("policy file", "policy_files")] {
+            let list: Vec<String> = ch[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| esc(&crate::alerts::value_text(x)))
+                .collect();
+            let _ = write!(
+                h,
+                "<li>{what}s: {}</li>",
+                if list.is_empty() {
+                    "unchanged".to_string()
+                } else {
+                    list.join(", ")
+                }
+            );
+        }
+        let _ = write!(
+            h,
+            "<li>GeoIP database: {}</li></ul>",
+            if ch["geoip_changed"] == true {
+                "changed"
+            } else {
+                "unchanged"
+            }
+        );
+    }
+    h.push_str("</section>");
     // 2. Coverage
     let c = &r["coverage"];
     h.push_str("<section id=\"coverage\"><h2>Coverage</h2><h3>Gateway events per hour</h3>");

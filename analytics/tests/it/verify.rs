@@ -218,6 +218,46 @@ fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() 
     }
     let csv = std::fs::read_to_string(a.join("findings.csv")).unwrap();
     assert_eq!(csv.lines().count(), alerts.lines().count() + 1);
+    assert!(r["summary"]["changes"].is_null());
+
+    // The next report, after the auditor edited a policy file, says what changed since.
+    let policy = dir.path().join("policy");
+    copy_dir(&repo("fixtures/policy"), &policy);
+    std::fs::write(
+        policy.join("suppressions.csv"),
+        "rule_id,entity,reason,who,expires\nrepeated_denials,*,noise,auditor,2026-12-31\n",
+    )
+    .unwrap();
+    let c_dir = dir.path().join("c");
+    let mut c = Command::new(bin());
+    c.args(["report", "--date", "2026-11-21", "--reproducible", "--out"])
+        .arg(&c_dir)
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .arg("--previous")
+        .arg(a.join("report.json"))
+        .env_remove("FLOWAUDIT_CONFIG");
+    run_ok(c);
+    let r2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c_dir.join("report.json")).unwrap()).unwrap();
+    let ch = &r2["summary"]["changes"];
+    assert_eq!(
+        ch["policy_files"],
+        serde_json::json!(["suppressions.csv changed"]),
+        "{ch}"
+    );
+    assert_eq!(ch["rules"], serde_json::json!([]));
+    assert_eq!(ch["previous_verdict"], "violations found");
+    assert_eq!(r2["suppressions"].as_array().unwrap().len(), 1);
+    let html = std::fs::read_to_string(c_dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("policy files: suppressions.csv changed"),
+        "since-previous list"
+    );
 }
 
 #[test]
