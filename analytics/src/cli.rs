@@ -200,6 +200,15 @@ pub struct ServeArgs {
     /// How far back missed firings are caught up, e.g. 7d (default 7d). [config: serve.catch_up_max]
     #[arg(long, env = "FLOWAUDIT_CATCH_UP_MAX")]
     pub catch_up_max: Option<String>,
+    /// Write the nightly report of each previous day into DIR/<date>/. [config: report.out]
+    #[arg(long, env = "FLOWAUDIT_REPORT_OUT")]
+    pub report_out: Option<PathBuf>,
+    /// When the nightly report is written (cron, UTC; default "30 2 * * *"). [config: report.schedule]
+    #[arg(long, env = "FLOWAUDIT_REPORT_SCHEDULE")]
+    pub report_schedule: Option<String>,
+    /// Sign the nightly reports with this Ed25519 key (PKCS#8 PEM). [config: report.sign_key]
+    #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -849,9 +858,26 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         std::fs::create_dir_all(&cfg.warehouse)
             .with_context(|| format!("creating the warehouse {}", cfg.warehouse.display()))?;
     }
+    let report = match a.report_out.or(file.report.out.clone()) {
+        Some(out) => {
+            let schedule = a
+                .report_schedule
+                .or(file.report.schedule.clone())
+                .unwrap_or_else(|| "30 2 * * *".into());
+            Some(crate::serve::NightlyReport {
+                cron: schedule
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("report schedule: {e}"))?,
+                out,
+                sign_key: a.sign_key.or(file.report.sign_key.clone()),
+            })
+        }
+        None => None,
+    };
     let r = a.common.resolve(file)?;
     select_rules(&r.rules_dir, &r.only)?;
     let opts = crate::serve::ServeOptions {
+        report,
         warehouse: r.warehouse,
         policy: r.policy,
         geoip: r.geoip,

@@ -25,6 +25,20 @@ pub struct FileConfig {
     pub alerts: AlertSettings,
     #[serde(default)]
     pub serve: ServeSettings,
+    #[serde(default)]
+    pub report: ReportSettings,
+}
+
+/// `[report]`: the nightly report written by `serve`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    /// Folder for the nightly reports (`<out>/<date>/`); the nightly report is on when set.
+    pub out: Option<PathBuf>,
+    /// When the nightly report of the previous day is written (cron, UTC; default `30 2 * * *`).
+    pub schedule: Option<String>,
+    /// Ed25519 key (PKCS#8 PEM) the reports are signed with.
+    pub sign_key: Option<PathBuf>,
 }
 
 /// `[rules]`: where the rule files and their test cases are.

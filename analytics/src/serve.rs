@@ -40,7 +40,21 @@ pub struct ServeOptions {
     pub catch_up_max: Duration,
     /// Run ingest in the same process.
     pub ingest: Option<flowaudit_ingest::config::IngestConfig>,
+    /// Write the nightly report.
+    pub report: Option<NightlyReport>,
 }
+
+/// The nightly report: at each firing, the report of the previous UTC day is written to
+/// `<out>/<day>/` (reproducible, signed when a key is given, compared with the report of the day
+/// before when there is one).
+pub struct NightlyReport {
+    pub cron: Cron,
+    pub out: PathBuf,
+    pub sign_key: Option<PathBuf>,
+}
+
+/// The key the nightly report's last firing is kept under in `schedule.json`.
+const REPORT_KEY: &str = "nightly-report";
 
 fn state_path(warehouse: &Path) -> PathBuf {
     warehouse.join("_runs").join("schedule.json")
@@ -205,11 +219,57 @@ async fn tick(
         save_state(&opts.warehouse, state)?;
         deliver_all(&store, &opts.sinks, before);
     }
+    if let Some(rep) = &opts.report {
+        nightly_report(opts, rep, state, now).await?;
+    }
     // Deliver anything still pending (a sink that was down may be back).
     if !opts.sinks.is_empty() && opts.warehouse.join("_alerts").is_dir() {
         let store = AlertStore::open(&opts.warehouse)?;
         let len = store.len();
         deliver_all(&store, &opts.sinks, len);
+    }
+    Ok(())
+}
+
+/// Write the reports whose firings are due (after the rules of this tick have run).
+async fn nightly_report(
+    opts: &ServeOptions,
+    rep: &NightlyReport,
+    state: &mut BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let Some(last) = state.get(REPORT_KEY).copied() else {
+        state.insert(
+            REPORT_KEY.into(),
+            now.duration_trunc(chrono::Duration::minutes(1))?,
+        );
+        return save_state(&opts.warehouse, state);
+    };
+    for t in due_firings(&rep.cron, last, now, opts.catch_up_max) {
+        let day = t.date_naive() - chrono::Duration::days(1);
+        let out = rep.out.join(day.to_string());
+        let previous = rep
+            .out
+            .join((day - chrono::Duration::days(1)).to_string())
+            .join("report.json");
+        let o = crate::report::ReportOptions {
+            warehouse: opts.warehouse.clone(),
+            policy: opts.policy.clone(),
+            geoip: opts.geoip.clone(),
+            rules_dir: opts.rules_dir.clone(),
+            from: day,
+            to: day,
+            reproducible: true,
+            previous: previous.is_file().then_some(previous),
+        };
+        let r = crate::report::build(&o).await.map_err(anyhow::Error::msg)?;
+        crate::report::write(&r, &out).map_err(anyhow::Error::msg)?;
+        if let Some(k) = &rep.sign_key {
+            crate::signing::sign(&out, &r, k).map_err(anyhow::Error::msg)?;
+        }
+        info!(day = %day, out = %out.display(), verdict = r["summary"]["verdict"].as_str().unwrap_or_default(), "nightly report written");
+        state.insert(REPORT_KEY.into(), t);
+        save_state(&opts.warehouse, state)?;
     }
     Ok(())
 }

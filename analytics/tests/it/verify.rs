@@ -341,3 +341,65 @@ fn a_signed_report_verifies_and_edits_or_the_wrong_key_are_caught() {
         "{text}"
     );
 }
+
+#[test]
+fn serve_writes_the_nightly_reports_it_missed_each_compared_with_the_day_before() {
+    use chrono::Timelike;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    std::fs::create_dir_all(wh.join("_runs")).unwrap();
+    let now = chrono::Utc::now();
+    let fire = now - chrono::Duration::minutes(10);
+    let schedule = format!("{} {} * * *", fire.minute(), fire.hour());
+    // Down for 25 hours: yesterday's and today's firings are due.
+    let last = now - chrono::Duration::hours(25);
+    std::fs::write(
+        wh.join("_runs/schedule.json"),
+        serde_json::json!({"nightly-report": last.to_rfc3339()}).to_string(),
+    )
+    .unwrap();
+    let reports = dir.path().join("reports");
+    let mut c = Command::new(bin());
+    c.args(["serve", "--tick-s", "1", "--rule", "unknown_employee"])
+        .args(["--report-schedule", &schedule])
+        .arg("--report-out")
+        .arg(&reports)
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .env("FLOWAUDIT_LOG", "info")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .env_remove("FLOWAUDIT_BROKERS");
+    let mut p = Running::spawn(c);
+    let day2 = fire.date_naive() - chrono::Duration::days(1);
+    let day1 = day2 - chrono::Duration::days(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reports.join(day2.to_string()).join("report.json").is_file() {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    p.signal(libc::SIGTERM);
+    assert!(
+        p.wait(std::time::Duration::from_secs(30)).success(),
+        "{}",
+        p.log()
+    );
+    assert!(
+        reports.join(day1.to_string()).join("report.html").is_file(),
+        "{}",
+        p.log()
+    );
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(reports.join(day2.to_string()).join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["window"]["from"], day2.to_string());
+    assert_eq!(
+        r["summary"]["changes"]["previous_window"]["from"],
+        day1.to_string(),
+        "compared with the day before"
+    );
+}
