@@ -22,6 +22,7 @@ deps: ## Install the system packages the build needs (idempotent; apt when missi
 	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
 	command -v perl >/dev/null || missing="$$missing perl"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 venv: $(VENV)/.installed ## Python venv: Tansu broker, confluent-kafka, pyarrow, duckdb
@@ -37,7 +38,7 @@ build: deps ## Build the flowaudit binary
 demo: build ## Run the pipeline end to end on an embedded broker
 	$(BIN) demo --out demo-out
 
-test: build venv ## Unit and integration tests against a real Kafka-protocol broker
+test: deps build venv ## Unit and integration tests against a real Kafka-protocol broker
 	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) \
 		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \

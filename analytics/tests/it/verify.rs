@@ -403,3 +403,63 @@ fn serve_writes_the_nightly_reports_it_missed_each_compared_with_the_day_before(
         "compared with the day before"
     );
 }
+
+#[test]
+fn the_demo_report_renders_in_headless_chromium_with_its_sections_and_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    demo_warehouse(&dir.path().join("demo"));
+    let html = dir.path().join("demo/report/report.html");
+    let url = format!("file://{}", html.display());
+    let chromium = |args: &[&str]| {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(["--enable-logging=stderr", "--v=0"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("chromium (Debian package `chromium`; `make test` installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (dom, log) = chromium(&["--dump-dom"]);
+    for id in [
+        "summary",
+        "coverage",
+        "egress",
+        "findings",
+        "suppressions",
+        "appendix",
+    ] {
+        assert!(
+            dom.contains(&format!("<section id=\"{id}\">")),
+            "section {id} not rendered"
+        );
+    }
+    assert!(dom.matches("<svg").count() >= 3, "charts not rendered");
+    assert!(dom.contains("violations found"));
+    for bad in ["Uncaught", "CONSOLE(", "Failed to load resource"] {
+        assert!(!log.contains(bad), "the page logged an error: {log}");
+    }
+    let shot = dir.path().join("report.png");
+    chromium(&[
+        "--window-size=1100,2200",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a blank screenshot"
+    );
+}
