@@ -19,6 +19,103 @@ fn verify(wh: &Path) -> (bool, String) {
     )
 }
 
+/// The shape of a JSON document with its values masked: one line per key path and type
+/// (array elements merged), sorted.
+fn json_structure(v: &serde_json::Value) -> String {
+    fn walk(v: &serde_json::Value, path: String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                out.insert(format!("{path}: object"));
+                for (k, x) in m {
+                    // Evidence rows and entities are each rule's own columns.
+                    if [
+                        "evidence",
+                        "entity",
+                        "decided_by",
+                        "policy_versions",
+                        "files",
+                        "policy_files",
+                    ]
+                    .contains(&k.as_str())
+                    {
+                        out.insert(format!("{path}.{k}: (per rule or input)"));
+                        continue;
+                    }
+                    walk(x, format!("{path}.{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                out.insert(format!("{path}: array"));
+                for x in a {
+                    walk(x, format!("{path}[]"), out);
+                }
+            }
+            serde_json::Value::Null => {}
+            serde_json::Value::Bool(_) => {
+                out.insert(format!("{path}: bool"));
+            }
+            serde_json::Value::Number(_) => {
+                out.insert(format!("{path}: number"));
+            }
+            serde_json::Value::String(_) => {
+                out.insert(format!("{path}: string"));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, "$".into(), &mut out);
+    out.into_iter().collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// The skeleton of the HTML report: sections, headings (finding headings masked) and table
+/// headers, in document order; values are not part of it.
+fn html_structure(html: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i..];
+        let end = rest.find('>').unwrap_or(rest.len() - 1);
+        let tag = &rest[1..end];
+        let text_end = rest[end + 1..]
+            .find('<')
+            .map_or(rest.len(), |j| end + 1 + j);
+        let text = rest[end + 1..text_end].trim();
+        if let Some(id) = tag.strip_prefix("section id=\"") {
+            out.push(format!("section {}", id.trim_end_matches('"')));
+        } else if tag == "h1" || tag == "h2" || tag == "th" {
+            out.push(format!(
+                "{tag} {}",
+                if tag == "h1" { "<title>" } else { text }
+            ));
+        } else if tag == "h3" {
+            out.push("h3 ".to_string() + if text.is_empty() { "<finding>" } else { text });
+        } else if tag.starts_with("svg") {
+            out.push("svg".into());
+        }
+        rest = &rest[end + 1..];
+    }
+    out.dedup();
+    out.join("\n") + "\n"
+}
+
+/// Compare with the committed snapshot (`UPDATE_SNAPSHOTS=1` rewrites it).
+fn snapshot(name: &str, got: &str) {
+    let p = repo("analytics/tests/it/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e} (write it with UPDATE_SNAPSHOTS=1)", p.display()));
+    assert_eq!(
+        got,
+        want,
+        "{name} differs from its snapshot {}",
+        p.display()
+    );
+}
+
 fn demo_warehouse(dir: &Path) -> std::path::PathBuf {
     let mut c = Command::new(bin());
     c.current_dir(repo(""))
@@ -219,6 +316,8 @@ fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() 
     let csv = std::fs::read_to_string(a.join("findings.csv")).unwrap();
     assert_eq!(csv.lines().count(), alerts.lines().count() + 1);
     assert!(r["summary"]["changes"].is_null());
+    snapshot("report.json.structure", &json_structure(&r));
+    snapshot("report.html.structure", &html_structure(&html));
 
     // The next report, after the auditor edited a policy file, says what changed since.
     let policy = dir.path().join("policy");
