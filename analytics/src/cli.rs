@@ -60,15 +60,8 @@ pub struct ReportArgs {
     /// Folder of rule files, whose versions the appendix lists (default queries). [config: rules.dir]
     #[arg(long, env = "FLOWAUDIT_RULES_DIR")]
     pub rules_dir: Option<PathBuf>,
-    /// The UTC day to report on.
-    #[arg(long, env = "FLOWAUDIT_DATE", conflicts_with_all = ["from", "to"])]
-    pub date: Option<NaiveDate>,
-    /// First day (inclusive).
-    #[arg(long, env = "FLOWAUDIT_FROM", requires = "to")]
-    pub from: Option<NaiveDate>,
-    /// Last day (inclusive).
-    #[arg(long, env = "FLOWAUDIT_TO", requires = "from")]
-    pub to: Option<NaiveDate>,
+    #[command(flatten)]
+    pub days: DaysArgs,
     /// Directory to write the report into.
     #[arg(long, env = "FLOWAUDIT_REPORT_OUT")]
     pub out: PathBuf,
@@ -176,15 +169,36 @@ pub struct WarehouseArgs {
 pub struct RulesRunArgs {
     #[command(flatten)]
     pub common: WarehouseArgs,
-    /// The UTC day to run over (YYYY-MM-DD).
+    /// Each day of the window is its own run.
+    #[command(flatten)]
+    pub days: DaysArgs,
+}
+
+/// A window of whole UTC days: `--date D`, or `--from D1 --to D2` (inclusive). Per invocation:
+/// no config key.
+#[derive(Debug, Args)]
+pub struct DaysArgs {
+    /// The UTC day (YYYY-MM-DD).
     #[arg(long, env = "FLOWAUDIT_DATE", conflicts_with_all = ["from", "to"])]
     pub date: Option<NaiveDate>,
-    /// First day of a backfill (YYYY-MM-DD, inclusive); each day is its own run.
+    /// First day (YYYY-MM-DD, inclusive).
     #[arg(long, env = "FLOWAUDIT_FROM", requires = "to")]
     pub from: Option<NaiveDate>,
-    /// Last day of a backfill (inclusive).
+    /// Last day (inclusive).
     #[arg(long, env = "FLOWAUDIT_TO", requires = "from")]
     pub to: Option<NaiveDate>,
+}
+
+impl DaysArgs {
+    /// The first and last day.
+    pub fn range(&self) -> anyhow::Result<(NaiveDate, NaiveDate)> {
+        match (self.date, self.from, self.to) {
+            (Some(d), None, None) => Ok((d, d)),
+            (None, Some(f), Some(t)) if f <= t => Ok((f, t)),
+            (None, Some(f), Some(t)) => bail!("--from {f} is after --to {t}"),
+            _ => bail!("give the window: --date YYYY-MM-DD, or --from YYYY-MM-DD --to YYYY-MM-DD"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -411,12 +425,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let (from, to) = match (a.date, a.from, a.to) {
-        (Some(d), None, None) => (d, d),
-        (None, Some(f), Some(t)) if f <= t => (f, t),
-        (None, Some(f), Some(t)) => bail!("--from {f} is after --to {t}"),
-        _ => bail!("give the window: --date YYYY-MM-DD, or --from YYYY-MM-DD --to YYYY-MM-DD"),
-    };
+    let (from, to) = a.days.range()?;
     let Some(warehouse) = a.warehouse.or(file.warehouse.clone()) else {
         bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
     };
@@ -621,12 +630,8 @@ fn select_rules(dir: &std::path::Path, only: &[String]) -> anyhow::Result<Vec<cr
 }
 
 fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let days: Vec<NaiveDate> = match (a.date, a.from, a.to) {
-        (Some(d), None, None) => vec![d],
-        (None, Some(f), Some(t)) if f <= t => f.iter_days().take_while(|d| *d <= t).collect(),
-        (None, Some(f), Some(t)) => bail!("--from {f} is after --to {t}"),
-        _ => bail!("give the window: --date YYYY-MM-DD, or --from YYYY-MM-DD --to YYYY-MM-DD"),
-    };
+    let (first, last) = a.days.range()?;
+    let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
     let r = a.common.resolve(file)?;
     let rules = select_rules(&r.rules_dir, &r.only)?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -741,7 +741,6 @@ fn a_failing_rule_is_recorded_and_the_others_still_run() {
 
 #[test]
 fn alerts_wait_for_a_kafka_broker_that_is_down_and_go_out_when_it_is_back() {
-    let tansu = std::env::var("FLOWAUDIT_TANSU").expect("FLOWAUDIT_TANSU: run with make test");
     let dir = tempfile::tempdir().unwrap();
     let (wh, _) = day_warehouse(dir.path(), 11);
     let port = free_port();
@@ -768,20 +767,7 @@ fn alerts_wait_for_a_kafka_broker_that_is_down_and_go_out_when_it_is_back() {
         .len();
 
     // Back: the next run (which finds nothing new) delivers them all.
-    let url = format!("tcp://{addr}");
-    let mut broker = Command::new(&tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut broker = crate::support::start_tansu(&addr);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         std::thread::sleep(Duration::from_millis(500));
         flowaudit_ingest::produce::ensure_topics(&addr, &["desk.alerts"], 1).unwrap();

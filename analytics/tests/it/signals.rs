@@ -46,8 +46,6 @@ fn sigterm_writes_and_records_the_buffer_then_exits_zero() {
 
 #[test]
 fn ingest_retries_until_the_broker_comes_up() {
-    let tansu = std::env::var("FLOWAUDIT_TANSU")
-        .expect("FLOWAUDIT_TANSU is not set: run the tests with `make test`");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -87,21 +85,7 @@ fn ingest_retries_until_the_broker_comes_up() {
         "ingest keeps running while the broker is down"
     );
 
-    let url = format!("tcp://{addr}");
-    let mut broker = std::process::Command::new(&tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut broker = start_tansu(&addr);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         std::thread::sleep(Duration::from_millis(500));
         flowaudit_ingest::produce::ensure_topics(&addr, &["late.gw", "late.fl"], 1).unwrap();

@@ -240,3 +240,24 @@ pub fn assert_manifest_matches_files(warehouse: &Path) {
         );
     }
 }
+
+/// Start a second Tansu broker (the binary `make test` found) on `addr`, for tests of a broker
+/// that comes up late. Kill it when done.
+pub fn start_tansu(addr: &str) -> Child {
+    let tansu = std::env::var("FLOWAUDIT_TANSU")
+        .expect("FLOWAUDIT_TANSU is not set: run the tests with `make test`");
+    let url = format!("tcp://{addr}");
+    Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
