@@ -11,7 +11,7 @@ BIN         := $(CARGO_TARGET_DIR)/debug/flowaudit
 TEST_PORT   ?= 19092
 CARGO       ?= cargo
 
-.PHONY: help deps venv build demo test bench fmt lint clean
+.PHONY: help deps test-deps venv build demo test bench fmt lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -22,7 +22,6 @@ deps: ## Install the system packages the build needs (idempotent; apt when missi
 	pkg-config --exists openssl 2>/dev/null || missing="$$missing libssl-dev pkg-config"; \
 	command -v perl >/dev/null || missing="$$missing perl"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
-	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
 
 venv: $(VENV)/.installed ## Python venv: Tansu broker, confluent-kafka, pyarrow, duckdb
@@ -38,7 +37,10 @@ build: deps ## Build the flowaudit binary
 demo: build ## Run the pipeline end to end on an embedded broker
 	$(BIN) demo --out demo-out
 
-test: deps build venv ## Unit and integration tests against a real Kafka-protocol broker
+test-deps: ## What only the tests need: Chromium renders the report in a test (apt when missing)
+	@command -v chromium >/dev/null || { echo "installing: chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: build venv test-deps ## Unit and integration tests against a real Kafka-protocol broker
 	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) \
 		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \
