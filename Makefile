@@ -50,6 +50,7 @@ bench: deps venv ## Benchmarks on an optimised build (figures and method: docs/b
 	$(CARGO) build --release --bins
 	$(PY) scripts/bench.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
 	$(PY) scripts/bench_rules.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
+	$(PY) scripts/bench_sql.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

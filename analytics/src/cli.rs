@@ -44,19 +44,41 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Write the auditor's report for a day or a range of days (HTML, JSON, CSV).
     Report(ReportArgs),
+    /// Ad hoc, read-only SQL over the rules' catalog: an interactive shell, or -c / -f.
+    Sql(SqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub reader: ReaderArgs,
+    /// Run these statements and exit.
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    pub command: Option<String>,
+    /// Run the statements of this file and exit.
+    #[arg(short = 'f', long)]
+    pub file: Option<PathBuf>,
+    /// Output format (default table). [config: sql.format]
+    #[arg(long, value_enum, env = "FLOWAUDIT_SQL_FORMAT")]
+    pub format: Option<crate::sqlout::Format>,
+    /// Write results to this file instead of stdout.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Memory one query may hold, e.g. 512MiB (default 2GiB). [config: sql.memory_limit]
+    #[arg(long, env = "FLOWAUDIT_SQL_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// Time one query may run, e.g. 30s or 5m (default 5m). [config: sql.timeout]
+    #[arg(long, env = "FLOWAUDIT_SQL_TIMEOUT")]
+    pub timeout: Option<String>,
+    /// Print rows and time of each statement to stderr (always on in the interactive shell).
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Warehouse directory. [config: warehouse]
-    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
-    pub warehouse: Option<PathBuf>,
-    /// Policy folder. [config: policy]
-    #[arg(long, env = "FLOWAUDIT_POLICY")]
-    pub policy: Option<PathBuf>,
-    /// GeoIP database. [config: geoip]
-    #[arg(long, env = "FLOWAUDIT_GEOIP")]
-    pub geoip: Option<PathBuf>,
+    #[command(flatten)]
+    pub reader: ReaderArgs,
     /// Folder of rule files, whose versions the appendix lists (default queries). [config: rules.dir]
     #[arg(long, env = "FLOWAUDIT_RULES_DIR")]
     pub rules_dir: Option<PathBuf>,
@@ -127,9 +149,9 @@ pub struct RulesTestArgs {
     pub geoip: Option<PathBuf>,
 }
 
-/// Where the data and policy are, and where alerts go (shared by `rules run` and `serve`).
+/// What a reader of the warehouse needs (`report`, `sql`).
 #[derive(Debug, Args, Clone)]
-pub struct WarehouseArgs {
+pub struct ReaderArgs {
     /// Warehouse directory (Parquet tables, manifest, alerts, run records). [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
@@ -139,6 +161,21 @@ pub struct WarehouseArgs {
     /// GeoIP database behind country_of(): .mmdb or CSV ranges. [config: geoip]
     #[arg(long, env = "FLOWAUDIT_GEOIP")]
     pub geoip: Option<PathBuf>,
+}
+
+impl ReaderArgs {
+    /// Warehouse, policy folder (both must exist) and GeoIP database, from flags and the file.
+    pub fn resolve(self, file: &FileConfig) -> anyhow::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
+        let (w, p) = reader_paths(self.warehouse, self.policy, file)?;
+        Ok((w, p, self.geoip.or(file.geoip.clone())))
+    }
+}
+
+/// Where the data and policy are, and where alerts go (shared by `rules run` and `serve`).
+#[derive(Debug, Args, Clone)]
+pub struct WarehouseArgs {
+    #[command(flatten)]
+    pub reader: ReaderArgs,
     /// Folder of rule files (default queries). [config: rules.dir]
     #[arg(long, env = "FLOWAUDIT_RULES_DIR")]
     pub rules_dir: Option<PathBuf>,
@@ -223,6 +260,18 @@ pub struct ServeArgs {
     /// Sign the nightly reports with this Ed25519 key (PKCS#8 PEM). [config: report.sign_key]
     #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
     pub sign_key: Option<PathBuf>,
+    /// Serve the read-only catalog over Arrow Flight SQL on HOST:PORT. [config: flight.addr]
+    #[arg(long, env = "FLOWAUDIT_FLIGHT")]
+    pub flight: Option<String>,
+    /// Do not run the rules or the nightly report (e.g. only --flight, or only --ingest). [config: serve.scheduler = false]
+    #[arg(long, env = "FLOWAUDIT_NO_SCHEDULER")]
+    pub no_scheduler: bool,
+    /// Memory one Flight query may hold (default 2GiB). [config: sql.memory_limit]
+    #[arg(long, env = "FLOWAUDIT_SQL_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// Time one Flight query may run (default 5m). [config: sql.timeout]
+    #[arg(long, env = "FLOWAUDIT_SQL_TIMEOUT")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -421,21 +470,167 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => run_serve(a, &file),
         Command::Verify(a) => run_verify(a, &file),
         Command::Report(a) => run_report(a, &file),
+        Command::Sql(a) => run_sql(a, &file),
     }
+}
+
+/// The per-query limits from flags and `[sql]`.
+fn sql_limits(
+    memory: Option<String>,
+    timeout: Option<String>,
+    file: &FileConfig,
+) -> anyhow::Result<crate::sql::Limits> {
+    let mut limits = crate::sql::Limits::default();
+    if let Some(m) = memory.or(file.sql.memory_limit.clone()) {
+        limits.memory =
+            crate::sql::parse_bytes(&m).map_err(|e| anyhow::anyhow!("memory limit: {e}"))?;
+    }
+    if let Some(t) = timeout.or(file.sql.timeout.clone()) {
+        limits.timeout = crate::rules::parse_duration(&t)
+            .with_context(|| format!("timeout \"{t}\" is not a duration like 30s, 5m or 1h"))?;
+    }
+    Ok(limits)
+}
+
+/// Warehouse and policy for a reader: both must exist.
+fn reader_paths(
+    warehouse: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    file: &FileConfig,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let Some(warehouse) = warehouse.or(file.warehouse.clone()) else {
+        bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+    };
+    let Some(policy) = policy.or(file.policy.clone()) else {
+        bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
+    };
+    if !warehouse.is_dir() {
+        bail!(
+            "warehouse {} does not exist (check --warehouse)",
+            warehouse.display()
+        );
+    }
+    if !policy.join("networks.toml").is_file() {
+        bail!(
+            "{} is not a policy folder: it has no networks.toml",
+            policy.display()
+        );
+    }
+    Ok((warehouse, policy))
+}
+
+fn run_sql(a: SqlArgs, file: &FileConfig) -> anyhow::Result<()> {
+    use clap::ValueEnum;
+    let (warehouse, policy, geoip) = a.reader.resolve(file)?;
+    let limits = sql_limits(a.memory_limit, a.timeout, file)?;
+    let format = match (a.format, &file.sql.format) {
+        (Some(f), _) => f,
+        (None, Some(f)) => crate::sqlout::Format::from_str(f, true).map_err(|_| {
+            anyhow::anyhow!("sql.format \"{f}\": one of table, csv, json, ndjson, parquet")
+        })?,
+        (None, None) => crate::sqlout::Format::Table,
+    };
+    let history = file.sql.history.clone().or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".flowaudit_sql_history"))
+    });
+    let opts = crate::shell::ShellOptions {
+        format,
+        output: a.output,
+        timing: a.timing,
+        history,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let engine = rt
+        .block_on(crate::sql::SqlEngine::open(
+            &warehouse,
+            &policy,
+            geoip.as_deref(),
+            limits,
+        ))
+        .context("opening the catalog")?;
+    let result = if let Some(sql) = a.command {
+        crate::shell::run_script(&rt, &engine, &sql, "-c", &opts)
+    } else if let Some(path) = a.file {
+        let sql = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        crate::shell::run_script(&rt, &engine, &sql, &path.display().to_string(), &opts)
+    } else {
+        crate::shell::interactive(&rt, &engine, opts)
+    };
+    // A cancelled query's task stops at its next yield; do not wait for it to exit.
+    drop(engine);
+    rt.shutdown_background();
+    result
+}
+
+/// The Flight SQL endpoint's settings from `--flight` and `[flight]`.
+pub fn flight_options(
+    addr: &str,
+    file: &FileConfig,
+) -> anyhow::Result<crate::flight::FlightOptions> {
+    use crate::flight::{Auth, Credential};
+    let f = &file.flight;
+    let addr = addr.parse().with_context(|| {
+        format!("flight address \"{addr}\" is not HOST:PORT (e.g. 127.0.0.1:50051)")
+    })?;
+    let tls = match (&f.tls_cert, &f.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read_to_string(c)
+                .with_context(|| format!("reading flight.tls_cert {}", c.display()))?,
+            std::fs::read_to_string(k)
+                .with_context(|| format!("reading flight.tls_key {}", k.display()))?,
+        )),
+        (None, None) => None,
+        _ => bail!("flight TLS needs both tls_cert and tls_key"),
+    };
+    let cred = |kind: &str,
+                s: &crate::config::FlightSecret,
+                clear: &Option<String>|
+     -> anyhow::Result<Credential> {
+        match (clear, &s.sha256) {
+            (Some(secret), None) => Ok(Credential::from_secret(&s.name, secret)),
+            (None, Some(h)) => Credential::from_sha256_hex(&s.name, h)
+                .map_err(|e| anyhow::anyhow!("flight.{kind}: {e}")),
+            _ => bail!(
+                "flight.{kind} \"{}\": give exactly one of the secret or its sha256",
+                s.name
+            ),
+        }
+    };
+    let users = f
+        .users
+        .iter()
+        .map(|u| cred("users", u, &u.password))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tokens = f
+        .tokens
+        .iter()
+        .map(|t| cred("tokens", t, &t.token))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if users.is_empty() && tokens.is_empty() {
+        bail!("Flight SQL needs credentials: add [[flight.users]] (name, password or sha256) and/or [[flight.tokens]] (name, token or sha256) to the config file");
+    }
+    let ttl = f.session_ttl.clone().unwrap_or_else(|| "12h".into());
+    let session_ttl = crate::rules::parse_duration(&ttl)
+        .with_context(|| format!("flight.session_ttl \"{ttl}\" is not a duration like 12h"))?;
+    Ok(crate::flight::FlightOptions {
+        addr,
+        tls,
+        auth: Auth {
+            users,
+            tokens,
+            session_ttl,
+        },
+    })
 }
 
 fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
     let (from, to) = a.days.range()?;
-    let Some(warehouse) = a.warehouse.or(file.warehouse.clone()) else {
-        bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
-    };
-    let Some(policy) = a.policy.or(file.policy.clone()) else {
-        bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
-    };
+    let (warehouse, policy, geoip) = a.reader.resolve(file)?;
     let opts = crate::report::ReportOptions {
         warehouse,
         policy,
-        geoip: a.geoip.or(file.geoip.clone()),
+        geoip,
         rules_dir: a
             .rules_dir
             .or(file.rules.dir.clone())
@@ -528,24 +723,7 @@ impl WarehouseArgs {
     pub fn resolve(self, file: &FileConfig) -> anyhow::Result<Resolved> {
         use crate::sinks::Sink;
         use std::time::Duration;
-        let Some(warehouse) = self.warehouse.or(file.warehouse.clone()) else {
-            bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
-        };
-        let Some(policy) = self.policy.or(file.policy.clone()) else {
-            bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
-        };
-        if !warehouse.is_dir() {
-            bail!(
-                "warehouse {} does not exist (ingest creates it; check --warehouse)",
-                warehouse.display()
-            );
-        }
-        if !policy.join("networks.toml").is_file() {
-            bail!(
-                "{} is not a policy folder: it has no networks.toml",
-                policy.display()
-            );
-        }
+        let (warehouse, policy, geoip) = self.reader.resolve(file)?;
         let a = &file.alerts;
         let mut sinks = Vec::new();
         if let Some(brokers) = self.brokers.or(file.brokers.clone()) {
@@ -592,7 +770,7 @@ impl WarehouseArgs {
         Ok(Resolved {
             warehouse,
             policy,
-            geoip: self.geoip.or(file.geoip.clone()),
+            geoip,
             rules_dir: self
                 .rules_dir
                 .or(file.rules.dir.clone())
@@ -839,9 +1017,9 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     let ingest = if a.ingest || s.ingest.unwrap_or(false) {
         Some(
             IngestSettings {
-                warehouse: a.common.warehouse.clone(),
-                policy: a.common.policy.clone(),
-                geoip: a.common.geoip.clone(),
+                warehouse: a.common.reader.warehouse.clone(),
+                policy: a.common.reader.policy.clone(),
+                geoip: a.common.reader.geoip.clone(),
                 brokers: a.common.brokers.clone(),
                 ..Default::default()
             }
@@ -879,9 +1057,24 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let flight = match a.flight.or(file.flight.addr.clone()) {
+        Some(addr) => Some(crate::serve::FlightServe {
+            options: flight_options(&addr, file)?,
+            limits: sql_limits(a.memory_limit, a.timeout, file)?,
+        }),
+        None => None,
+    };
+    let scheduler = !a.no_scheduler && s.scheduler.unwrap_or(true);
+    if !scheduler && flight.is_none() && ingest.is_none() {
+        bail!("nothing to serve: --no-scheduler needs --flight ADDR and/or --ingest");
+    }
     let r = a.common.resolve(file)?;
-    select_rules(&r.rules_dir, &r.only)?;
+    if scheduler {
+        select_rules(&r.rules_dir, &r.only)?;
+    }
     let opts = crate::serve::ServeOptions {
+        scheduler,
+        flight,
         report,
         warehouse: r.warehouse,
         policy: r.policy,

@@ -27,6 +27,56 @@ pub struct FileConfig {
     pub serve: ServeSettings,
     #[serde(default)]
     pub report: ReportSettings,
+    #[serde(default)]
+    pub sql: SqlSettings,
+    #[serde(default)]
+    pub flight: FlightSettings,
+}
+
+/// `[sql]`: analysts' queries, in `flowaudit sql` and over Flight SQL.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSettings {
+    /// Memory one query may hold, e.g. `2GiB` (default 2GiB; no spilling to disk).
+    pub memory_limit: Option<String>,
+    /// Time one query may run, e.g. `5m` (default 5m).
+    pub timeout: Option<String>,
+    /// The shell's history file (default `~/.flowaudit_sql_history`).
+    pub history: Option<PathBuf>,
+    /// The shell's output format (default `table`).
+    pub format: Option<String>,
+}
+
+/// `[flight]`: the Flight SQL endpoint of `serve --flight`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightSettings {
+    /// Address to listen on, e.g. `127.0.0.1:50051`; the endpoint is on when set.
+    pub addr: Option<String>,
+    /// PEM certificate chain; TLS when set (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// How long a session token from the Handshake is valid, e.g. `12h` (default 12h).
+    pub session_ttl: Option<String>,
+    /// Users for basic authentication.
+    #[serde(default)]
+    pub users: Vec<FlightSecret>,
+    /// Bearer tokens.
+    #[serde(default)]
+    pub tokens: Vec<FlightSecret>,
+}
+
+/// A user (password) or a named bearer token: the secret in clear, or (better) its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlightSecret {
+    pub name: String,
+    /// Password (users) or token (tokens), in clear.
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// Hex SHA-256 of the password or token (`printf %s SECRET | sha256sum`).
+    pub sha256: Option<String>,
 }
 
 /// `[report]`: the nightly report written by `serve`.
@@ -85,6 +135,8 @@ pub struct ServeSettings {
     pub tick_s: Option<u64>,
     /// How far back missed firings are caught up, e.g. `7d` (default 7d).
     pub catch_up_max: Option<String>,
+    /// Run the rules and the nightly report (default true; false serves only Flight SQL/ingest).
+    pub scheduler: Option<bool>,
 }
 
 /// `[generate]`: defaults for `flowaudit generate`.

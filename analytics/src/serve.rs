@@ -42,6 +42,16 @@ pub struct ServeOptions {
     pub ingest: Option<flowaudit_ingest::config::IngestConfig>,
     /// Write the nightly report.
     pub report: Option<NightlyReport>,
+    /// Run the rules and the nightly report (false: only ingest and/or Flight SQL).
+    pub scheduler: bool,
+    /// Serve the read-only catalog over Flight SQL.
+    pub flight: Option<FlightServe>,
+}
+
+/// The Flight SQL endpoint run alongside.
+pub struct FlightServe {
+    pub options: crate::flight::FlightOptions,
+    pub limits: crate::sql::Limits,
 }
 
 /// The nightly report: at each firing, the report of the previous UTC day is written to
@@ -112,9 +122,24 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
             .expect("spawning the ingest thread")
     });
     let mut ingest = ingest;
+    let mut flight = match &opts.flight {
+        Some(f) => Some(start_flight(&rt, &opts, f, shutdown.clone())?),
+        None => None,
+    };
     let mut state = load_state(&opts.warehouse)?;
-    info!(warehouse = %opts.warehouse.display(), rules = %opts.rules_dir.display(), "scheduler started");
+    if opts.scheduler {
+        info!(warehouse = %opts.warehouse.display(), rules = %opts.rules_dir.display(), "scheduler started");
+    }
     while !shutdown.load(Ordering::Relaxed) {
+        if flight.as_ref().is_some_and(|h| h.is_finished()) {
+            let h = flight.take().expect("checked");
+            rt.block_on(h)
+                .context("the Flight SQL task panicked")?
+                .context("Flight SQL")?;
+            if !shutdown.load(Ordering::Relaxed) {
+                bail!("Flight SQL stopped unexpectedly");
+            }
+        }
         if ingest.as_ref().is_some_and(|h| h.is_finished()) {
             let h = ingest.take().expect("checked");
             match h.join() {
@@ -128,6 +153,10 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
                 Err(_) => bail!("the ingest thread panicked"),
             }
         }
+        if !opts.scheduler {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
         if let Err(e) = rt.block_on(tick(&opts, &mut state, &shutdown)) {
             error!(
                 error = format!("{e:#}"),
@@ -139,7 +168,12 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    info!("scheduler stopping");
+    info!("stopping");
+    if let Some(h) = flight {
+        rt.block_on(h)
+            .context("the Flight SQL task panicked")?
+            .context("Flight SQL")?;
+    }
     if let Some(h) = ingest {
         match h.join() {
             Ok(Ok(summary)) => crate::cli::print_summary(&summary),
@@ -148,6 +182,34 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// Open the engine and start the Flight SQL server on `rt`; it stops when `shutdown` is set.
+fn start_flight(
+    rt: &tokio::runtime::Runtime,
+    opts: &ServeOptions,
+    f: &FlightServe,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::flight::FlightServerError>>> {
+    let engine = rt
+        .block_on(crate::sql::SqlEngine::open(
+            &opts.warehouse,
+            &opts.policy,
+            opts.geoip.as_deref(),
+            f.limits,
+        ))
+        .context("opening the catalog for Flight SQL")?;
+    let options = crate::flight::FlightOptions {
+        addr: f.options.addr,
+        tls: f.options.tls.clone(),
+        auth: f.options.auth.clone(),
+    };
+    let stop = async move {
+        while !shutdown.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    Ok(rt.spawn(crate::flight::serve(Arc::new(engine), options, stop)))
 }
 
 /// One scheduler tick: run what is due, then deliver what is pending.

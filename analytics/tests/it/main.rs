@@ -9,4 +9,5 @@ mod ingest_e2e;
 mod malformed;
 mod rules;
 mod signals;
+mod sql;
 mod verify;

@@ -11,12 +11,12 @@ use serde_json::Value;
 
 use crate::support::{bin, brokers, python_script, repo, run_ok, unique, Running};
 
-const DATE: &str = "2026-11-22";
+pub const DATE: &str = "2026-11-22";
 
 /// A generated day (seed `seed`) put into a warehouse through ingest's decoders and writer
 /// (`convert`, no Kafka: the Kafka path is covered by the ingest tests). Returns the warehouse
 /// and planted.json.
-fn day_warehouse(dir: &Path, seed: u64) -> (PathBuf, Value) {
+pub fn day_warehouse(dir: &Path, seed: u64) -> (PathBuf, Value) {
     use flowaudit_ingest::generate::{generate, write_jsonl, GenerateOptions};
     let gen = generate(&GenerateOptions {
         date: DATE.parse().unwrap(),
@@ -340,7 +340,7 @@ fn reruns_and_late_data_raise_nothing_twice_and_suppressions_silence_until_expir
     assert!(se.contains("suppressions.csv:2: no expiry"), "{se}");
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -114,26 +114,52 @@ pub fn run_ok(mut c: Command) -> (String, String) {
 pub struct Running {
     pub child: Child,
     pub stderr: Arc<Mutex<String>>,
+    /// Collected only by [`Running::spawn_with_stdout`].
+    pub stdout: Arc<Mutex<String>>,
+}
+
+/// Collect a pipe's lines into a shared string in the background.
+fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let sink = buf.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    buf
 }
 
 impl Running {
     pub fn spawn(mut c: Command) -> Self {
-        let mut child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Self { child, stderr }
+        c.stdout(Stdio::null());
+        Self::spawn_inner(c)
+    }
+
+    /// Like [`Running::spawn`], with stdout collected too.
+    pub fn spawn_with_stdout(mut c: Command) -> Self {
+        c.stdout(Stdio::piped());
+        Self::spawn_inner(c)
+    }
+
+    fn spawn_inner(mut c: Command) -> Self {
+        let mut child = c.stderr(Stdio::piped()).spawn().expect("spawn");
+        let stderr = collect(child.stderr.take().unwrap());
+        let stdout = match child.stdout.take() {
+            Some(p) => collect(p),
+            None => Arc::new(Mutex::new(String::new())),
+        };
+        Self {
+            child,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     pub fn log(&self) -> String {

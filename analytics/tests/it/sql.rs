@@ -1,0 +1,555 @@
+//! Analysts' SQL: the shell (`flowaudit sql`) and the Flight SQL endpoint (`serve --flight`),
+//! checked against DuckDB over the same files and with real Flight SQL clients (ADBC,
+//! pyarrow.flight).
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::rules::{day_warehouse, free_port};
+use crate::support::{bin, python_script, repo, Running};
+
+fn policy() -> PathBuf {
+    repo("fixtures/policy")
+}
+
+fn sql(wh: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("sql")
+        .arg("--warehouse")
+        .arg(wh)
+        .arg("--policy")
+        .arg(policy())
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .env("FLOWAUDIT_LOG", "warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    c
+}
+
+/// Run and return (success, stdout, stderr).
+fn output(mut c: Command) -> (bool, String, String) {
+    let out = c.output().expect("spawn flowaudit sql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn duckdb(wh: &Path, query: &str) -> Value {
+    let out = python_script(
+        "duckdb_query.py",
+        &[wh.as_os_str(), policy().as_os_str(), query.as_ref()],
+    );
+    serde_json::from_slice(&out).expect("json from duckdb_query.py")
+}
+
+fn ndjson(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+const BY_COUNTRY: &str = "SELECT dst_country, count(*) AS n, sum(bytes) AS bytes FROM flows \
+     WHERE dst_country IS NOT NULL GROUP BY dst_country ORDER BY n DESC, dst_country";
+
+#[test]
+fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 11);
+    let expected = duckdb(&wh, BY_COUNTRY);
+    assert!(expected.as_array().unwrap().len() > 3, "{expected}");
+
+    // -c, ndjson: the same rows as DuckDB.
+    let mut c = sql(&wh);
+    c.args(["-c", BY_COUNTRY, "--format", "ndjson"]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert_eq!(Value::Array(ndjson(&so)), expected);
+
+    // json and csv carry the same rows.
+    let mut c = sql(&wh);
+    c.args(["-c", BY_COUNTRY, "--format", "json"]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert_eq!(serde_json::from_str::<Value>(&so).unwrap(), expected);
+    let mut c = sql(&wh);
+    c.args(["-c", BY_COUNTRY, "--format", "csv"]);
+    let (ok, so, _) = output(c);
+    assert!(ok);
+    let lines: Vec<&str> = so.lines().collect();
+    assert_eq!(lines[0], "dst_country,n,bytes");
+    let first = &expected[0];
+    assert_eq!(
+        lines[1],
+        format!(
+            "{},{},{}",
+            first["dst_country"].as_str().unwrap(),
+            first["n"],
+            first["bytes"]
+        )
+    );
+    assert_eq!(lines.len(), expected.as_array().unwrap().len() + 1);
+
+    // table: aligned, with a row count.
+    let mut c = sql(&wh);
+    c.args(["-c", BY_COUNTRY, "--timing"]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert!(
+        so.starts_with("+-") && so.contains("| dst_country |"),
+        "{so}"
+    );
+    let n = expected.as_array().unwrap().len();
+    assert!(so.ends_with(&format!("({n} rows)\n")), "{so}");
+    assert!(se.contains(&format!("{n} rows in ")), "{se}");
+
+    // parquet to a file, read back by DuckDB.
+    let pq = dir.path().join("by_country.parquet");
+    let mut c = sql(&wh);
+    c.args(["-c", BY_COUNTRY, "--format", "parquet", "--output"])
+        .arg(&pq);
+    let (ok, _, se) = output(c);
+    assert!(ok, "{se}");
+    let back = duckdb(
+        &wh,
+        &format!(
+            "SELECT * FROM read_parquet('{}') ORDER BY n DESC, dst_country",
+            pq.display()
+        ),
+    );
+    assert_eq!(back, expected);
+
+    // -f: several statements, the UDFs and policy tables, results in order to --output.
+    let script = dir.path().join("q.sql");
+    std::fs::write(
+        &script,
+        "-- a script\nSELECT count(*) AS n FROM gateway_events;\n\
+         SELECT code FROM countries WHERE eea AND code < 'C'\n  ORDER BY code;\n\
+         SELECT in_cidr('10.1.2.3', '10.0.0.0/8') AS inside;\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.ndjson");
+    let mut c = sql(&wh);
+    c.arg("-f")
+        .arg(&script)
+        .args(["--format", "ndjson", "-o"])
+        .arg(&out);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert!(so.is_empty(), "{so}");
+    let rows = ndjson(&std::fs::read_to_string(&out).unwrap());
+    let events = duckdb(&wh, "SELECT count(*) AS n FROM gateway_events");
+    let eea_a_b = duckdb(
+        &wh,
+        "SELECT code FROM countries WHERE eea AND code < 'C' ORDER BY code",
+    );
+    let mut want: Vec<Value> = vec![events[0].clone()];
+    want.extend(eea_a_b.as_array().unwrap().iter().cloned());
+    want.push(serde_json::json!({"inside": true}));
+    assert_eq!(rows, want);
+
+    // Writes, path registration and session changes are refused, naming what was refused.
+    for (stmt, what) in [
+        ("DROP TABLE flows", "DROP TABLE is not allowed"),
+        (
+            "INSERT INTO countries VALUES ('XX', 'x', true)",
+            "INSERT INTO is not allowed",
+        ),
+        ("DELETE FROM flows", "DELETE FROM is not allowed"),
+        ("CREATE TABLE t AS SELECT 1", "CREATE TABLE is not allowed"),
+        ("CREATE VIEW v AS SELECT 1", "CREATE VIEW is not allowed"),
+        (
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+            "CREATE EXTERNAL TABLE (registering a path) is not allowed",
+        ),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            "SET is not allowed",
+        ),
+        ("SELECT 1; DROP TABLE flows", "DROP TABLE is not allowed"),
+    ] {
+        let mut c = sql(&wh);
+        c.args(["-c", stmt]);
+        let (ok, so, se) = output(c);
+        assert!(!ok, "{stmt} was run:\n{so}");
+        assert!(
+            se.contains(what) && se.contains("read-only"),
+            "{stmt}: {se}"
+        );
+        assert!(so.is_empty(), "{stmt} printed a result: {so}");
+    }
+    let copied = dir.path().join("copied.csv");
+    let mut c = sql(&wh);
+    c.args([
+        "-c",
+        &format!("COPY (SELECT * FROM flows) TO '{}'", copied.display()),
+    ]);
+    let (ok, _, se) = output(c);
+    assert!(!ok && se.contains("COPY is not allowed"), "{se}");
+    assert!(!copied.exists(), "COPY wrote a file");
+    let mut c = sql(&wh);
+    c.args(["-c", "SELECT * INTO copy_of_flows FROM flows"]);
+    let (ok, _, se) = output(c);
+    assert!(!ok && se.contains("not allowed"), "{se}");
+
+    // Errors name what was wrong.
+    let mut c = sql(&wh);
+    c.args(["-c", "SELECT no_such_column FROM flows"]);
+    let (ok, _, se) = output(c);
+    assert!(!ok && se.contains("no_such_column"), "{se}");
+    let mut c = sql(&wh);
+    c.args(["-c", "SELECT 1; SELEC 2"]);
+    let (ok, _, se) = output(c);
+    assert!(!ok && se.contains("SQL syntax"), "{se}");
+}
+
+#[test]
+fn limits_stop_a_query_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 12);
+    // Sorting every flow needs more than 1 MiB, and nothing may spill.
+    let mut c = sql(&wh);
+    c.args([
+        "--memory-limit",
+        "1MiB",
+        "-c",
+        "SELECT * FROM flows ORDER BY bytes, ts",
+    ]);
+    let (ok, so, se) = output(c);
+    assert!(!ok, "{so}");
+    assert!(
+        se.contains("memory limit of 1.0 MiB"),
+        "no memory-limit error: {se}"
+    );
+    // The same query within the default limit works.
+    let mut c = sql(&wh);
+    c.args([
+        "-c",
+        "SELECT count(*) AS n FROM (SELECT * FROM flows ORDER BY bytes, ts)",
+        "--format",
+        "csv",
+    ]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert_eq!(so, "n\n20000\n");
+
+    // 20000³ pairs never finish in a second.
+    let mut c = sql(&wh);
+    c.args([
+        "--timeout",
+        "1s",
+        "-c",
+        "SELECT count(*) FROM flows a, flows b, flows c WHERE a.bytes + b.bytes + c.bytes < 0",
+    ]);
+    let (ok, _, se) = output(c);
+    assert!(!ok);
+    assert!(
+        se.contains("time limit of 1 s"),
+        "no time-limit error: {se}"
+    );
+}
+
+#[test]
+fn the_shell_reads_statements_line_by_line_describes_tables_and_ctrl_c_cancels_only_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 13);
+    let mut c = sql(&wh);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = Running::spawn_with_stdout(c);
+    let mut stdin = child.child.stdin.take().unwrap();
+    writeln!(stdin, "\\d").unwrap();
+    writeln!(stdin, "\\d flows").unwrap();
+    writeln!(stdin, "SELECT\n  41 + 1\n  AS answer;").unwrap();
+    // A query that never ends; Ctrl-C must stop it and leave the shell running.
+    writeln!(
+        stdin,
+        "SELECT count(*) FROM flows a, flows b, flows c WHERE a.bytes + b.bytes + c.bytes < 0;"
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.signal(libc::SIGINT);
+    child.wait_for("error: cancelled", Duration::from_secs(30));
+    writeln!(stdin, "SELECT 'still here' AS status;").unwrap();
+    writeln!(stdin, "\\d no_such_table").unwrap();
+    drop(stdin);
+    let st = child.wait(Duration::from_secs(60));
+    assert!(st.success(), "{}", child.log());
+    let so = child.stdout();
+    for table in [
+        "gateway_events",
+        "flows",
+        "quarantine",
+        "alerts",
+        "countries",
+        "employees",
+    ] {
+        assert!(
+            so.contains(&format!("| {table} ")),
+            "\\d lacks {table}:\n{so}"
+        );
+    }
+    assert!(
+        so.contains("| warehouse ") && so.contains("| policy "),
+        "{so}"
+    );
+    assert!(
+        so.contains("| src_ip ") && so.contains("| Utf8 ") && so.contains("| dst_country "),
+        "\\d flows:\n{so}"
+    );
+    assert!(so.contains("| answer |") && so.contains("| 42 "), "{so}");
+    assert!(
+        so.contains("| still here |"),
+        "the shell did not go on:\n{so}"
+    );
+    let log = child.log();
+    assert!(log.contains("no table \"no_such_table\""), "{log}");
+}
+
+const CONFIG: &str = r#"
+[flight]
+session_ttl = "1h"
+
+[[flight.users]]
+name = "alice"
+password = "correct horse"
+
+[[flight.users]]
+name = "bob"
+# printf %s hunter2 | sha256sum
+sha256 = "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7"
+
+[[flight.tokens]]
+name = "dbeaver-carol"
+token = "tok-3f9a1c"
+"#;
+
+fn serve_flight(wh: &Path, config: &Path, port: u16) -> Running {
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(config)
+        .args(["serve", "--no-scheduler", "--flight"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--warehouse")
+        .arg(wh)
+        .arg("--policy")
+        .arg(policy())
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .env("FLOWAUDIT_LOG", "info");
+    let mut r = Running::spawn(c);
+    r.wait_for("Flight SQL listening", Duration::from_secs(30));
+    r
+}
+
+fn events_by_gateway(wh: &Path) -> Value {
+    duckdb(
+        wh,
+        "SELECT gateway_id, count(*) AS n FROM gateway_events GROUP BY gateway_id ORDER BY gateway_id",
+    )
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(server: &mut Running) {
+    server.signal(libc::SIGTERM);
+    let st = server.wait(Duration::from_secs(30));
+    assert!(st.success(), "{}", server.log());
+}
+
+fn flight_client(args: &[&str]) -> Value {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    serde_json::from_slice(&python_script("flight_client.py", &args)).expect("json")
+}
+
+#[test]
+fn flight_sql_serves_adbc_and_pyarrow_with_auth_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 14);
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let port = free_port();
+    let mut server = serve_flight(&wh, &config, port);
+    let uri = format!("grpc://127.0.0.1:{port}");
+
+    let a = flight_client(&[
+        "adbc",
+        &uri,
+        "alice",
+        "correct horse",
+        "--token",
+        "tok-3f9a1c",
+    ]);
+    let flows = duckdb(&wh, "SELECT count(*) AS n FROM flows");
+    assert_eq!(a["flows"], flows, "{a}");
+    let by_country = duckdb(
+        &wh,
+        "SELECT dst_country, count(*) AS n FROM flows WHERE dst_country IS NOT NULL \
+         GROUP BY dst_country ORDER BY n DESC, dst_country",
+    );
+    assert_eq!(a["by_country"], by_country);
+    assert_eq!(
+        a["prepared"],
+        serde_json::json!([{"code": "DE", "name": "Germany", "eea": true}])
+    );
+    assert_eq!(
+        a["prepared2"],
+        duckdb(
+            &wh,
+            "SELECT code FROM countries WHERE eea AND code < 'C' ORDER BY code"
+        )
+    );
+    assert_eq!(a["catalogs"], serde_json::json!(["datafusion"]));
+    let tables: Vec<&str> = a["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for t in [
+        "alerts",
+        "countries",
+        "flows",
+        "gateway_events",
+        "transfer_bases",
+    ] {
+        assert!(tables.contains(&t), "GetTables lacks {t}: {tables:?}");
+    }
+    let cols = a["flows_columns"].as_array().unwrap();
+    assert!(
+        cols.contains(&"src_ip".into()) && cols.contains(&"date".into()),
+        "{cols:?}"
+    );
+    assert_eq!(a["info"]["vendor_name"], "flowaudit", "{}", a["info"]);
+    for k in ["write_error", "insert_error", "copy_error"] {
+        let e = a[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k}: the write was run: {a}"));
+        assert!(
+            e.contains("not allowed") && e.contains("read-only"),
+            "{k}: {e}"
+        );
+    }
+    assert!(!Path::new("/tmp/flowaudit-copy.csv").exists());
+    let e = a["bad_password"]
+        .as_str()
+        .expect("a bad password was accepted");
+    assert!(e.contains("invalid user name or password"), "{e}");
+    assert_eq!(a["token_query"], serde_json::json!([{"one": 1}]));
+    let e = a["bad_token"].as_str().expect("a bad token was accepted");
+    assert!(e.contains("invalid or expired bearer token"), "{e}");
+
+    // pyarrow.flight: basic-auth handshake (bob's password is configured as a digest).
+    let p = flight_client(&["pyarrow", &uri, "bob", "hunter2"]);
+    assert_eq!(p["by_gateway"], events_by_gateway(&wh));
+    assert_eq!(
+        p["schema"],
+        serde_json::json!(["gateway_id:string", "n:int64"])
+    );
+    let e = p["write_error"].as_str().expect("DELETE was run");
+    assert!(e.contains("DELETE FROM is not allowed"), "{e}");
+    for k in ["bad_password", "bad_token", "no_auth"] {
+        let e = p[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} was accepted: {p}"));
+        assert!(
+            e.contains("Unauthenticated") || e.contains("nauthenticated"),
+            "{k}: {e}"
+        );
+    }
+
+    // Each query is logged with the analyst's name.
+    let log = server.log();
+    for who in ["alice", "bob", "dbeaver-carol"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("flight query done") && l.contains(who)),
+            "no query of {who} in the log:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("flight query refused or failed") || log.contains("flight statement refused")
+    );
+    stop(&mut server);
+}
+
+#[test]
+fn flight_sql_over_tls_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 15);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=flowaudit-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        format!("{CONFIG}\n",).replace(
+            "[flight]\n",
+            &format!(
+                "[flight]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = serve_flight(&wh, &config, port);
+    assert!(server.log().contains("tls=true"), "{}", server.log());
+    let cert_s = cert.to_string_lossy().into_owned();
+    let uri = format!("grpc+tls://127.0.0.1:{port}");
+    let p = flight_client(&[
+        "pyarrow",
+        &uri,
+        "alice",
+        "correct horse",
+        "--tls-root",
+        &cert_s,
+    ]);
+    assert_eq!(p["by_gateway"], events_by_gateway(&wh));
+    stop(&mut server);
+}
+
+#[test]
+fn flight_refuses_to_start_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(&config, "[flight]\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("wh")).unwrap();
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(&config)
+        .args([
+            "serve",
+            "--no-scheduler",
+            "--flight",
+            "127.0.0.1:0",
+            "--warehouse",
+        ])
+        .arg(dir.path().join("wh"))
+        .arg("--policy")
+        .arg(policy());
+    let (ok, _, se) = output(c);
+    assert!(!ok);
+    assert!(se.contains("Flight SQL needs credentials"), "{se}");
+}
