@@ -46,8 +46,9 @@ QUERIES = {
                            "GROUP BY e.name, g.data_category ORDER BY n DESC, e.name, g.data_category LIMIT 20",
     "hourly_egress_one_day": "SELECT date_trunc('hour', ts) AS hour, sum(bytes) AS bytes FROM flows "
                              f"WHERE date = '{DAY}' AND dst_zone = 'external' GROUP BY 1 ORDER BY 1",
+    "one_event": "SELECT * FROM gateway_events WHERE event_id = 'ev-2026-11-18-0067312'",
     "one_host_one_day": "SELECT ts, dst_ip, dst_port, bytes FROM flows "
-                        f"WHERE date = '{DAY}' AND src_ip = '10.20.0.15' ORDER BY ts",
+                        f"WHERE date = '{DAY}' AND src_ip = '10.20.1.10' ORDER BY ts",
     "one_day_of_flows": f"SELECT ts, src_ip, dst_ip, bytes FROM flows WHERE date = '{DAY}'",
 }
 

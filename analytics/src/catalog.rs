@@ -149,7 +149,10 @@ impl Catalog {
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
-        let ctx = SessionContext::new();
+        // information_schema: SHOW TABLES, SHOW COLUMNS and DESCRIBE for analysts (docs/sql.md).
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new().with_information_schema(true),
+        );
         register_warehouse(&ctx, warehouse)?;
         let mut policy_versions = BTreeMap::new();
         for (name, schema) in policy_csv_tables() {

@@ -152,6 +152,14 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
     want.push(serde_json::json!({"inside": true}));
     assert_eq!(rows, want);
 
+    // SHOW and DESCRIBE go through information_schema.
+    let mut c = sql(&wh);
+    c.args(["-c", "SHOW TABLES; DESCRIBE countries", "--format", "csv"]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert!(so.contains(",public,flows,BASE TABLE"), "{so}");
+    assert!(so.contains("eea,Boolean,NO"), "{so}");
+
     // Writes, path registration and session changes are refused, naming what was refused.
     for (stmt, what) in [
         ("DROP TABLE flows", "DROP TABLE is not allowed"),

@@ -118,6 +118,14 @@ pub struct Running {
     pub stdout: Arc<Mutex<String>>,
 }
 
+/// A test that fails mid-way leaves no process behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Collect a pipe's lines into a shared string in the background.
 fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
