@@ -98,7 +98,7 @@ def flight_run(client, opts, q):
 
 def duck_run(con, q):
     t = time.perf_counter()
-    reader = con.execute(q).fetch_record_batch(2048)
+    reader = con.sql(q).to_arrow_reader(2048)
     first = None
     rows = 0
     for b in reader:

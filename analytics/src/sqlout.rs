@@ -12,6 +12,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 pub enum Format {
     /// Aligned text table (column widths from the first rows).
     Table,
+    /// Comma-separated, with a header row.
     Csv,
     /// One JSON array of objects.
     Json,

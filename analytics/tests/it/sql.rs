@@ -233,7 +233,22 @@ fn limits_stop_a_query_with_a_clear_error() {
         se.contains("memory limit of 1.0 MiB"),
         "no memory-limit error: {se}"
     );
-    // The same query within the default limit works.
+    // Without the sort, every flow streams through the same 1 MiB limit (several MB of
+    // output): results are never collected in memory.
+    let mut c = sql(&wh);
+    c.args([
+        "--memory-limit",
+        "1MiB",
+        "-c",
+        "SELECT * FROM flows",
+        "--format",
+        "ndjson",
+    ]);
+    let (ok, so, se) = output(c);
+    assert!(ok, "{se}");
+    assert_eq!(so.lines().count(), 20000);
+    assert!(so.len() > 4 << 20, "only {} bytes", so.len());
+    // The sort within the default limit works.
     let mut c = sql(&wh);
     c.args([
         "-c",
