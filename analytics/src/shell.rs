@@ -197,14 +197,16 @@ pub fn interactive(
 ) -> anyhow::Result<()> {
     let tty = std::io::stdin().is_terminal();
     let sink = Sink::open(&opts)?;
-    // Installed before the first query so that Ctrl-C never kills the shell.
-    let mut interrupt = Interrupt::install(rt)?;
     let mut lines: Box<dyn LineSource> = if tty {
         eprintln!("flowaudit sql: read-only. End statements with ';'. \\d lists the tables, \\? the commands, \\q quits.");
         Box::new(Editor::new(opts.history.clone())?)
     } else {
         Box::new(std::io::stdin().lock().lines())
     };
+    // Installed after the editor, which sets a SIGINT handler of its own for as long as it
+    // lives: ours comes first (and passes the signal on), so Ctrl-C during a query cancels the
+    // query instead of being swallowed; at the prompt the terminal is raw and Ctrl-C is a key.
+    let mut interrupt = Interrupt::install(rt)?;
     if tty {
         opts.timing = true;
     }

@@ -333,6 +333,60 @@ fn the_shell_reads_statements_line_by_line_describes_tables_and_ctrl_c_cancels_o
     assert!(log.contains("no table \"no_such_table\""), "{log}");
 }
 
+#[test]
+fn at_a_terminal_the_shell_edits_lines_recalls_history_and_ctrl_c_cancels_only_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 16);
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let args: Vec<std::ffi::OsString> = vec![
+        home.clone().into(),
+        bin().into(),
+        "sql".into(),
+        "--warehouse".into(),
+        wh.into(),
+        "--policy".into(),
+        policy().into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let t: Value = serde_json::from_slice(&python_script("pty_shell.py", &args)).unwrap();
+    let screen = |k: &str| t[k].as_str().unwrap().to_string();
+    assert!(screen("first").contains("| 42 "), "{}", screen("first"));
+    assert!(screen("first").contains("(1 row)"), "{}", screen("first"));
+    // The up arrow brought the statement back; the left arrow and typing edited it.
+    assert!(
+        screen("recalled").contains("| answer_again |"),
+        "{}",
+        screen("recalled")
+    );
+    assert!(
+        screen("multi_line").contains("| multi_line |"),
+        "{}",
+        screen("multi_line")
+    );
+    // The script waited for "error: cancelled"; the shell then ran the next statement, and the
+    // line cleared by Ctrl-C at the prompt never ran.
+    assert!(
+        screen("after").contains("| still here |"),
+        "{}",
+        screen("after")
+    );
+    assert!(
+        !screen("screen").contains("| typed but not run"),
+        "{}",
+        screen("screen")
+    );
+    assert_eq!(t["exit"], 0);
+    let history = screen("history");
+    for stmt in [
+        "SELECT 40 + 2 AS answer;",
+        "SELECT 40 + 2 AS answer_again;",
+        "SELECT 'still here' AS status;",
+    ] {
+        assert!(history.contains(stmt), "history lacks {stmt}:\n{history}");
+    }
+}
+
 const CONFIG: &str = r#"
 [flight]
 session_ttl = "1h"
