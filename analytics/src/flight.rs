@@ -186,9 +186,19 @@ impl FlightSql {
         }
     }
 
-    /// The caller's name, from the `authorization` header.
+    /// The caller's name, from the `authorization` header; failures are logged with the peer.
     #[allow(clippy::result_large_err)]
     fn identify<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        self.authenticate(req).inspect_err(|s| {
+            let peer = req
+                .remote_addr()
+                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            warn!(peer, reason = s.message(), "flight authentication failed");
+        })
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let header = req
             .metadata()
             .get("authorization")

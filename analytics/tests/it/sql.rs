@@ -550,6 +550,12 @@ fn flight_sql_serves_adbc_and_pyarrow_with_auth_and_refuses_writes() {
     assert!(
         log.contains("flight query refused or failed") || log.contains("flight statement refused")
     );
+    assert!(
+        log.contains("flight authentication failed")
+            && log.contains("invalid user name or password")
+            && log.contains("invalid or expired bearer token"),
+        "{log}"
+    );
     stop(&mut server);
 }
 
