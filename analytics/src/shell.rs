@@ -31,6 +31,7 @@ pub enum ShellError {
     Usage(String),
 }
 
+#[derive(Clone)]
 pub struct ShellOptions {
     pub format: Format,
     /// Results go here instead of stdout.
@@ -148,13 +149,7 @@ pub fn run_script(
     if sql.trim_start().starts_with('\\') {
         // A shell command given to -c, as in `flowaudit sql -c '\d flows'`.
         let sink = Sink::open(opts)?;
-        let mut opts = ShellOptions {
-            format: opts.format,
-            output: opts.output.clone(),
-            timing: opts.timing,
-            history: None,
-        };
-        command(rt, engine, sql.trim(), &mut opts, &sink)
+        command(rt, engine, sql.trim(), &mut opts.clone(), &sink)
             .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
         return Ok(());
     }

@@ -29,6 +29,13 @@ fn sql(wh: &Path) -> Command {
     c
 }
 
+/// `flowaudit sql` over `wh` with `args`: (success, stdout, stderr).
+fn run(wh: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut c = sql(wh);
+    c.args(args);
+    output(c)
+}
+
 /// Run and return (success, stdout, stderr).
 fn output(mut c: Command) -> (bool, String, String) {
     let out = c.output().expect("spawn flowaudit sql");
@@ -64,21 +71,15 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
     assert!(expected.as_array().unwrap().len() > 3, "{expected}");
 
     // -c, ndjson: the same rows as DuckDB.
-    let mut c = sql(&wh);
-    c.args(["-c", BY_COUNTRY, "--format", "ndjson"]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(&wh, &["-c", BY_COUNTRY, "--format", "ndjson"]);
     assert!(ok, "{se}");
     assert_eq!(Value::Array(ndjson(&so)), expected);
 
     // json and csv carry the same rows.
-    let mut c = sql(&wh);
-    c.args(["-c", BY_COUNTRY, "--format", "json"]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(&wh, &["-c", BY_COUNTRY, "--format", "json"]);
     assert!(ok, "{se}");
     assert_eq!(serde_json::from_str::<Value>(&so).unwrap(), expected);
-    let mut c = sql(&wh);
-    c.args(["-c", BY_COUNTRY, "--format", "csv"]);
-    let (ok, so, _) = output(c);
+    let (ok, so, _) = run(&wh, &["-c", BY_COUNTRY, "--format", "csv"]);
     assert!(ok);
     let lines: Vec<&str> = so.lines().collect();
     assert_eq!(lines[0], "dst_country,n,bytes");
@@ -95,9 +96,7 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
     assert_eq!(lines.len(), expected.as_array().unwrap().len() + 1);
 
     // table: aligned, with a row count.
-    let mut c = sql(&wh);
-    c.args(["-c", BY_COUNTRY, "--timing"]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(&wh, &["-c", BY_COUNTRY, "--timing"]);
     assert!(ok, "{se}");
     assert!(
         so.starts_with("+-") && so.contains("| dst_country |"),
@@ -109,10 +108,11 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
 
     // parquet to a file, read back by DuckDB.
     let pq = dir.path().join("by_country.parquet");
-    let mut c = sql(&wh);
-    c.args(["-c", BY_COUNTRY, "--format", "parquet", "--output"])
-        .arg(&pq);
-    let (ok, _, se) = output(c);
+    let pq_arg = pq.to_string_lossy();
+    let (ok, _, se) = run(
+        &wh,
+        &["-c", BY_COUNTRY, "--format", "parquet", "--output", &pq_arg],
+    );
     assert!(ok, "{se}");
     let back = duckdb(
         &wh,
@@ -153,9 +153,10 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
     assert_eq!(rows, want);
 
     // SHOW and DESCRIBE go through information_schema.
-    let mut c = sql(&wh);
-    c.args(["-c", "SHOW TABLES; DESCRIBE countries", "--format", "csv"]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(
+        &wh,
+        &["-c", "SHOW TABLES; DESCRIBE countries", "--format", "csv"],
+    );
     assert!(ok, "{se}");
     assert!(so.contains(",public,flows,BASE TABLE"), "{so}");
     assert!(so.contains("eea,Boolean,NO"), "{so}");
@@ -180,9 +181,7 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
         ),
         ("SELECT 1; DROP TABLE flows", "DROP TABLE is not allowed"),
     ] {
-        let mut c = sql(&wh);
-        c.args(["-c", stmt]);
-        let (ok, so, se) = output(c);
+        let (ok, so, se) = run(&wh, &["-c", stmt]);
         assert!(!ok, "{stmt} was run:\n{so}");
         assert!(
             se.contains(what) && se.contains("read-only"),
@@ -191,27 +190,22 @@ fn the_shell_answers_like_duckdb_in_every_format_and_refuses_writes() {
         assert!(so.is_empty(), "{stmt} printed a result: {so}");
     }
     let copied = dir.path().join("copied.csv");
-    let mut c = sql(&wh);
-    c.args([
-        "-c",
-        &format!("COPY (SELECT * FROM flows) TO '{}'", copied.display()),
-    ]);
-    let (ok, _, se) = output(c);
+    let (ok, _, se) = run(
+        &wh,
+        &[
+            "-c",
+            &format!("COPY (SELECT * FROM flows) TO '{}'", copied.display()),
+        ],
+    );
     assert!(!ok && se.contains("COPY is not allowed"), "{se}");
     assert!(!copied.exists(), "COPY wrote a file");
-    let mut c = sql(&wh);
-    c.args(["-c", "SELECT * INTO copy_of_flows FROM flows"]);
-    let (ok, _, se) = output(c);
+    let (ok, _, se) = run(&wh, &["-c", "SELECT * INTO copy_of_flows FROM flows"]);
     assert!(!ok && se.contains("not allowed"), "{se}");
 
     // Errors name what was wrong.
-    let mut c = sql(&wh);
-    c.args(["-c", "SELECT no_such_column FROM flows"]);
-    let (ok, _, se) = output(c);
+    let (ok, _, se) = run(&wh, &["-c", "SELECT no_such_column FROM flows"]);
     assert!(!ok && se.contains("no_such_column"), "{se}");
-    let mut c = sql(&wh);
-    c.args(["-c", "SELECT 1; SELEC 2"]);
-    let (ok, _, se) = output(c);
+    let (ok, _, se) = run(&wh, &["-c", "SELECT 1; SELEC 2"]);
     assert!(!ok && se.contains("SQL syntax"), "{se}");
 }
 
@@ -220,14 +214,15 @@ fn limits_stop_a_query_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (wh, _) = day_warehouse(dir.path(), 12);
     // Sorting every flow needs more than 1 MiB, and nothing may spill.
-    let mut c = sql(&wh);
-    c.args([
-        "--memory-limit",
-        "1MiB",
-        "-c",
-        "SELECT * FROM flows ORDER BY bytes, ts",
-    ]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(
+        &wh,
+        &[
+            "--memory-limit",
+            "1MiB",
+            "-c",
+            "SELECT * FROM flows ORDER BY bytes, ts",
+        ],
+    );
     assert!(!ok, "{so}");
     assert!(
         se.contains("memory limit of 1.0 MiB"),
@@ -235,40 +230,43 @@ fn limits_stop_a_query_with_a_clear_error() {
     );
     // Without the sort, every flow streams through the same 1 MiB limit (several MB of
     // output): results are never collected in memory.
-    let mut c = sql(&wh);
-    c.args([
-        "--memory-limit",
-        "1MiB",
-        "-c",
-        "SELECT * FROM flows",
-        "--format",
-        "ndjson",
-    ]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(
+        &wh,
+        &[
+            "--memory-limit",
+            "1MiB",
+            "-c",
+            "SELECT * FROM flows",
+            "--format",
+            "ndjson",
+        ],
+    );
     assert!(ok, "{se}");
     assert_eq!(so.lines().count(), 20000);
     assert!(so.len() > 4 << 20, "only {} bytes", so.len());
     // The sort within the default limit works.
-    let mut c = sql(&wh);
-    c.args([
-        "-c",
-        "SELECT count(*) AS n FROM (SELECT * FROM flows ORDER BY bytes, ts)",
-        "--format",
-        "csv",
-    ]);
-    let (ok, so, se) = output(c);
+    let (ok, so, se) = run(
+        &wh,
+        &[
+            "-c",
+            "SELECT count(*) AS n FROM (SELECT * FROM flows ORDER BY bytes, ts)",
+            "--format",
+            "csv",
+        ],
+    );
     assert!(ok, "{se}");
     assert_eq!(so, "n\n20000\n");
 
     // 20000³ pairs never finish in a second.
-    let mut c = sql(&wh);
-    c.args([
-        "--timeout",
-        "1s",
-        "-c",
-        "SELECT count(*) FROM flows a, flows b, flows c WHERE a.bytes + b.bytes + c.bytes < 0",
-    ]);
-    let (ok, _, se) = output(c);
+    let (ok, _, se) = run(
+        &wh,
+        &[
+            "--timeout",
+            "1s",
+            "-c",
+            "SELECT count(*) FROM flows a, flows b, flows c WHERE a.bytes + b.bytes + c.bytes < 0",
+        ],
+    );
     assert!(!ok);
     assert!(
         se.contains("time limit of 1 s"),
