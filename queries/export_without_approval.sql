@@ -5,7 +5,7 @@
 -- lookback: 1h
 -- entity: employee_id
 -- policy: approvals.csv
--- summary: {employee_id} did {action} of {records} records of restricted data to {dst_country}: {problem}
+-- summary: {employee_id} did {action} of {records} records of restricted data to destination country {dst_country}: {problem}
 -- description: Restricted data may leave only under an approval ticket that names the employee,
 --   covers restricted data, names the destination country (for exports) and is valid on the day.
 --   Reported: every allowed export of restricted data, and every read or query of 10,000 or more

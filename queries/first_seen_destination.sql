@@ -9,6 +9,8 @@
 -- description: A destination country or autonomous system that received data from the enclave in
 --   the window and in none of the 30 days before it. Nothing is reported while there is no
 --   history at all (the first window of a new deployment would otherwise list everything).
+--   Destinations whose country or ASN is unknown are not new countries or networks; data sent to
+--   an unknown country is reported by transfer_no_legal_basis.
 WITH egress AS (
   SELECT f.ts, f.dst_ip, f.dst_country, f.dst_asn, f.bytes
   FROM flows f

@@ -10,6 +10,7 @@
 --   (allowed exports), the bytes of each hour are compared with the average of that employee's or
 --   country's active hours over the previous seven days. An hour is reported when it moved more
 --   than ten times that average and more than 1 GB (so that a first, small hour is not a spike).
+--   Exports to destinations whose country is unknown are one more country, `unknown`.
 WITH events AS (
   SELECT e.employee_id, e.dst_country, e.action, e.bytes, e.ts, date_trunc('hour', e.ts) AS hour
   FROM gateway_events e
@@ -27,7 +28,7 @@ hourly AS (
   SELECT 'destination country' AS scope, dst_country AS subject, hour,
          sum(bytes) AS bytes, count(*) AS events, min(ts) AS first_seen, max(ts) AS last_seen
   FROM events
-  WHERE action = 'export' AND dst_country IS NOT NULL
+  WHERE action = 'export'
   GROUP BY dst_country, hour
 ),
 scored AS (
@@ -36,7 +37,7 @@ scored AS (
          count(p.hour) AS baseline_hours
   FROM hourly c
   LEFT JOIN hourly p
-    ON p.scope = c.scope AND p.subject = c.subject
+    ON p.scope = c.scope AND (p.subject IS NOT DISTINCT FROM c.subject)
    AND p.hour < c.hour AND p.hour >= c.hour - INTERVAL '7 days'
   WHERE c.last_seen >= {{from}}
   GROUP BY c.scope, c.subject, c.hour, c.bytes, c.events, c.first_seen, c.last_seen

@@ -14,6 +14,12 @@
 //!
 //! The `alerts` table (`alerts/date=D/alerts-<first>-<last>.parquet`) is written from the
 //! outbox, so SQL sees the same alerts; any range missing after a crash is written on next open.
+//!
+//! Unknown is a value: a finding whose entity column is NULL (a destination the GeoIP database
+//! does not know, a run without GeoIP) is an alert like any other. Its entity keeps the JSON
+//! `null`; its entity key, fingerprint, summary and suppression matching read it as `unknown`
+//! ([`finding_text`]), so the same finding has the same fingerprint in every run. No value of one
+//! finding can stop the others of its rule from being raised.
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -90,7 +96,7 @@ impl Suppression {
                 pair.split_once('=').is_some_and(|(k, v)| {
                     entity
                         .get(k.trim())
-                        .is_some_and(|x| value_text(x) == v.trim())
+                        .is_some_and(|x| finding_text(x) == v.trim())
                 })
             })
     }
@@ -212,6 +218,19 @@ pub fn value_text(v: &Value) -> String {
     }
 }
 
+/// A finding's value as people read it, and as entity keys, fingerprints and suppressions use
+/// it: a SQL NULL (no value: a country GeoIP does not know, an event without a destination) is
+/// `unknown`; other values as [`value_text`].
+pub fn finding_text(v: &Value) -> String {
+    match v {
+        Value::Null => UNKNOWN.into(),
+        v => value_text(v),
+    }
+}
+
+/// How a finding's missing value reads.
+pub const UNKNOWN: &str = "unknown";
+
 /// The fingerprint of a finding: rule, entity and day.
 pub fn fingerprint(rule_id: &str, entity_key: &str, day: &str) -> String {
     let mut h = Sha256::new();
@@ -222,7 +241,9 @@ pub fn fingerprint(rule_id: &str, entity_key: &str, day: &str) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// Fill a summary template: `{column}` becomes that column of `row`.
+/// Fill a summary template: `{column}` becomes that column of `row` (`unknown` when it is NULL),
+/// with control characters made visible (a summary is printed to terminals and chat tools; see
+/// [`crate::sqlout::neutralise`]). A `{name}` that is not a column stays as written.
 fn fill(template: &str, row: &Map<String, Value>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -231,7 +252,9 @@ fn fill(template: &str, row: &Map<String, Value>) -> String {
         let after = &rest[start + 1..];
         match after.find('}') {
             Some(end) if row.contains_key(&after[..end]) => {
-                out.push_str(&value_text(&row[&after[..end]]));
+                out.push_str(&crate::sqlout::neutralise(&finding_text(
+                    &row[&after[..end]],
+                )));
                 rest = &after[end + 1..];
             }
             _ => {
@@ -255,6 +278,10 @@ pub struct RunContext<'a> {
 
 /// Group a rule's result rows (as JSON objects) into alerts, in the order first found.
 /// `seq` and `status` are set when the store records them.
+///
+/// A NULL in an entity column is the value `unknown` (see the module docs). The only error is a
+/// rule whose `entity` header names a column its query does not return: that is a mistake in
+/// the rule, the same for every row, and `flowaudit rules test` reports it.
 pub fn group_findings(
     rule: &Rule,
     rows: Vec<Map<String, Value>>,
@@ -266,19 +293,20 @@ pub fn group_findings(
     for row in rows {
         let mut entity = BTreeMap::new();
         for col in &rule.entity {
-            let v = row.get(col).cloned().unwrap_or(Value::Null);
-            if v.is_null() {
+            let Some(v) = row.get(col) else {
                 return Err(AlertError::Finding {
                     rule: rule.id.clone(),
-                    msg: format!("a finding has no value in its entity column `{col}`"),
+                    msg: format!(
+                        "the query returns no column `{col}`, which the rule's `entity` header names"
+                    ),
                 });
-            }
-            entity.insert(col.clone(), v);
+            };
+            entity.insert(col.clone(), v.clone());
         }
         let entity_key = rule
             .entity
             .iter()
-            .map(|c| format!("{c}={}", value_text(&entity[c])))
+            .map(|c| format!("{c}={}", finding_text(&entity[c])))
             .collect::<Vec<_>>()
             .join(", ");
         let first_seen = row
@@ -754,4 +782,103 @@ fn write_table(warehouse: &Path, alerts: &[Alert]) -> Result<(), AlertError> {
         std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule() -> Rule {
+        crate::rules::parse_rule(
+            Path::new("queries/gateway_bypass.sql"),
+            "-- id: gateway_bypass\n-- title: Bypass\n-- severity: high\n-- schedule: */15 * * * *\n\
+             -- lookback: 1h\n-- entity: src_ip, dst_ip, dst_country\n-- description: d\n\
+             -- summary: {src_ip} to {dst_ip} (country {dst_country}) as {who}, {nothing}\nSELECT 1\n",
+        )
+        .unwrap()
+    }
+
+    fn row(dst: &str, country: Value, who: &str) -> Map<String, Value> {
+        json!({"src_ip": "10.20.5.77", "dst_ip": dst, "dst_country": country, "who": who,
+               "first_seen": "2026-11-21T10:00:00Z", "policy_gateway": null})
+        .as_object()
+        .unwrap()
+        .clone()
+    }
+
+    fn ctx() -> RunContext<'static> {
+        static VERSIONS: BTreeMap<String, String> = BTreeMap::new();
+        RunContext {
+            run_id: "r",
+            window_from: "2026-11-21T00:00:00Z",
+            window_to: "2026-11-22T00:00:00Z",
+            raised_at: "2026-11-22T00:00:00Z",
+            policy_versions: &VERSIONS,
+        }
+    }
+
+    #[test]
+    fn an_unknown_entity_value_is_a_value_and_keeps_its_siblings() {
+        let rows = vec![
+            row("31.12.0.8", json!("NL"), "a"),
+            row("203.0.113.9", Value::Null, "b"),
+            row("31.12.0.9", json!("NL"), "c"),
+        ];
+        let alerts = group_findings(&rule(), rows.clone(), &ctx()).unwrap();
+        assert_eq!(alerts.len(), 3, "one unknown value drops nothing");
+        let a = &alerts[1];
+        assert_eq!(a.entity["dst_country"], Value::Null);
+        assert_eq!(
+            a.entity_key,
+            "src_ip=10.20.5.77, dst_ip=203.0.113.9, dst_country=unknown"
+        );
+        assert_eq!(
+            a.summary,
+            "10.20.5.77 to 203.0.113.9 (country unknown) as b, {nothing}"
+        );
+        assert_eq!(a.decided_by["gateway"], Value::Null);
+        assert_eq!(
+            a.fingerprint,
+            fingerprint("gateway_bypass", &a.entity_key, "2026-11-21")
+        );
+        // The same finding in another run has the same fingerprint.
+        let again = group_findings(&rule(), rows, &ctx()).unwrap();
+        assert_eq!(again[1].fingerprint, a.fingerprint);
+        // And a suppression can name it.
+        let s = Suppression {
+            rule_id: "gateway_bypass".into(),
+            entity: "dst_country=unknown".into(),
+            reason: "r".into(),
+            who: "w".into(),
+            expires: "2026-12-31".parse().unwrap(),
+        };
+        assert!(s.matches("gateway_bypass", &a.entity));
+        assert!(!s.matches("gateway_bypass", &alerts[0].entity));
+    }
+
+    #[test]
+    fn a_rule_whose_entity_is_not_among_its_columns_is_an_error() {
+        let mut r = row("31.12.0.8", json!("NL"), "a");
+        r.remove("dst_country");
+        let e = group_findings(&rule(), vec![r], &ctx()).unwrap_err();
+        assert!(e.to_string().contains("no column `dst_country`"), "{e}");
+    }
+
+    #[test]
+    fn summaries_show_control_characters_instead_of_sending_them() {
+        let rows = vec![row(
+            "31.12.0.8",
+            json!("NL"),
+            "\u{1b}]0;owned\u{7}\u{1b}[2J\r",
+        )];
+        let a = &group_findings(&rule(), rows, &ctx()).unwrap()[0];
+        assert!(
+            a.summary
+                .ends_with("as \\x1b]0;owned\\x07\\x1b[2J\\x0d, {nothing}"),
+            "{}",
+            a.summary
+        );
+        assert_eq!(a.evidence[0]["who"], "\u{1b}]0;owned\u{7}\u{1b}[2J\r");
+    }
 }

@@ -6,14 +6,15 @@
 //!   `networks.toml`, the GeoIP database) into a temporary warehouse, split by the hour of `ts`.
 //! - `case.toml`: the window (`from`, `to`), the findings that must fire (`[[fire]]`, each with
 //!   the entity it is about and `why`) and near misses that must not (`[[quiet]]`). The rule must
-//!   find exactly the `fire` entities: a missing one and any extra one both fail.
+//!   find exactly the `fire` entities: a missing one and any extra one both fail. An entity
+//!   column with no value (SQL NULL, e.g. a country GeoIP does not know) is written `"unknown"`.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::alerts::{self, value_text, RunContext};
+use crate::alerts::{self, finding_text, RunContext};
 use crate::catalog::Catalog;
 use crate::rules::Rule;
 use flowaudit_ingest::batch::Enricher;
@@ -227,7 +228,7 @@ async fn run_case(
         .map(|a| {
             a.entity
                 .iter()
-                .map(|(k, v)| (k.clone(), value_text(v)))
+                .map(|(k, v)| (k.clone(), finding_text(v)))
                 .collect()
         })
         .collect();

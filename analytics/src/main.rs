@@ -12,7 +12,12 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = flowaudit_analytics::cli::run(cli) {
-        eprintln!("Error: {e:#}");
+        // Errors may quote values from events: nothing in them may act on the terminal.
+        let e = format!("{e:#}");
+        eprintln!(
+            "Error: {}",
+            flowaudit_analytics::sqlout::neutralise_keeping_layout(&e)
+        );
         std::process::exit(1);
     }
 }

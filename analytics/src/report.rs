@@ -2,6 +2,12 @@
 //! coverage, and one self-contained `report.html` (inline CSS, charts as inline SVG, no network
 //! fetches). The same inputs give the same bytes: every list is sorted, and the only wall-clock
 //! value, `generated_at`, is pinned to the end of the window by `--reproducible`.
+//!
+//! Every value in the report may come from an event, that is from outside. In the HTML each one
+//! is escaped (`&`, `<`, `>`, `"`, `'`), with control and bidirectional characters shown as
+//! visible escapes, and class names are chosen from a fixed list. In the CSV files a text cell
+//! that a spreadsheet would read as a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
+//! return) gets a leading `'`, as OWASP recommends; numbers stay numbers, negative ones included.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -230,10 +236,24 @@ fn read_alerts(warehouse: &Path) -> Result<Vec<Alert>, String> {
         .collect()
 }
 
+/// One CSV cell: JSON numbers and booleans as they are, text defused against formula injection
+/// (a leading `'` when it starts with `=`, `+`, `-`, `@`, tab or CR) with control characters
+/// other than newline and tab made visible (`\x1b`), null as an empty cell; quoted when it holds
+/// a comma, quote or line break.
 fn csv_field(v: &Value) -> String {
-    let s = crate::alerts::value_text(v);
-    let s = if s == "null" { String::new() } else { s };
-    if s.contains([',', '"', '\n']) {
+    let s = match v {
+        Value::Null => String::new(),
+        Value::String(raw) => {
+            let s = crate::sqlout::neutralise_keeping_layout(raw);
+            if raw.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{s}")
+            } else {
+                s.into_owned()
+            }
+        }
+        v => crate::alerts::value_text(v),
+    };
+    if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s
@@ -251,11 +271,25 @@ fn csv(rows: &[Value], cols: &[&str]) -> String {
     out
 }
 
+/// Text for HTML, in element content and in quoted attributes alike.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    crate::sqlout::neutralise_keeping_layout(s)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The CSS class of a severity: one of the four the stylesheet knows, whatever the alert says.
+fn severity_class(sev: &str) -> &'static str {
+    match sev {
+        "critical" => "sev-critical",
+        "high" => "sev-high",
+        "medium" => "sev-medium",
+        "low" => "sev-low",
+        _ => "sev-other",
+    }
 }
 
 fn text(v: &Value) -> String {
@@ -518,7 +552,9 @@ pub fn html(r: &Value) -> String {
         let sev = crate::alerts::value_text(&a["severity"]);
         let _ = write!(
             h,
-            "<article class=\"finding\"><h3><span class=\"sev-{sev}\">{sev}</span> {} — {}{}</h3><p>{}</p><p><em>{}</em></p>",
+            "<article class=\"finding\"><h3><span class=\"{}\">{}</span> {} — {}{}</h3><p>{}</p><p><em>{}</em></p>",
+            severity_class(&sev),
+            esc(&sev),
             text(&a["rule_id"]),
             text(&a["entity_key"]),
             if a["status"] == "suppressed" { " (suppressed)" } else { "" },
@@ -644,4 +680,72 @@ pub fn write(r: &Value, out: &Path) -> Result<Vec<PathBuf>, String> {
         written.push(p);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_defused() {
+        let cases = [
+            (json!("=cmd|' /C calc'!A0"), "'=cmd|' /C calc'!A0"),
+            (json!("+1+1"), "'+1+1"),
+            (json!("-2+3"), "'-2+3"),
+            (json!("@SUM(A1)"), "'@SUM(A1)"),
+            (json!("\tx"), "'\tx"),
+            (json!("\r=1"), "'\\x0d=1"),
+            (json!("=1\u{1b}[2J"), "'=1\\x1b[2J"),
+            (json!("=1,2"), "\"'=1,2\""),
+            (json!("a=1"), "a=1"),
+            (json!(-5), "-5"),
+            (json!(-1.5), "-1.5"),
+            (json!(12), "12"),
+            (json!("null"), "null"),
+            (Value::Null, ""),
+            (json!("say \"hi\""), "\"say \"\"hi\"\"\""),
+        ];
+        for (v, want) in cases {
+            assert_eq!(csv_field(&v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn html_escapes_every_value_and_class() {
+        let hostile = "'\"><script>alert(1)</script>\u{1b}[2J";
+        let r = json!({
+            "window": {"from": hostile, "to": "2026-11-21"},
+            "summary": {"verdict": hostile, "findings_by_severity": {}, "totals": {}, "changes": null},
+            "coverage": {"gateways": [{"source": hostile, "hour": "01", "records": 3}], "exporters": [],
+                         "silent_periods": [{"summary": hostile}], "sequence_gaps": [],
+                         "quarantine": [{"target_table": hostile, "reason_code": hostile, "messages": 1}]},
+            "egress": [{"country": hostile, "basis": hostile, "flows": 1, "bytes": 10}],
+            "findings": [{"severity": "high\" onmouseover=\"alert(1)", "rule_id": hostile,
+                          "entity_key": hostile, "status": "new", "summary": hostile,
+                          "description": hostile, "evidence": [{"x": hostile}], "evidence_total": 1,
+                          "decided_by": {"p": hostile}, "policy_versions": {}}],
+            "suppressions": [{"rule_id": hostile, "entity": hostile, "reason": hostile, "who": hostile, "expires": hostile}],
+            "appendix": {"manifest_head": {"seq": 1, "hash": hostile}, "geoip": hostile,
+                         "rules": [{"id": hostile, "sha256": hostile}], "policy_files": {hostile: hostile},
+                         "files": [{"seq": 1, "path": hostile, "rows": 1, "sha256": hostile}],
+                         "flowaudit_version": hostile},
+            "generated_at": hostile,
+        });
+        let h = html(&r);
+        assert!(!h.contains("<script"), "{h}");
+        assert!(!h.contains('\''), "a single quote from the data: {h}");
+        assert!(!h.contains("onmouseover=\""), "{h}");
+        assert!(!h.contains('\u{1b}'), "{h}");
+        assert!(h.contains("class=\"sev-other\""), "{h}");
+        assert!(h.contains("&#39;&quot;&gt;&lt;script&gt;"), "{h}");
+        // Every double quote in the page belongs to the markup: attribute values are balanced.
+        for tag in h.split('<').skip(1) {
+            let tag = tag.split('>').next().unwrap_or_default();
+            assert_eq!(
+                tag.matches('"').count() % 2,
+                0,
+                "unbalanced quotes in <{tag}>"
+            );
+        }
+    }
 }

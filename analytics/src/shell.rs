@@ -226,7 +226,10 @@ pub fn interactive(
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!(
+                        "error: {}",
+                        crate::sqlout::neutralise_keeping_layout(&e.to_string())
+                    );
                     continue;
                 }
             }
@@ -244,7 +247,10 @@ pub fn interactive(
         let stmts = match SqlEngine::parse(&sql) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!(
+                    "error: {}",
+                    crate::sqlout::neutralise_keeping_layout(&e.to_string())
+                );
                 continue;
             }
         };
@@ -262,7 +268,10 @@ pub fn interactive(
                     }
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!(
+                        "error: {}",
+                        crate::sqlout::neutralise_keeping_layout(&e.to_string())
+                    );
                     break;
                 }
             }

@@ -4,10 +4,15 @@
 //! The signed statement is a JSON object serialised with sorted keys and no whitespace; the
 //! signature is over those bytes. Keys are PKCS#8 PEM files, as `openssl genpkey -algorithm
 //! ed25519` writes them (the public half: `openssl pkey -in key.pem -pubout`).
+//!
+//! Signatures are checked with `verify_strict`: besides a wrong signature it refuses weak public
+//! keys (points of small order, for which one signature fits every statement), signatures whose
+//! `R` has small order and non-canonical `S`, so that exactly one signature by the auditor's
+//! key is valid for a statement. The statement must cover every report file.
 use std::path::Path;
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde_json::{json, Value};
 
 /// The files of a report that the signature covers.
@@ -109,14 +114,27 @@ pub fn check(report: &Path, public_key: &Path) -> Result<ReportCheck, String> {
     let statement = &doc["statement"];
     let bytes = serde_json::to_vec(statement).expect("json");
     if vk
-        .verify(&bytes, &Signature::from_bytes(&sig_bytes))
+        .verify_strict(&bytes, &Signature::from_bytes(&sig_bytes))
         .is_err()
     {
-        c.problems.push(format!(
-            "{}: the signature does not match this public key and statement (wrong key, or the statement was edited)",
-            sig_path.display()
-        ));
+        c.problems.push(if vk.is_weak() {
+            format!(
+                "{}: a weak public key (a point of small order, for which one signature fits every statement): refused",
+                public_key.display()
+            )
+        } else {
+            format!(
+                "{}: the signature does not match this public key and statement (wrong key, the statement was edited, or a non-canonical signature)",
+                sig_path.display()
+            )
+        });
         return Ok(c);
+    }
+    for f in SIGNED_FILES {
+        if statement["files"].get(f).is_none() {
+            c.problems
+                .push(format!("{f}: not covered by the signed statement"));
+        }
     }
     for (name, want) in statement["files"].as_object().into_iter().flatten() {
         match sha256_hex(&dir.join(name)) {
@@ -133,4 +151,152 @@ pub fn check(report: &Path, public_key: &Path) -> Result<ReportCheck, String> {
         c.manifest_head = Some((seq, hash.to_string()));
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report directory with every signed file, and its signature document.
+    fn signed_report(dir: &Path) -> (Value, Value) {
+        for f in SIGNED_FILES {
+            std::fs::write(dir.join(f), format!("{f} body\n")).unwrap();
+        }
+        let report = json!({"window": {"from": "2026-11-21", "to": "2026-11-21"},
+            "generated_at": "2026-11-22T00:00:00Z", "appendix": {"manifest_head": {"seq": 3, "hash": "ab"}}});
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let key = dir.join("auditor.pem");
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        std::fs::write(
+            &key,
+            sk.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+        )
+        .unwrap();
+        sign(dir, &report, &key).unwrap();
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(SIGNATURE_FILE)).unwrap())
+                .unwrap();
+        (report, doc)
+    }
+
+    fn public_pem(dir: &Path, key: [u8; 32]) -> std::path::PathBuf {
+        // SubjectPublicKeyInfo of an Ed25519 key: a fixed 12-byte prefix and the 32 key bytes.
+        let mut der = hex::decode("302a300506032b6570032100").unwrap();
+        der.extend_from_slice(&key);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let p = dir.join(format!("pub-{}.pem", hex::encode(&key[..4])));
+        std::fs::write(
+            &p,
+            format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n"),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn a_good_signature_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, doc) = signed_report(dir.path());
+        let pk: [u8; 32] = hex::decode(doc["public_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let c = check(dir.path(), &public_pem(dir.path(), pk)).unwrap();
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.manifest_head, Some((3, "ab".into())));
+    }
+
+    /// The identity point as public key, `R` = identity and `S` = 0: `[S]B = R + [k]A` holds for
+    /// every statement, so plain `verify` accepts this "signature" of anything. `verify_strict`
+    /// refuses small-order keys and `R`.
+    #[test]
+    fn a_small_order_key_and_its_universal_signature_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        signed_report(dir.path());
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let forged = [identity.to_vec(), vec![0u8; 32]].concat();
+        let sig_path = dir.path().join(SIGNATURE_FILE);
+        let mut doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(&sig_path).unwrap()).unwrap();
+        doc["statement"]["window"]["to"] = json!("2026-12-31");
+        doc["public_key"] = json!(hex::encode(identity));
+        doc["signature"] = json!(hex::encode(&forged));
+        std::fs::write(&sig_path, doc.to_string()).unwrap();
+        let weak = public_pem(dir.path(), identity);
+        // The forgery is one that the non-strict check lets through.
+        let vk =
+            VerifyingKey::from_public_key_pem(&std::fs::read_to_string(&weak).unwrap()).unwrap();
+        let bytes = serde_json::to_vec(&doc["statement"]).unwrap();
+        let sig = Signature::from_bytes(&forged.clone().try_into().unwrap());
+        use ed25519_dalek::Verifier;
+        assert!(
+            vk.verify(&bytes, &sig).is_ok(),
+            "the forgery is not a forgery"
+        );
+        let c = check(dir.path(), &weak).unwrap();
+        assert!(
+            c.problems.len() == 1 && c.problems[0].contains("weak public key"),
+            "{:?}",
+            c.problems
+        );
+    }
+
+    #[test]
+    fn a_non_canonical_s_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut doc) = signed_report(dir.path());
+        let pk: [u8; 32] = hex::decode(doc["public_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        // S + L, the group order added to S: the same point equation, a second encoding.
+        let mut sig = hex::decode(doc["signature"].as_str().unwrap()).unwrap();
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for i in 0..32 {
+            let v = sig[32 + i] as u16 + L[i] as u16 + carry;
+            sig[32 + i] = v as u8;
+            carry = v >> 8;
+        }
+        assert_eq!(carry, 0);
+        doc["signature"] = json!(hex::encode(&sig));
+        std::fs::write(dir.path().join(SIGNATURE_FILE), doc.to_string()).unwrap();
+        let c = check(dir.path(), &public_pem(dir.path(), pk)).unwrap();
+        assert!(
+            c.problems.len() == 1 && c.problems[0].contains("does not match"),
+            "{:?}",
+            c.problems
+        );
+    }
+
+    #[test]
+    fn a_statement_that_leaves_a_file_out_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, doc) = signed_report(dir.path());
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let mut statement = doc["statement"].clone();
+        statement["files"]
+            .as_object_mut()
+            .unwrap()
+            .remove("findings.csv");
+        let sig = sk.sign(&serde_json::to_vec(&statement).unwrap());
+        let mut doc = doc;
+        doc["statement"] = statement;
+        doc["signature"] = json!(hex::encode(sig.to_bytes()));
+        std::fs::write(dir.path().join(SIGNATURE_FILE), doc.to_string()).unwrap();
+        let c = check(
+            dir.path(),
+            &public_pem(dir.path(), sk.verifying_key().to_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            c.problems,
+            ["findings.csv: not covered by the signed statement"]
+        );
+    }
 }
