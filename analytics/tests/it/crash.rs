@@ -1,5 +1,18 @@
 //! kill -9 at random moments while data flows; after a final run every event is present exactly
 //! once.
+//!
+//! The moments are drawn from a seeded generator. The test prints its seed
+//! (`kill -9 test: seed N (replay with FLOWAUDIT_CRASH_SEED=N)`, shown by cargo when the test
+//! fails, or always with `-- --nocapture`) and takes one from `FLOWAUDIT_CRASH_SEED` to replay
+//! the same kill delays:
+//!
+//! ```text
+//! FLOWAUDIT_CRASH_SEED=1234 scripts/with-broker.sh PORT cargo test -p flowaudit-analytics --test it crash
+//! ```
+//!
+//! The seed fixes the delays between a process starting to record and its kill; where in its
+//! work each kill lands also depends on the broker's and the disk's timing, so a replay repeats
+//! the schedule, not every instruction.
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +35,23 @@ fn event(id: &str, i: u64) -> Message {
         key: format!("gw-{}", i % 3),
         payload: serde_json::to_vec(&payload).unwrap(),
         ts_us,
+    }
+}
+
+/// The seed of the kill schedule: `FLOWAUDIT_CRASH_SEED` when set (to replay a run), otherwise
+/// a fresh one from the clock and the process id.
+fn crash_seed() -> u64 {
+    match std::env::var("FLOWAUDIT_CRASH_SEED") {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("FLOWAUDIT_CRASH_SEED={s:?} is not an unsigned integer")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ ((std::process::id() as u64) << 32)
+        }
     }
 }
 
@@ -49,7 +79,9 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         })
     };
 
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(std::process::id() as u64);
+    let seed = crash_seed();
+    eprintln!("kill -9 test: seed {seed} (replay with FLOWAUDIT_CRASH_SEED={seed})");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let manifest = s.warehouse().join("_manifest/manifest.jsonl");
     let size = || std::fs::metadata(&manifest).map(|m| m.len()).unwrap_or(0);
     let mut kills_after_progress = 0;
@@ -71,14 +103,14 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         let st = p.wait(Duration::from_secs(10));
         assert!(
             !st.success(),
-            "round {round}: the process should have been killed"
+            "round {round} (seed {seed}): the process should have been killed"
         );
     }
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
     assert!(
         kills_after_progress >= 10,
-        "only {kills_after_progress} kills landed while data was being recorded"
+        "only {kills_after_progress} kills landed while data was being recorded (seed {seed})"
     );
 
     let mut c = s.ingest();
@@ -93,16 +125,16 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     assert_eq!(
         ids.len(),
         unique.len(),
-        "{} duplicate rows",
+        "{} duplicate rows (seed {seed})",
         ids.len() - unique.len()
     );
     let missing: Vec<_> = expected.difference(&unique).take(5).collect();
     assert!(
         missing.is_empty(),
-        "{} events lost, e.g. {missing:?}",
+        "{} events lost, e.g. {missing:?} (seed {seed})",
         expected.len() - unique.len()
     );
-    assert_eq!(unique, expected);
+    assert_eq!(unique, expected, "seed {seed}");
     assert_eq!(facts["gateway_events"]["provenance_unique"], true);
     assert_manifest_matches_files(&s.warehouse());
     let staging = std::fs::read_dir(s.warehouse().join("_staging"))

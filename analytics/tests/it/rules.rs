@@ -810,3 +810,151 @@ fn alerts_wait_for_a_kafka_broker_that_is_down_and_go_out_when_it_is_back() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// Put JSON lines (flowaudit's formats) into `wh` through ingest's decoders and writer
+/// (`flowaudit convert`), with or without the GeoIP fixture.
+pub fn convert_into(wh: &Path, table: &str, date: &str, lines: &[String], geoip: bool) {
+    let dir = wh.join(table).join(format!("date={date}")).join("hour=00");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = wh.with_file_name(format!("{table}-{}.jsonl", unique("in")));
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut c = Command::new(bin());
+    c.args(["convert", "--table", table])
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(dir.join(format!("{}.parquet", unique("part"))))
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .env_remove("FLOWAUDIT_CONFIG");
+    if geoip {
+        c.arg("--geoip").arg(repo("fixtures/geoip/ranges.csv"));
+    }
+    run_ok(c);
+}
+
+/// `flowaudit rules run` for one day, every rule, no sink but the store.
+pub fn rules_run_day(wh: &Path, date: &str, geoip: bool) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["rules", "run", "--date", date])
+        .arg("--warehouse")
+        .arg(wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .env("FLOWAUDIT_RULES_DIR", repo("queries"))
+        .env("FLOWAUDIT_LOG", "warn")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .env_remove("FLOWAUDIT_BROKERS");
+    if geoip {
+        c.arg("--geoip").arg(repo("fixtures/geoip/ranges.csv"));
+    }
+    c
+}
+
+fn flow(ts: &str, src: &str, dst: &str, bytes: u64) -> String {
+    serde_json::json!({"ts": ts, "src_ip": src, "dst_ip": dst, "src_port": 40000, "dst_port": 443,
+        "protocol": "tcp", "bytes": bytes, "packets": 4, "exporter": "10.20.255.1"})
+    .to_string()
+}
+
+/// Issue 10, item 2: a NULL in an entity column (here `dst_country` of a destination GeoIP does
+/// not know, or of every external address when ingest ran without GeoIP) used to fail the whole
+/// rule, losing every other finding of it. Unknown is a value: the alert is raised, says so, and
+/// keeps its fingerprint from run to run.
+#[test]
+fn a_bypass_to_an_unknown_country_is_raised_with_its_siblings_and_a_stable_fingerprint() {
+    for geoip in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = dir.path().join("warehouse");
+        let date = "2026-11-21";
+        convert_into(
+            &wh,
+            "flows",
+            date,
+            &[
+                flow("2026-11-21T10:00:00Z", "10.20.5.77", "203.0.113.9", 64000),
+                flow("2026-11-21T10:00:30Z", "10.20.5.77", "203.0.113.9", 1000),
+                flow("2026-11-21T11:00:00Z", "10.20.5.77", "31.12.0.8", 5000),
+            ],
+            geoip,
+        );
+        let last_run = || -> Value {
+            let runs = std::fs::read_to_string(wh.join("_runs/runs.jsonl")).unwrap();
+            serde_json::from_str(runs.lines().last().unwrap()).unwrap()
+        };
+        let outcome = |run: &Value, id: &str| -> Value {
+            run["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let (stdout, _) = run_ok(rules_run_day(&wh, date, geoip));
+        let run = last_run();
+        let bypass = outcome(&run, "gateway_bypass");
+        assert_eq!(bypass["error"], Value::Null, "geoip {geoip}: {bypass}");
+        assert_eq!(bypass["new"], 2, "geoip {geoip}: {bypass}");
+        let alerts: Vec<Alert> = read_alerts(&wh.join("_alerts/alerts.jsonl"))
+            .into_iter()
+            .filter(|a| a.rule_id == "gateway_bypass")
+            .collect();
+        assert_eq!(alerts.len(), 2, "geoip {geoip}: {alerts:?}");
+        let unknown = alerts
+            .iter()
+            .find(|a| a.entity["dst_ip"] == "203.0.113.9")
+            .unwrap();
+        assert_eq!(unknown.entity["dst_country"], Value::Null);
+        assert_eq!(
+            unknown.entity_key,
+            "src_ip=10.20.5.77, dst_ip=203.0.113.9, dst_country=unknown"
+        );
+        assert_eq!(
+            unknown.fingerprint,
+            flowaudit_analytics::alerts::fingerprint("gateway_bypass", &unknown.entity_key, date)
+        );
+        assert!(
+            unknown.summary.starts_with(
+                "10.20.5.77 sent 65000 bytes in 2 flows to 203.0.113.9 (country unknown) directly"
+            ),
+            "{}",
+            unknown.summary
+        );
+        assert!(stdout.contains("(country unknown)"), "{stdout}");
+        let sibling = alerts
+            .iter()
+            .find(|a| a.entity["dst_ip"] == "31.12.0.8")
+            .unwrap();
+        let want = if geoip {
+            "(country NL)"
+        } else {
+            "(country unknown)"
+        };
+        assert!(sibling.summary.contains(want), "{}", sibling.summary);
+
+        // A transfer to a country nobody can name has no basis that can be shown.
+        let transfer = outcome(&run, "transfer_no_legal_basis");
+        assert_eq!(transfer["error"], Value::Null, "{transfer}");
+        assert_eq!(transfer["new"], if geoip { 1 } else { 2 }, "{transfer}");
+        let t: Vec<Alert> = read_alerts(&wh.join("_alerts/alerts.jsonl"))
+            .into_iter()
+            .filter(|a| a.rule_id == "transfer_no_legal_basis")
+            .collect();
+        assert!(
+            t.iter()
+                .all(|a| a.summary.contains("in an unknown country")),
+            "{t:?}"
+        );
+
+        // The same findings again: the same fingerprints, nothing raised twice.
+        run_ok(rules_run_day(&wh, date, geoip));
+        let again = outcome(&last_run(), "gateway_bypass");
+        assert_eq!(
+            (again["new"].clone(), again["already_raised"].clone()),
+            (Value::from(0), Value::from(2)),
+            "{again}"
+        );
+        assert_eq!(last_run()["raised"], serde_json::json!([]));
+    }
+}

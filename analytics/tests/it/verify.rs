@@ -439,6 +439,12 @@ fn a_signed_report_verifies_and_edits_or_the_wrong_key_are_caught() {
         text.contains("does not match this public key and statement"),
         "{text}"
     );
+
+    // A forger's small-order key, whose one "signature" fits any statement, vouches for nothing.
+    let weak = forge_with_a_weak_key(&out, dir.path());
+    let (ok, text) = check(&out, &weak);
+    assert!(!ok, "a weak key's universal signature was accepted: {text}");
+    assert!(text.contains("weak public key"), "{text}");
 }
 
 #[test]
@@ -561,4 +567,195 @@ fn the_demo_report_renders_in_headless_chromium_with_its_sections_and_charts() {
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "a blank screenshot"
     );
+}
+
+/// A minimal CSV reader (quoted fields, `""` for a quote) for checking report cells.
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => row.push(std::mem::take(&mut cell)),
+            '\n' if !quoted => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            c => cell.push(c),
+        }
+    }
+    rows
+}
+
+/// Issue 10, item 9: event values carrying terminal escapes, a spreadsheet formula and HTML go
+/// through ingest into a finding, and reach no terminal, spreadsheet cell or HTML page raw.
+#[test]
+fn hostile_event_values_reach_no_terminal_spreadsheet_or_page_raw() {
+    let hostile = "=cmd|' /C calc'!A0\u{1b}]0;owned\u{7}\u{1b}[2J\r'\"><script>alert(1)</script>";
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let date = "2026-11-21";
+    let event = serde_json::json!({"event_id": "hostile-1", "ts": "2026-11-21T10:00:00Z",
+        "gateway_id": "gw-fra-1", "employee_id": hostile, "employee_country": "DE", "role": hostile,
+        "data_category": "public", "action": "read", "decision": "allow", "approval_ticket": null,
+        "session_id": hostile, "records": 5, "bytes": 500, "dst_ip": "31.10.0.1"});
+    crate::rules::convert_into(&wh, "gateway_events", date, &[event.to_string()], true);
+
+    // `rules run` prints each new alert's summary: the unknown employee's starts with the value.
+    let out = crate::rules::rules_run_day(&wh, date, true)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("=cmd|"), "{stdout}");
+    for b in [0x1b, 0x07, b'\r'] {
+        assert!(
+            !out.stdout.contains(&b),
+            "rules run printed byte {b:#x}: {stdout:?}"
+        );
+    }
+
+    // The shell, in every text format.
+    let query = "SELECT employee_id, role, session_id FROM gateway_events";
+    for format in ["table", "csv", "json", "ndjson"] {
+        let out = Command::new(bin())
+            .args(["sql", "--format", format, "-c", query])
+            .arg("--warehouse")
+            .arg(&wh)
+            .arg("--policy")
+            .arg(repo("fixtures/policy"))
+            .env("FLOWAUDIT_LOG", "warn")
+            .env_remove("FLOWAUDIT_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for b in [0x1b, 0x07, b'\r'] {
+            assert!(
+                !out.stdout.contains(&b),
+                "{format} printed byte {b:#x}: {text:?}"
+            );
+        }
+        assert!(text.contains("owned"), "{format}: {text}");
+        if format == "json" {
+            // JSON's escapes lose nothing: the value read back is the value stored.
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v[0]["employee_id"], hostile);
+        }
+    }
+
+    // An error that quotes a value (a failed cast) reaches the terminal inert too.
+    let out = Command::new(bin())
+        .args([
+            "sql",
+            "-c",
+            "SELECT CAST(employee_id AS INT) FROM gateway_events",
+        ])
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .env("FLOWAUDIT_LOG", "warn")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("owned"), "the error quotes the value: {err}");
+    for b in [0x1b, 0x07, b'\r'] {
+        assert!(
+            !out.stderr.contains(&b),
+            "the error printed byte {b:#x}: {err:?}"
+        );
+    }
+
+    // The report: CSV cells defused, HTML escaped.
+    let rep = dir.path().join("report");
+    let mut c = Command::new(bin());
+    c.args(["report", "--date", date, "--out"])
+        .arg(&rep)
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .env_remove("FLOWAUDIT_CONFIG");
+    run_ok(c);
+    let rows = csv_rows(&std::fs::read_to_string(rep.join("findings.csv")).unwrap());
+    let col = |name: &str| rows[0].iter().position(|c| c == name).unwrap();
+    let (rule, summary) = (col("rule_id"), col("summary"));
+    let row = rows
+        .iter()
+        .find(|r| r[rule] == "unknown_employee")
+        .expect("the unknown employee's finding");
+    assert!(
+        row[summary].starts_with("'=cmd|"),
+        "the summary cell: {:?}",
+        row[summary]
+    );
+    for r in &rows {
+        for cell in r {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "a cell a spreadsheet would run: {cell:?}"
+            );
+        }
+    }
+    let html = std::fs::read_to_string(rep.join("report.html")).unwrap();
+    assert!(
+        !html.contains("<script"),
+        "a script from the data in the page"
+    );
+    assert!(
+        !html.contains('\''),
+        "a single quote from the data in the page"
+    );
+    assert!(!html.contains('\u{1b}'), "ESC from the data in the page");
+    assert!(
+        html.contains("&#39;&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "the value is shown, escaped"
+    );
+}
+
+/// The identity point (a key of small order) with `R` = identity and `S` = 0 "signs" every
+/// statement under plain `verify`; `flowaudit verify` checks with `verify_strict` and refuses it.
+fn forge_with_a_weak_key(report: &Path, dir: &Path) -> std::path::PathBuf {
+    use base64::Engine;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let sig = report.join("report.sig.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sig).unwrap()).unwrap();
+    let files = doc["statement"]["files"].clone();
+    for name in files.as_object().unwrap().keys() {
+        doc["statement"]["files"][name] =
+            serde_json::json!(flowaudit_ingest::writer::sha256_file(&report.join(name)).unwrap());
+    }
+    doc["public_key"] = serde_json::json!(hex::encode(identity));
+    doc["signature"] = serde_json::json!(hex::encode([identity.to_vec(), vec![0u8; 32]].concat()));
+    std::fs::write(&sig, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut der = hex::decode("302a300506032b6570032100").unwrap();
+    der.extend_from_slice(&identity);
+    let pem = dir.join("weak.pub.pem");
+    std::fs::write(
+        &pem,
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        ),
+    )
+    .unwrap();
+    pem
 }
