@@ -1,6 +1,7 @@
 """Independent reader for tests: read a flowaudit warehouse with pyarrow and print JSON facts.
 
 Usage: check_parquet.py WAREHOUSE
+       check_parquet.py --columns A,B FILE.parquet   (the rows of those columns as JSON lists)
 Reads each table as a Hive-partitioned dataset (pyarrow skips _manifest/ and _staging/), and
 prints row counts, ids, provenance uniqueness and quarantine reasons.
 """
@@ -59,5 +60,14 @@ def main(wh):
     json.dump(out, sys.stdout)
 
 
+def columns(names, path):
+    import pyarrow.parquet as pq
+    t = pq.read_table(path, columns=names)
+    json.dump([list(r) for r in zip(*(t.column(n).to_pylist() for n in names))], sys.stdout)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--columns":
+        columns(sys.argv[2].split(","), sys.argv[3])
+    else:
+        main(sys.argv[1])

@@ -30,3 +30,41 @@ fn a_corrupt_mmdb_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// The real ip-location-db database (`make test` fetches it, pinned, into ~/.cache): ~550k IPv4
+/// and IPv6 ranges, hundreds of them nested inside others. It loads, and nested addresses get the
+/// most specific range's country.
+#[test]
+fn the_real_database_loads_and_nested_ranges_resolve() {
+    let path = std::env::var_os("FLOWAUDIT_REAL_GEOIP").expect(
+        "FLOWAUDIT_REAL_GEOIP is not set: run the tests with `make test`, which fetches the database",
+    );
+    let g = GeoIp::open(std::path::Path::new(&path)).unwrap();
+    for (ip, cc) in [
+        ("2.58.196.7", "DE"),  // a /23 of Germany …
+        ("2.58.197.15", "BE"), // … with one address carved out for Belgium
+        ("2.58.197.16", "DE"),
+        ("3.2.35.10", "DE"), // a /26 of Germany split around Turkey and Greece
+        ("3.2.35.41", "TR"),
+        ("3.2.35.50", "GR"),
+        ("2001:420:4000::1", "GB"), // three deep: Japan ⊃ the Netherlands ⊃ Great Britain
+        ("2001:420:4200::1", "US"),
+        ("2001:420:4480::1", "IL"),
+        ("2001:420:4488::1", "US"),
+        // Japan's 4000–7fff and a larger US range from 6000 overlap without nesting: the
+        // smaller range wins where they overlap, the larger has the rest.
+        ("2001:420:6000::1", "JP"),
+        ("2001:420:8000::1", "US"),
+        ("1.0.0.1", "AU"),
+    ] {
+        assert_eq!(
+            g.lookup(ip.parse().unwrap()).country_str(),
+            Some(cc),
+            "{ip}"
+        );
+    }
+    let st = g.stats();
+    assert!(st.ranges > 500_000, "{st:?}");
+    assert!(st.nested > 500, "nested ranges are the norm in real data: {st:?}");
+    assert!(st.segments >= st.ranges - st.duplicates - st.conflicts - st.nested, "{st:?}");
+}
