@@ -50,7 +50,10 @@ fn field(text: &str, name: &str, lo: u32, hi: u32) -> Result<(u64, bool), String
         let mut v = a;
         while v <= b {
             bits |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Ok((bits, text == "*"))
@@ -192,5 +195,15 @@ mod tests {
             let e = s.parse::<Cron>().unwrap_err();
             assert!(e.contains(want), "{s}: {e}");
         }
+    }
+
+    #[test]
+    fn a_step_beyond_the_range_fires_at_its_start() {
+        // A fuzz seed (fuzz/regressions/rule_header): `v += step` overflowed.
+        let c: Cron = "1-5/4294967295 * * * *".parse().unwrap();
+        assert_eq!(
+            c.next_after(t("2026-11-21T10:07:30Z")),
+            Some(t("2026-11-21T11:01:00Z"))
+        );
     }
 }

@@ -117,8 +117,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => 86_400,
         _ => return None,
     };
-    Some(Duration::from_secs(n * secs))
+    n.checked_mul(secs).map(Duration::from_secs)
 }
+
+/// The longest lookback or history a rule may have: a century (a window must stay subtractable
+/// from any date the runner works with).
+pub const MAX_WINDOW: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// Format a duration the way rule headers write it (`90s`, `15m`, `1h`, `7d`).
 pub fn format_duration(d: Duration) -> String {
@@ -228,6 +232,9 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
             format!("lookback `{lb}` is not a duration like 15m, 1h or 7d"),
         )
     })?;
+    if lookback > MAX_WINDOW {
+        return Err(err(line, format!("lookback `{lb}` is longer than 36500d")));
+    }
     let (line, entity) = get("entity");
     let entity: Vec<String> = entity
         .split(',')
@@ -239,12 +246,18 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
     }
     let history = match header.get("history") {
         None => Duration::ZERO,
-        Some((line, h)) => parse_duration(h).ok_or_else(|| {
-            err(
-                *line,
-                format!("history `{h}` is not a duration like 7d or 30d"),
-            )
-        })?,
+        Some((line, h)) => match parse_duration(h) {
+            None => {
+                return Err(err(
+                    *line,
+                    format!("history `{h}` is not a duration like 7d or 30d"),
+                ))
+            }
+            Some(d) if d > MAX_WINDOW => {
+                return Err(err(*line, format!("history `{h}` is longer than 36500d")))
+            }
+            Some(d) => d,
+        },
     };
     let policy: Vec<String> = header
         .get("policy")
@@ -400,5 +413,31 @@ mod tests {
         assert_eq!(parse_duration("0h"), None);
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5w"), None);
+        // A fuzz seed (fuzz/regressions/rule_header): the multiplication overflowed.
+        assert_eq!(parse_duration("99999999999999999d"), None);
+    }
+
+    #[test]
+    fn windows_beyond_a_century_are_refused_not_a_panic() {
+        // A fuzz seed (fuzz/regressions/rule_header): a lookback or history that `serve` and
+        // `render` cannot subtract from a date (chrono panics on overflow) was accepted.
+        let p = Path::new("queries/r1.sql");
+        let long = GOOD.replace("lookback: 1h", "lookback: 1000000000d");
+        let e = parse_rule(p, &long).unwrap_err().to_string();
+        assert!(
+            e.contains("r1.sql:5: lookback `1000000000d` is longer than"),
+            "{e}"
+        );
+        let long = GOOD.replace("lookback: 1h", "lookback: 1h\n-- history: 1000000000d");
+        let e = parse_rule(p, &long).unwrap_err().to_string();
+        assert!(
+            e.contains("r1.sql:6: history `1000000000d` is longer than"),
+            "{e}"
+        );
+        let ok = GOOD.replace("lookback: 1h", "lookback: 36500d\n-- history: 36500d");
+        let r = parse_rule(p, &ok).unwrap();
+        let to: chrono::DateTime<chrono::Utc> = "2026-11-21T00:00:00Z".parse().unwrap();
+        let from = to - chrono::Duration::from_std(r.lookback).unwrap();
+        assert!(render(&r, from, to).contains("SELECT 1"));
     }
 }
