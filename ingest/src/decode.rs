@@ -44,6 +44,9 @@ pub enum RejectCode {
     BadIp,
     /// A flow record in none of the accepted formats.
     UnknownFormat,
+    /// The Kafka message timestamp (set by the producer or the broker) is not a time in
+    /// milliseconds in the accepted range, e.g. a producer that sets nanoseconds.
+    BadKafkaTimestamp,
 }
 
 impl RejectCode {
@@ -63,6 +66,7 @@ impl RejectCode {
             Self::TimestampOutOfRange => "timestamp_out_of_range",
             Self::BadIp => "bad_ip",
             Self::UnknownFormat => "unknown_format",
+            Self::BadKafkaTimestamp => "bad_kafka_timestamp",
         }
     }
 }

@@ -28,6 +28,11 @@ pub enum Error {
     /// Kafka client error (usually retryable: the broker may come back).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Kafka could not be used (unknown host, authentication refused, missing topic, …) for
+    /// longer than the grace period (`give_up_after_ms`). Not retryable by waiting longer: fix
+    /// the configuration or the cluster, then start again.
+    #[error("{0}")]
+    Unrecoverable(String),
     /// Messages could not be delivered to Kafka.
     #[error("produce: {0}")]
     Produce(String),

@@ -164,6 +164,22 @@ pub fn write_parquet(
     sink.finish()
 }
 
+/// Write `batches` (at least one; all of `schema`) to `path` (created new) as one file, returning
+/// its SHA-256 and size. The file is fsynced.
+pub fn write_parquet_batches(
+    path: &Path,
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+    settings: &ParquetSettings,
+    metadata: Vec<(String, String)>,
+) -> Result<(String, u64)> {
+    let mut sink = ParquetSink::create(path, schema, settings, metadata)?;
+    for b in batches {
+        sink.write(b)?;
+    }
+    sink.finish()
+}
+
 /// fsync a directory, so that a rename or create inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

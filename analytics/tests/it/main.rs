@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod crash;
 mod group;
+mod hostile_ingest;
 mod ingest_e2e;
 mod malformed;
 mod rules;
