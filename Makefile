@@ -59,5 +59,13 @@ lint: ## Clippy and format check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Coverage-guided fuzzing with cargo-afl on stable Rust (its own build in
+# ~/.cache/flowaudit-fuzz-target); `make test` replays the committed corpus. docs/fuzzing.md.
+FUZZ_SECONDS ?= 180
+FUZZ_TARGETS ?=
+.PHONY: fuzz
+fuzz: deps ## Fuzz every decoder and parser, FUZZ_SECONDS each (default 180); prints inputs run and crashes
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh $(FUZZ_TARGETS)
+
 clean: ## Remove demo output (the shared build cache is kept)
 	rm -rf demo-out bench-out

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cron;
 pub mod demo;
 pub mod flight;
+pub mod fuzz;
 pub mod planted;
 pub mod report;
 pub mod rules;

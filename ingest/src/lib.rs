@@ -14,6 +14,7 @@ pub mod convert;
 pub mod decode;
 pub mod error;
 pub mod flow;
+pub mod fuzz;
 pub mod gateway;
 pub mod generate;
 pub mod geoip;

@@ -578,7 +578,7 @@ pub fn read_entries(warehouse: &Path) -> Result<Vec<ManifestEntry>> {
     }
     // Drop an incomplete last commit.
     if let Some(last) = out.last() {
-        if last.commit_index + 1 != last.commit_files {
+        if last.commit_index.checked_add(1) != Some(last.commit_files) {
             let id = last.commit_id.clone();
             out.retain(|e| e.commit_id != id);
         }

@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod fuzz_corpus;
 mod group;
 mod hostile_ingest;
 mod ingest_e2e;

@@ -1,6 +1,7 @@
 //! Integration tests of the ingest library (one test binary; modules by topic).
 mod convert;
 mod formats;
+mod fuzz_corpus;
 mod geoip;
 mod manifest;
 

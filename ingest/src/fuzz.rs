@@ -1,0 +1,363 @@
+//! Fuzz targets of the ingest library, as plain functions of the fuzzer's bytes.
+//!
+//! The same functions run in two places: the `afl` binaries of `fuzz/` (coverage-guided, `make
+//! fuzz`) and the corpus replay in `tests/it/fuzz_corpus.rs` (every file of
+//! `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`, on every `make test`). Each function
+//! returns normally for any input, accepted or not; it panics only when an invariant is broken,
+//! and a panic is what both the fuzzer and the replay report. docs/fuzzing.md has the method.
+//!
+//! The message targets ([`gateway`], [`flows`]) push their input through the path of the Kafka
+//! consumer (`consumer::Consumer::handle`, mirrored here step for step): size check, Kafka
+//! timestamp check, decoder, then the row buffers of [`crate::batch`] (`push_gateway` /
+//! `push_flow` for an accepted record, `push_quarantine` for a reject, with the consumer's
+//! partition time), and finish the buffers into record batches of the tables' schemas. They
+//! check that every message became exactly one row (rows + quarantined = messages) and that
+//! every quarantine row carries a reason code and a non-empty reason.
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+
+use crate::batch::{kafka_time_us, Enricher, Provenance, Rows};
+use crate::decode::{self, Reject, RejectCode, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
+use crate::geoip::GeoIp;
+use crate::manifest::{self, ManifestEntry, GENESIS_HASH};
+use crate::networks::Networks;
+use crate::schema::Table;
+use crate::{flow, gateway};
+
+/// The consumer's default `max_message_bytes` and `quarantine_raw_max_bytes`.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+const QUARANTINE_RAW_MAX_BYTES: usize = 1 << 20;
+
+/// Kafka message timestamps given to the messages of one input in turn. A producer sets
+/// CreateTime to anything it likes, so besides "none" and a plausible time in milliseconds they
+/// include one in nanoseconds and the extremes.
+pub const KAFKA_TIMESTAMPS_MS: [Option<i64>; 6] = [
+    None,
+    Some(1_795_255_200_000),
+    Some(1_795_255_200_000_000_000),
+    Some(i64::MAX),
+    Some(i64::MIN),
+    Some(-1),
+];
+
+/// The partition time of a quarantined message when its Kafka timestamp is unusable (the consumer
+/// uses the wall clock; a fixed time keeps the harness deterministic).
+const NOW_US: i64 = 1_795_255_200_000_000;
+
+/// Enrichment as in the tests and the demo: the fixtures' networks and CSV GeoIP ranges.
+fn enricher() -> &'static Enricher {
+    static E: OnceLock<Enricher> = OnceLock::new();
+    E.get_or_init(|| {
+        let networks: Networks = toml::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/policy/networks.toml"
+        )))
+        .expect("fixtures/policy/networks.toml parses");
+        let geoip = GeoIp::from_bytes(
+            Path::new("fixtures/geoip/ranges.csv"),
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../fixtures/geoip/ranges.csv"
+            ))
+            .to_vec(),
+        )
+        .expect("fixtures/geoip/ranges.csv loads");
+        Enricher {
+            geoip: Some(geoip),
+            networks,
+        }
+    })
+}
+
+/// The messages of one input: the whole input as one message and, when it has several lines,
+/// each line as a message of its own (so JSON-lines files are corpus entries as they are, and a
+/// message may still contain newlines).
+fn messages(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = vec![data];
+    if data.contains(&b'\n') {
+        out.extend(data.split(|b| *b == b'\n'));
+    }
+    out
+}
+
+/// A gateway event topic's messages, as the consumer handles them.
+pub fn gateway(data: &[u8]) {
+    consume(Table::GatewayEvents, data)
+}
+
+/// A flow topic's messages (flowaudit, goflow2 and Zeek conn.log JSON), as the consumer handles
+/// them.
+pub fn flows(data: &[u8]) {
+    consume(Table::Flows, data)
+}
+
+fn consume(target: Table, data: &[u8]) {
+    let enr = enricher();
+    let msgs = messages(data);
+    let mut rows = Rows::new(target, 8);
+    let mut quarantine = Rows::new(Table::Quarantine, 8);
+    let mut rejected = 0usize;
+    for (i, payload) in msgs.iter().enumerate() {
+        let prov = Provenance {
+            topic: target.name(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: KAFKA_TIMESTAMPS_MS[i % KAFKA_TIMESTAMPS_MS.len()],
+        };
+        let kafka_us = kafka_time_us(prov.timestamp_ms);
+        let reject = if payload.len() > MAX_MESSAGE_BYTES {
+            Some(Reject::new(RejectCode::Oversize, None, "message too large"))
+        } else if let Err(r) = &kafka_us {
+            Some(r.clone())
+        } else if target == Table::GatewayEvents {
+            match gateway::decode(payload) {
+                Ok(ev) => {
+                    check_gateway(&ev);
+                    rows.push_gateway(&ev, enr, &prov);
+                    None
+                }
+                Err(r) => Some(r),
+            }
+        } else {
+            match flow::decode(payload) {
+                Ok(f) => {
+                    check_flow(&f);
+                    rows.push_flow(&f, enr, &prov);
+                    None
+                }
+                Err(r) => Some(r),
+            }
+        };
+        if let Some(r) = reject {
+            rejected += 1;
+            assert!(
+                !r.detail.trim().is_empty(),
+                "a reject without a reason: {r:?}"
+            );
+            // The consumer's partition time: the Kafka timestamp when valid, else ingest time.
+            let ts_us = kafka_us.ok().flatten().unwrap_or(NOW_US);
+            quarantine.push_quarantine(target, payload, &r, ts_us, QUARANTINE_RAW_MAX_BYTES, &prov);
+        }
+    }
+    assert_eq!(
+        rows.rows + quarantine.rows,
+        msgs.len(),
+        "rows + quarantined != messages"
+    );
+    assert_eq!(quarantine.rows, rejected);
+    let good = rows.finish().expect("accepted rows finish into a batch");
+    let bad = quarantine
+        .finish()
+        .expect("quarantine rows finish into a batch");
+    assert_eq!(good.num_rows() + bad.num_rows(), msgs.len());
+    check_times(&good);
+    check_quarantine(&bad, target, &msgs);
+}
+
+fn check_gateway(e: &gateway::GatewayEvent) {
+    for s in [
+        &e.event_id,
+        &e.gateway_id,
+        &e.employee_id,
+        &e.role,
+        &e.session_id,
+    ] {
+        assert!(!s.trim().is_empty() && s.len() <= decode::MAX_STRING_BYTES);
+    }
+    assert!(
+        e.employee_country.len() == 2 && e.employee_country.bytes().all(|b| b.is_ascii_uppercase())
+    );
+    assert!(e.records >= 0 && e.bytes >= 0);
+}
+
+fn check_flow(f: &flow::Flow) {
+    assert!(!f.protocol.is_empty());
+    assert!(f.bytes >= 0);
+    assert!(f.packets.is_none_or(|p| p >= 0));
+    for p in [f.src_port, f.dst_port].into_iter().flatten() {
+        assert!((0..=65535).contains(&p));
+    }
+}
+
+/// Every accepted row's event time lies in the accepted range (it decides the partition).
+fn check_times(batch: &RecordBatch) {
+    let ts = batch
+        .column_by_name("ts")
+        .expect("ts column")
+        .as_primitive::<TimestampMicrosecondType>();
+    for t in ts.iter() {
+        let t = t.expect("ts is not null");
+        assert!(
+            (MIN_EVENT_TIME_US..MAX_EVENT_TIME_US).contains(&t),
+            "ts {t}"
+        );
+    }
+}
+
+/// Every quarantine row names its target table, a reason code, a non-empty reason, and the raw
+/// message's size and digest.
+fn check_quarantine(batch: &RecordBatch, target: Table, msgs: &[&[u8]]) {
+    let col = |name: &str| batch.column_by_name(name).expect(name).clone();
+    let codes = col("reason_code");
+    let reasons = col("reason");
+    let tables = col("target_table");
+    let sizes = col("raw_bytes");
+    let digests = col("raw_sha256");
+    let (codes, reasons, tables, digests) = (
+        codes.as_string::<i32>(),
+        reasons.as_string::<i32>(),
+        tables.as_string::<i32>(),
+        digests.as_string::<i32>(),
+    );
+    let sizes = sizes.as_primitive::<Int64Type>();
+    let offsets = col("kafka_offset");
+    let offsets = offsets.as_primitive::<Int64Type>();
+    for i in 0..batch.num_rows() {
+        assert!(!codes.is_null(i) && !codes.value(i).is_empty());
+        assert!(!reasons.is_null(i) && !reasons.value(i).trim().is_empty());
+        assert_eq!(tables.value(i), target.name());
+        let msg = msgs[offsets.value(i) as usize];
+        assert_eq!(sizes.value(i), msg.len() as i64);
+        assert_eq!(digests.value(i).len(), 64);
+    }
+}
+
+/// A CSV range database (`start_ip,end_ip,country[,asn]`): loads or fails with an error, and
+/// looks addresses up.
+pub fn geoip_csv(data: &[u8]) {
+    geoip(Path::new("fuzz.csv"), data)
+}
+
+/// An MMDB database: loads or fails with an error, and looks addresses up.
+pub fn geoip_mmdb(data: &[u8]) {
+    geoip(Path::new("fuzz.mmdb"), data)
+}
+
+fn geoip(path: &Path, data: &[u8]) {
+    let Ok(db) = GeoIp::from_bytes(path, data.to_vec()) else {
+        return;
+    };
+    let mut probes: Vec<IpAddr> = [
+        "0.0.0.0",
+        "1.0.0.1",
+        "31.10.0.1",
+        "127.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "::ffff:31.10.0.1",
+        "2001:db8::1",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ]
+    .iter()
+    .map(|s| s.parse().expect("probe address"))
+    .collect();
+    // Addresses the input itself names, so lookups land inside its ranges.
+    if let Ok(text) = std::str::from_utf8(data) {
+        probes.extend(
+            text.split(|c: char| c == ',' || c.is_whitespace())
+                .take(64)
+                .filter_map(|t| t.trim_matches('"').parse::<IpAddr>().ok()),
+        );
+    }
+    for ip in probes {
+        let info = db.lookup(ip);
+        if let Some(c) = info.country {
+            assert!(
+                c.iter().all(u8::is_ascii_uppercase),
+                "country {c:?} for {ip}"
+            );
+        }
+    }
+}
+
+/// A warehouse manifest (`_manifest/manifest.jsonl`) read by [`manifest::read_entries`]: an error,
+/// or entries whose hash chain holds, in whole commits.
+pub fn manifest(data: &[u8]) {
+    thread_local! {
+        static DIR: std::path::PathBuf = {
+            let d = std::env::temp_dir().join(format!(
+                "flowaudit-fuzz-manifest-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(d.join(manifest::MANIFEST_DIR)).expect("create fuzz dir");
+            d
+        };
+    }
+    let warehouse = DIR.with(|d| d.clone());
+    std::fs::write(
+        warehouse
+            .join(manifest::MANIFEST_DIR)
+            .join("manifest.jsonl"),
+        data,
+    )
+    .expect("write manifest");
+    let Ok(entries) = manifest::read_entries(&warehouse) else {
+        return;
+    };
+    check_chain(&entries);
+}
+
+fn check_chain(entries: &[ManifestEntry]) {
+    let mut head = GENESIS_HASH.to_string();
+    for e in entries {
+        assert_eq!(e.prev_hash, head, "chain broken at seq {}", e.seq);
+        assert_eq!(e.compute_hash(), e.hash, "hash of seq {}", e.seq);
+        head = e.hash.clone();
+    }
+    if let Some(last) = entries.last() {
+        assert_eq!(
+            last.commit_index.checked_add(1),
+            Some(last.commit_files),
+            "an incomplete last commit was returned"
+        );
+    }
+}
+
+/// Run `harness` on every file of `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` under
+/// the repository `root`, as the corpus replay tests do. Panics, naming the files, if any input
+/// makes the harness panic or if the corpus is empty.
+pub fn replay(root: &std::path::Path, target: &str, harness: fn(&[u8])) {
+    let mut files = Vec::new();
+    for dir in ["fuzz/corpus", "fuzz/regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.expect("read corpus directory").path();
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if path.is_file() && !hidden {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .any(|p| p.starts_with(root.join("fuzz/corpus"))),
+        "no corpus for fuzz target `{target}` under {}",
+        root.join("fuzz/corpus").display()
+    );
+    let mut failed = Vec::new();
+    for path in &files {
+        let data = std::fs::read(path).expect("read corpus file");
+        if std::panic::catch_unwind(|| harness(&data)).is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} inputs of fuzz target `{target}` panicked:\n  {}",
+        failed.len(),
+        files.len(),
+        failed.join("\n  ")
+    );
+}
