@@ -7,6 +7,18 @@ prints what it saw as JSON; the Rust test decides what is right.
 
     flight_client.py adbc URI USER PASSWORD [--token TOKEN] [--tls-root CERT.pem]
     flight_client.py pyarrow URI USER PASSWORD [--tls-root CERT.pem]
+
+Hostile clients (each bounded in count and time, loopback only):
+
+    flight_client.py attack URI USER:PASSWORD[,USER:PASSWORD…] --sql SQL
+        one client per USER:PASSWORD, all sending SQL at the same moment; what each got
+    flight_client.py caps URI USER PASSWORD --prepared N --param-bytes B
+        N+1 open prepared statements, a parameter of B bytes, two rows of parameters, the
+        issue's runaway query, then an ordinary query
+    flight_client.py brute URI USER PASSWORD --tries N --lockout S
+        N wrong passwords, the right one at once, the right one again after S seconds
+    flight_client.py siege URI USER PASSWORD --sql SQL --clients N --stop FILE --max-seconds S
+        rounds of N concurrent clients sending SQL until FILE exists (or S seconds pass)
 """
 import argparse
 import json
@@ -117,16 +129,151 @@ def pyarrow_mode(a):
     print(json.dumps(out, default=str))
 
 
+def pyarrow_query(uri, user, password, sql):
+    """Handshake, then run `sql` to the end; the table, or raises."""
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(uri)
+    try:
+        header = client.authenticate_basic_token(user, password)
+        opts = flight.FlightCallOptions(headers=[header])
+        desc = flight.FlightDescriptor.for_command(any_command("CommandStatementQuery", sql))
+        info = client.get_flight_info(desc, opts)
+        return client.do_get(info.endpoints[0].ticket, opts).read_all()
+    finally:
+        client.close()
+
+
+def together(jobs):
+    """Run the callables at the same moment (a barrier), each in its thread; their outcomes."""
+    import threading
+
+    barrier = threading.Barrier(len(jobs))
+    out = [None] * len(jobs)
+
+    def run(i, job):
+        barrier.wait(timeout=60)
+        try:
+            out[i] = {"ok": job()}
+        except Exception as e:
+            out[i] = {"error": f"{type(e).__name__}: {e}"}
+
+    threads = [threading.Thread(target=run, args=(i, j)) for i, j in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return out
+
+
+def attack(a):
+    clients = [c.split(":", 1) for c in a.user.split(",")]
+
+    def job(user, password):
+        return lambda: pyarrow_query(a.uri, user, password, a.sql).num_rows
+
+    outcomes = together([job(u, p) for u, p in clients])
+    print(json.dumps([dict(o, user=u) for o, (u, _) in zip(outcomes, clients)], default=str))
+
+
+def caps(a):
+    import adbc_driver_flightsql.dbapi as fs
+
+    out = {}
+    with fs.connect(a.uri, db_kwargs={"username": a.user, "password": a.password}) as conn:
+        cursors = []
+        errors = []
+        for i in range(a.prepared + 1):
+            cur = conn.cursor()
+            cursors.append(cur)
+            e = err(lambda: cur.adbc_prepare(f"SELECT {i} AS n"))
+            if e:
+                errors.append(e)
+        out["prepared_opened"] = a.prepared + 1 - len(errors)
+        out["prepared_errors"] = errors
+        for cur in cursors:
+            cur.close()
+        cur = conn.cursor()
+        # After closing them, preparing works again.
+        out["prepared_after_close"] = err(lambda: cur.adbc_prepare("SELECT 1 AS n"))
+        cur.close()
+        cur = conn.cursor()
+        out["big_parameter"] = err(lambda: cur.execute("SELECT length(?) AS n", parameters=("x" * a.param_bytes,)))
+        cur.close()
+        cur = conn.cursor()
+        out["two_rows"] = err(lambda: cur.executemany("SELECT ? AS n", [(1,), (2,)]))
+        cur.close()
+        cur = conn.cursor()
+        out["runaway"] = err(lambda: cur.execute(
+            "select repeat('x', 400000000) || repeat('y', 400000000) from countries limit 3"))
+        cur.close()
+        cur = conn.cursor()
+        cur.execute("SELECT length(?) AS n", parameters=("x" * 1000,))
+        out["small_parameter"] = cur.fetch_arrow_table().to_pylist()
+        cur.execute("SELECT count(*) AS n FROM countries")
+        out["ordinary"] = cur.fetch_arrow_table().to_pylist()
+        cur.close()
+    print(json.dumps(out, default=str))
+
+
+def brute(a):
+    import time
+    import pyarrow.flight as flight
+
+    def login(password):
+        client = flight.FlightClient(a.uri)
+        try:
+            client.authenticate_basic_token(a.user, password)
+            return "ok"
+        finally:
+            client.close()
+
+    out = {"wrong": [err(lambda i=i: login(f"{a.password}-wrong-{i}")) for i in range(a.tries)]}
+    out["right_during_lockout"] = err(lambda: login(a.password))
+    time.sleep(a.lockout)
+    out["right_after_lockout"] = err(lambda: login(a.password))
+    out["query_after_lockout"] = pyarrow_query(a.uri, a.user, a.password, "SELECT 1 AS one").to_pylist()
+    print(json.dumps(out, default=str))
+
+
+def siege(a):
+    import os
+    import time
+
+    start = time.monotonic()
+    rounds, outcomes, stopped_by = 0, {}, "time"
+    while time.monotonic() - start < a.max_seconds:
+        if os.path.exists(a.stop):
+            stopped_by = "file"
+            break
+        for o in together([lambda: pyarrow_query(a.uri, a.user, a.password, a.sql).num_rows] * a.clients):
+            key = o.get("error", "ok")
+            # Group the messages by their first words (the numbers in them vary).
+            key = key.split(" (")[0][:160]
+            outcomes[key] = outcomes.get(key, 0) + 1
+        rounds += 1
+    print(json.dumps({"rounds": rounds, "outcomes": outcomes, "stopped_by": stopped_by}))
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["adbc", "pyarrow"])
+    p.add_argument("mode", choices=["adbc", "pyarrow", "attack", "caps", "brute", "siege"])
     p.add_argument("uri")
     p.add_argument("user")
-    p.add_argument("password")
+    p.add_argument("password", nargs="?", default="")
     p.add_argument("--token")
     p.add_argument("--tls-root")
+    p.add_argument("--sql")
+    p.add_argument("--prepared", type=int, default=3)
+    p.add_argument("--param-bytes", type=int, default=1 << 20)
+    p.add_argument("--tries", type=int, default=3)
+    p.add_argument("--lockout", type=float, default=3.0)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--stop")
+    p.add_argument("--max-seconds", type=float, default=120.0)
     a = p.parse_args()
-    {"adbc": adbc, "pyarrow": pyarrow_mode}[a.mode](a)
+    {"adbc": adbc, "pyarrow": pyarrow_mode, "attack": attack, "caps": caps, "brute": brute,
+     "siege": siege}[a.mode](a)
 
 
 if __name__ == "__main__":

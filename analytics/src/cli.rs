@@ -46,6 +46,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Ad hoc, read-only SQL over the rules' catalog: an interactive shell, or -c / -f.
     Sql(SqlArgs),
+    /// Tools for the Flight SQL endpoint: `flight hash-password` makes a user's password hash.
+    Flight(crate::auth::FlightArgs),
 }
 
 #[derive(Debug, Args)]
@@ -477,6 +479,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(a) => run_sql(a, &file),
     }
 }
+        Command::Flight(a) => crate::auth::run_flight(a),
 
 /// The per-query limits from flags and `[sql]`.
 fn sql_limits(
@@ -496,6 +499,31 @@ fn sql_limits(
     Ok(limits)
 }
 
+    let size = |key: &str, v: &Option<String>, into: &mut usize| -> anyhow::Result<()> {
+        if let Some(v) = v {
+            *into = crate::sql::parse_bytes(v).map_err(|e| anyhow::anyhow!("sql.{key}: {e}"))?;
+        }
+        Ok(())
+    };
+    let q = &file.sql;
+    size(
+        "total_memory_limit",
+        &q.total_memory_limit,
+        &mut limits.total_memory,
+    )?;
+    size("max_value_bytes", &q.max_value_bytes, &mut limits.max_value)?;
+    let mut result_bytes = limits.max_result_bytes as usize;
+    size("max_result_bytes", &q.max_result_bytes, &mut result_bytes)?;
+    limits.max_result_bytes = result_bytes as u64;
+    if let Some(n) = q.max_result_rows {
+        limits.max_result_rows = n;
+    }
+    if let Some(n) = q.threads {
+        if n == 0 {
+            bail!("sql.threads must be at least 1");
+        }
+        limits.threads = n;
+    }
 /// Warehouse and policy for a reader: both must exist.
 fn reader_paths(
     warehouse: Option<PathBuf>,
@@ -572,7 +600,8 @@ pub fn flight_options(
     addr: &str,
     file: &FileConfig,
 ) -> anyhow::Result<crate::flight::FlightOptions> {
-    use crate::flight::{Auth, Credential};
+    use crate::auth::Credential;
+    use crate::flight::{Auth, FlightLimits, ThrottleConfig};
     let f = &file.flight;
     let addr = addr.parse().with_context(|| {
         format!("flight address \"{addr}\" is not HOST:PORT (e.g. 127.0.0.1:50051)")
@@ -591,9 +620,12 @@ pub fn flight_options(
                 s: &crate::config::FlightSecret,
                 clear: &Option<String>|
      -> anyhow::Result<Credential> {
-        match (clear, &s.sha256) {
-            (Some(secret), None) => Ok(Credential::from_secret(&s.name, secret)),
-            (None, Some(h)) => Credential::from_sha256_hex(&s.name, h)
+        match (clear, &s.hash, &s.sha256) {
+            (Some(secret), None, None) => Ok(Credential::from_secret(&s.name, secret)),
+            (None, Some(h), None) => {
+                Credential::from_phc(&s.name, h).map_err(|e| anyhow::anyhow!("flight.{kind}: {e}"))
+            }
+            (None, None, Some(h)) => Credential::from_sha256_hex(&s.name, h)
                 .map_err(|e| anyhow::anyhow!("flight.{kind}: {e}")),
             _ => bail!(
                 "flight.{kind} \"{}\": give exactly one of the secret or its sha256",
@@ -614,9 +646,48 @@ pub fn flight_options(
     if users.is_empty() && tokens.is_empty() {
         bail!("Flight SQL needs credentials: add [[flight.users]] (name, password or sha256) and/or [[flight.tokens]] (name, token or sha256) to the config file");
     }
-    let ttl = f.session_ttl.clone().unwrap_or_else(|| "12h".into());
-    let session_ttl = crate::rules::parse_duration(&ttl)
-        .with_context(|| format!("flight.session_ttl \"{ttl}\" is not a duration like 12h"))?;
+    let duration =
+        |key: &str, v: &Option<String>, default: &str| -> anyhow::Result<std::time::Duration> {
+            let t = v.clone().unwrap_or_else(|| default.into());
+            crate::rules::parse_duration(&t).with_context(|| {
+                format!("flight.{key} \"{t}\" is not a duration like 30s, 5m or 12h")
+            })
+        };
+    let session_ttl = duration("session_ttl", &f.session_ttl, "12h")?;
+    let d = FlightLimits::default();
+    let t = ThrottleConfig::default();
+    let limits = FlightLimits {
+        max_queries: f.max_queries.unwrap_or(d.max_queries),
+        max_queries_per_user: f.max_queries_per_user.unwrap_or(d.max_queries_per_user),
+        max_sessions: f.max_sessions.unwrap_or(d.max_sessions),
+        max_sessions_per_user: f.max_sessions_per_user.unwrap_or(d.max_sessions_per_user),
+        max_prepared: f.max_prepared.unwrap_or(d.max_prepared),
+        max_prepared_per_user: f.max_prepared_per_user.unwrap_or(d.max_prepared_per_user),
+        prepared_ttl: duration("prepared_ttl", &f.prepared_ttl, "1h")?,
+        max_parameter_bytes: match &f.max_parameter_bytes {
+            Some(v) => crate::sql::parse_bytes(v)
+                .map_err(|e| anyhow::anyhow!("flight.max_parameter_bytes: {e}"))?,
+            None => d.max_parameter_bytes,
+        },
+    };
+    for (key, v) in [
+        ("max_queries", limits.max_queries),
+        ("max_queries_per_user", limits.max_queries_per_user),
+        ("max_sessions", limits.max_sessions),
+        ("max_sessions_per_user", limits.max_sessions_per_user),
+        ("max_prepared", limits.max_prepared),
+        ("max_prepared_per_user", limits.max_prepared_per_user),
+    ] {
+        if v == 0 {
+            bail!("flight.{key} must be at least 1");
+        }
+    }
+    let throttle = ThrottleConfig {
+        max_failures: f.login_max_failures.unwrap_or(t.max_failures).max(1),
+        window: duration("login_window", &f.login_window, "5m")?,
+        lockout: duration("login_lockout", &f.login_lockout, "5m")?,
+        max_peers: t.max_peers,
+    };
     Ok(crate::flight::FlightOptions {
         addr,
         tls,
@@ -627,6 +698,7 @@ pub fn flight_options(
         },
     })
 }
+            throttle,
 
 fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
     let (from, to) = a.days.range()?;

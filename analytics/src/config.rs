@@ -45,6 +45,16 @@ pub struct SqlSettings {
     pub history: Option<PathBuf>,
     /// The shell's output format (default `table`).
     pub format: Option<String>,
+    /// Memory all running queries of one process may hold together, e.g. `4GiB` (default 4GiB).
+    pub total_memory_limit: Option<String>,
+    /// Worker threads all queries of one process share (default half the cores, at least 1).
+    pub threads: Option<usize>,
+    /// Largest string or binary value a function may make, e.g. `16MiB` (default 16MiB).
+    pub max_value_bytes: Option<String>,
+    /// Rows a result may have; 0 for no limit (default 10000000).
+    pub max_result_rows: Option<u64>,
+    /// Bytes (Arrow, in memory) a result may have, e.g. `4GiB`; 0 for no limit (default 4GiB).
+    pub max_result_bytes: Option<String>,
 }
 
 /// `[flight]`: the Flight SQL endpoint of `serve --flight`.
@@ -65,9 +75,33 @@ pub struct FlightSettings {
     /// Bearer tokens.
     #[serde(default)]
     pub tokens: Vec<FlightSecret>,
+    /// Queries running at once, all users together (default 4).
+    pub max_queries: Option<usize>,
+    /// Queries running at once for one user (default 2).
+    pub max_queries_per_user: Option<usize>,
+    /// Open sessions, all users together (default 1000).
+    pub max_sessions: Option<usize>,
+    /// Open sessions of one user; a new one closes the oldest (default 20).
+    pub max_sessions_per_user: Option<usize>,
+    /// Open prepared statements, all users together (default 1000).
+    pub max_prepared: Option<usize>,
+    /// Open prepared statements of one user (default 50).
+    pub max_prepared_per_user: Option<usize>,
+    /// A prepared statement unused this long is closed, e.g. `1h` (default 1h).
+    pub prepared_ttl: Option<String>,
+    /// Bytes of the parameters bound in one DoPut, e.g. `1MiB` (default 1MiB).
+    pub max_parameter_bytes: Option<String>,
+    /// Failed logins from one address within `login_window` that lock it out (default 10).
+    pub login_max_failures: Option<u32>,
+    /// The window failed logins are counted in, e.g. `5m` (default 5m).
+    pub login_window: Option<String>,
+    /// How long a locked-out address is refused, e.g. `5m` (default 5m).
+    pub login_lockout: Option<String>,
 }
 
-/// A user (password) or a named bearer token: the secret in clear, or (better) its SHA-256.
+/// A user (password) or a named bearer token. A password: its argon2id hash (`hash`, from
+/// `flowaudit flight hash-password`), or the older unsalted SHA-256 or clear text (accepted, with
+/// a warning to rehash). A token: its SHA-256 or clear text.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlightSecret {
@@ -75,6 +109,8 @@ pub struct FlightSecret {
     /// Password (users) or token (tokens), in clear.
     pub password: Option<String>,
     pub token: Option<String>,
+    /// argon2id hash of the password in PHC format (`$argon2id$v=19$…`).
+    pub hash: Option<String>,
     /// Hex SHA-256 of the password or token (`printf %s SECRET | sha256sum`).
     pub sha256: Option<String>,
 }

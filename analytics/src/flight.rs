@@ -7,18 +7,26 @@
 //!   the engine's memory and time limits (`RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`).
 //! - Authentication on every call: a configured bearer token, a session token issued by the
 //!   Handshake for a configured user's basic credentials, or basic credentials on the call
-//!   itself. Secrets are compared as SHA-256 digests in constant time, against every
-//!   configured entry. Each query is logged with the analyst's name.
-//! - TLS when a certificate and key are configured.
+//!   itself ([`crate::auth`]: argon2id password hashes, verified once per login and then
+//!   remembered for the session's time; failed logins throttled per client address). Each query
+//!   is logged with the analyst's name.
+//! - Caps, each refused with `RESOURCE_EXHAUSTED` and a message naming its setting: queries
+//!   running at once (in total and per user), open sessions (in total; per user the oldest is
+//!   closed), open prepared statements (per user and in total; idle ones expire), and the bytes
+//!   of a statement's parameters (DoPut is read up to the limit, never collected whole).
+//! - TLS when a certificate and key are configured; a loud warning when it listens beyond
+//!   loopback without.
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::Schema;
+use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -41,43 +49,13 @@ use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::sql::{stream_error, SqlEngine, SqlError};
-
-/// A credential from the configuration: its owner and the SHA-256 of the secret.
-#[derive(Debug, Clone)]
-pub struct Credential {
-    pub name: String,
-    pub secret_sha256: [u8; 32],
-}
-
-impl Credential {
-    /// From a plain secret (kept only as its digest).
-    pub fn from_secret(name: &str, secret: &str) -> Self {
-        Self {
-            name: name.into(),
-            secret_sha256: Sha256::digest(secret.as_bytes()).into(),
-        }
-    }
-
-    /// From the hex SHA-256 of the secret, as `printf %s SECRET | sha256sum` prints it.
-    pub fn from_sha256_hex(name: &str, hex_digest: &str) -> Result<Self, String> {
-        let bytes = hex::decode(hex_digest.trim())
-            .ok()
-            .filter(|b| b.len() == 32)
-            .ok_or_else(|| format!("{name}: sha256 must be 64 hex digits"))?;
-        let mut secret_sha256 = [0u8; 32];
-        secret_sha256.copy_from_slice(&bytes);
-        Ok(Self {
-            name: name.into(),
-            secret_sha256,
-        })
-    }
-}
+pub use crate::auth::ThrottleConfig;
+use crate::auth::{check_token, check_user, random_bytes, Credential, LoginThrottle, Written};
+use crate::sql::{human_bytes, stream_error, SqlEngine, SqlError};
 
 /// Who may connect.
 #[derive(Debug, Clone, Default)]
@@ -88,29 +66,54 @@ pub struct Auth {
     pub tokens: Vec<Credential>,
     /// How long a session token from the Handshake stays valid.
     pub session_ttl: Duration,
+    /// Failed logins per client address.
+    pub throttle: ThrottleConfig,
 }
 
-/// Compare `secret` with every credential (each in constant time, all of them every time) and
-/// return the matching one's name.
-fn find_match<'a>(creds: &'a [Credential], secret: &str, name: Option<&str>) -> Option<&'a str> {
-    let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-    let mut found = None;
-    for c in creds {
-        let name_ok = name.is_none_or(|n| n == c.name);
-        let secret_ok: bool = c.secret_sha256.ct_eq(&digest).into();
-        if name_ok && secret_ok {
-            found = Some(c.name.as_str());
+/// The endpoint's caps (the engine's own limits are in [`crate::sql::Limits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct FlightLimits {
+    /// Queries running at once, all users together.
+    pub max_queries: usize,
+    /// Queries running at once for one user.
+    pub max_queries_per_user: usize,
+    /// Open sessions (Handshake tokens), all users together.
+    pub max_sessions: usize,
+    /// Open sessions of one user; a new one closes the user's oldest.
+    pub max_sessions_per_user: usize,
+    /// Open prepared statements, all users together.
+    pub max_prepared: usize,
+    /// Open prepared statements of one user.
+    pub max_prepared_per_user: usize,
+    /// A prepared statement unused this long is closed.
+    pub prepared_ttl: Duration,
+    /// Bytes of the parameters bound to a prepared statement in one DoPut.
+    pub max_parameter_bytes: usize,
+}
+
+impl Default for FlightLimits {
+    fn default() -> Self {
+        Self {
+            max_queries: 4,
+            max_queries_per_user: 2,
+            max_sessions: 1000,
+            max_sessions_per_user: 20,
+            max_prepared: 1000,
+            max_prepared_per_user: 50,
+            prepared_ttl: Duration::from_secs(3600),
+            max_parameter_bytes: 1 << 20,
         }
     }
-    found
 }
 
 /// Where and how to listen.
+#[derive(Debug, Clone)]
 pub struct FlightOptions {
     pub addr: SocketAddr,
     /// PEM certificate chain and private key: TLS when set.
     pub tls: Option<(String, String)>,
     pub auth: Auth,
+    pub limits: FlightLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,25 +135,100 @@ struct Prepared {
     sql: String,
     user: String,
     params: Option<Vec<ScalarValue>>,
+    last_used: Instant,
+}
+
+struct Session {
+    user: String,
+    opened: Instant,
+    expires: Instant,
+}
+
+/// Queries running now: in total and per user.
+#[derive(Default)]
+struct Running {
+    total: usize,
+    per_user: HashMap<String, usize>,
+}
+
+/// One admitted query; its place is given back when dropped (with the result stream).
+struct Admitted {
+    running: Arc<Mutex<Running>>,
+    user: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut r = lock(&self.running);
+        r.total = r.total.saturating_sub(1);
+        if let Some(n) = r.per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                r.per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A mutex's data, even if a thread panicked while holding it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a call presented: its `authorization` header and where it came from.
+struct Presented {
+    header: Option<Result<String, ()>>,
+    peer: Option<SocketAddr>,
+}
+
+impl Presented {
+    fn of<T>(req: &Request<T>) -> Self {
+        Self {
+            header: req
+                .metadata()
+                .get("authorization")
+                .map(|v| v.to_str().map(str::to_string).map_err(|_| ())),
+            peer: req.remote_addr(),
+        }
+    }
+
+    /// The address failed logins are counted under (IPv4-mapped IPv6 as IPv4).
+    fn ip(&self) -> IpAddr {
+        self.peer
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical())
+    }
+
+    fn peer_text(&self) -> String {
+        self.peer
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+    }
 }
 
 /// The service.
 pub struct FlightSql {
     engine: Arc<SqlEngine>,
     auth: Auth,
-    /// SHA-256 of a session token → (user, expiry).
-    sessions: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    users: Arc<Vec<Credential>>,
+    limits: FlightLimits,
+    /// SHA-256 of a session token → its session.
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
     prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
+    running: Arc<Mutex<Running>>,
+    throttle: LoginThrottle,
+    /// Password verifications running at once (each holds argon2's memory).
+    verifying: tokio::sync::Semaphore,
+    /// Keyed digests of basic credentials verified lately → (user, expiry): a client that sends
+    /// them on every call pays for argon2 once per session time.
+    verified: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// The key of those digests, random per process.
+    verified_key: [u8; 32],
     info: SqlInfoData,
 }
 
-fn random_token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .expect("reading /dev/urandom");
-    hex::encode(b)
+fn random_token() -> Result<String, Status> {
+    random_bytes::<32>()
+        .map(hex::encode)
+        .map_err(|e| Status::internal(format!("reading /dev/urandom: {e}")))
 }
 
 fn status(e: SqlError) -> Status {
@@ -158,8 +236,11 @@ fn status(e: SqlError) -> Status {
     match e {
         SqlError::ReadOnly { .. } => Status::permission_denied(msg),
         SqlError::Timeout(_) => Status::deadline_exceeded(msg),
-        SqlError::Memory { .. } => Status::resource_exhausted(msg),
-        SqlError::Catalog(_) => Status::internal(msg),
+        SqlError::Memory { .. }
+        | SqlError::SharedMemory(_)
+        | SqlError::ValueTooLarge(_)
+        | SqlError::ResultTooLarge(_) => Status::resource_exhausted(msg),
+        SqlError::Catalog(_) | SqlError::Internal(_) => Status::internal(msg),
         SqlError::Syntax(_) | SqlError::NotOne(_) | SqlError::Params(_) | SqlError::Query(_) => {
             Status::invalid_argument(msg)
         }
@@ -167,7 +248,7 @@ fn status(e: SqlError) -> Status {
 }
 
 impl FlightSql {
-    pub fn new(engine: Arc<SqlEngine>, auth: Auth) -> Self {
+    pub fn new(engine: Arc<SqlEngine>, auth: Auth, limits: FlightLimits) -> Self {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "flowaudit");
         b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -177,85 +258,225 @@ impl FlightSql {
         b.append(SqlInfo::FlightSqlServerSubstrait, false);
         b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
         b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        let verified_key = random_bytes::<32>()
+            .unwrap_or_else(|_| Sha256::digest(format!("{:?}", Instant::now())).into());
         Self {
             engine,
+            users: Arc::new(auth.users.clone()),
+            throttle: LoginThrottle::new(auth.throttle),
             auth,
+            limits,
             sessions: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(Running::default())),
+            verifying: tokio::sync::Semaphore::new(2),
+            verified: Mutex::new(HashMap::new()),
+            verified_key,
             info: b.build().expect("static SqlInfo"),
         }
     }
 
-    /// The caller's name, from the `authorization` header; failures are logged with the peer.
+    /// Take a place for a query of `user`, or refuse: too many running.
     #[allow(clippy::result_large_err)]
-    fn identify<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        self.authenticate(req).inspect_err(|s| {
-            let peer = req
-                .remote_addr()
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-            warn!(peer, reason = s.message(), "flight authentication failed");
+    fn admit(&self, user: &str) -> Result<Admitted, Status> {
+        let mut r = lock(&self.running);
+        let mine = r.per_user.get(user).copied().unwrap_or(0);
+        if mine >= self.limits.max_queries_per_user {
+            return Err(Status::resource_exhausted(format!(
+                "too many queries running for {user}: {mine} of {} (flight.max_queries_per_user); wait for one to finish",
+                self.limits.max_queries_per_user
+            )));
+        }
+        if r.total >= self.limits.max_queries {
+            return Err(Status::resource_exhausted(format!(
+                "too many queries running: {} of {} (flight.max_queries); try again when one has finished",
+                r.total, self.limits.max_queries
+            )));
+        }
+        r.total += 1;
+        *r.per_user.entry(user.to_string()).or_insert(0) += 1;
+        Ok(Admitted {
+            running: self.running.clone(),
+            user: user.to_string(),
         })
     }
 
+    /// The caller's name, from the `authorization` header; failures are logged with the peer.
+    /// (The request is read before the future is made, so the future does not borrow it.)
+    fn identify<T>(
+        &self,
+        req: &Request<T>,
+    ) -> impl Future<Output = Result<String, Status>> + Send + '_ {
+        let presented = Presented::of(req);
+        async move {
+            let r = self.authenticate(&presented).await;
+            if let Err(s) = &r {
+                warn!(
+                    peer = presented.peer_text(),
+                    reason = s.message(),
+                    "flight authentication failed"
+                );
+            }
+            r
+        }
+    }
+
     #[allow(clippy::result_large_err)]
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "authentication required: send a bearer token, or basic credentials (Handshake)",
-                )
-            })?
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+    fn throttled(&self, p: &Presented) -> Result<(), Status> {
+        self.throttle.check(p.ip()).map_err(|l| {
+            Status::resource_exhausted(format!(
+                "too many failed logins from {}: refused for {} s more (flight.login_max_failures, flight.login_lockout)",
+                p.ip(),
+                l.retry_after.as_secs().max(1)
+            ))
+        })
+    }
+
+    /// Count a failed login from `p`; log when it locks the address out.
+    fn failed(&self, p: &Presented) {
+        if let Err(l) = self.throttle.failed(p.ip()) {
+            warn!(
+                peer = %p.ip(),
+                failures = l.failures,
+                lockout_s = l.retry_after.as_secs(),
+                "flight logins from this address refused for a while: too many failures"
+            );
+        }
+    }
+
+    async fn authenticate(&self, p: &Presented) -> Result<String, Status> {
+        let header = match &p.header {
+            None => return Err(Status::unauthenticated(
+                "authentication required: send a bearer token, or basic credentials (Handshake)",
+            )),
+            Some(Err(())) => {
+                return Err(Status::unauthenticated("authorization header is not text"))
+            }
+            Some(Ok(h)) => h.as_str(),
+        };
         if let Some(token) = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
         {
-            let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+            let token = token.trim();
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
             {
-                let mut sessions = self.sessions.lock().expect("sessions lock");
-                let now = Instant::now();
-                sessions.retain(|_, (_, exp)| *exp > now);
-                if let Some((user, _)) = sessions.get(&digest) {
-                    return Ok(user.clone());
+                let sessions = lock(&self.sessions);
+                if let Some(s) = sessions.get(&digest) {
+                    if s.expires > Instant::now() {
+                        return Ok(s.user.clone());
+                    }
                 }
             }
-            return find_match(&self.auth.tokens, token.trim(), None)
-                .map(str::to_string)
-                .ok_or_else(|| Status::unauthenticated("invalid or expired bearer token"));
+            self.throttled(p)?;
+            return match check_token(&self.auth.tokens, token) {
+                Some(name) => Ok(name.to_string()),
+                None => {
+                    self.failed(p);
+                    Err(Status::unauthenticated("invalid or expired bearer token"))
+                }
+            };
         }
         if let Some(b64) = header
             .strip_prefix("Basic ")
             .or_else(|| header.strip_prefix("basic "))
         {
-            return self.check_basic(b64);
+            let (user, password) = decode_basic(b64)?;
+            self.throttled(p)?;
+            let key: [u8; 32] = Sha256::new()
+                .chain_update(self.verified_key)
+                .chain_update(user.as_bytes())
+                .chain_update([0u8])
+                .chain_update(password.as_bytes())
+                .finalize()
+                .into();
+            if let Some((u, exp)) = lock(&self.verified).get(&key) {
+                if *exp > Instant::now() {
+                    return Ok(u.clone());
+                }
+            }
+            let _permit = self
+                .verifying
+                .acquire()
+                .await
+                .map_err(|_| Status::unavailable("shutting down"))?;
+            // Waiting may have taken a while: the address may be locked out by now.
+            self.throttled(p)?;
+            let users = self.users.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                check_user(&users, &user, &password).map(str::to_string)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("verifying the password: {e}")))?;
+            return match found {
+                Some(name) => {
+                    self.remember(key, &name);
+                    Ok(name)
+                }
+                None => {
+                    self.failed(p);
+                    Err(Status::unauthenticated("invalid user name or password"))
+                }
+            };
         }
         Err(Status::unauthenticated(
             "unsupported authorization scheme (Bearer or Basic)",
         ))
     }
 
+    /// Remember verified basic credentials for the session time (bounded like the sessions).
+    fn remember(&self, key: [u8; 32], user: &str) {
+        let mut v = lock(&self.verified);
+        let now = Instant::now();
+        if v.len() >= self.limits.max_sessions {
+            v.retain(|_, (_, exp)| *exp > now);
+        }
+        if v.len() < self.limits.max_sessions {
+            v.insert(key, (user.to_string(), now + self.auth.session_ttl));
+        }
+    }
+
+    /// A new session token for `user`: a user's oldest session gives way past the per-user cap;
+    /// past the total cap the login is refused.
     #[allow(clippy::result_large_err)]
-    fn check_basic(&self, b64: &str) -> Result<String, Status> {
-        use base64::engine::general_purpose::{
-            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
-        };
-        // Clients differ in padding and alphabet (the Go Flight client sends no padding).
-        let b64 = b64.trim();
-        let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+    fn open_session(&self, user: &str) -> Result<String, Status> {
+        let token = random_token()?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, s| s.expires > now);
+        let mut mine: Vec<([u8; 32], Instant)> = sessions
             .iter()
-            .find_map(|e| e.decode(b64).ok())
-            .ok_or_else(|| Status::unauthenticated("basic credentials are not base64"))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Status::unauthenticated("basic credentials are not UTF-8"))?;
-        let (user, password) = text
-            .split_once(':')
-            .ok_or_else(|| Status::unauthenticated("basic credentials are not user:password"))?;
-        find_match(&self.auth.users, password, Some(user))
-            .map(str::to_string)
-            .ok_or_else(|| Status::unauthenticated("invalid user name or password"))
+            .filter(|(_, s)| s.user == user)
+            .map(|(k, s)| (*k, s.opened))
+            .collect();
+        if mine.len() >= self.limits.max_sessions_per_user {
+            mine.sort_by_key(|(_, opened)| *opened);
+            let close = mine.len() + 1 - self.limits.max_sessions_per_user.max(1);
+            for (k, _) in mine.iter().take(close) {
+                sessions.remove(k);
+            }
+            info!(
+                user,
+                closed = close,
+                "flight sessions closed: the user's oldest, past flight.max_sessions_per_user"
+            );
+        }
+        if sessions.len() >= self.limits.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "too many open sessions: {} (flight.max_sessions); sessions end after flight.session_ttl",
+                sessions.len()
+            )));
+        }
+        sessions.insert(
+            digest,
+            Session {
+                user: user.to_string(),
+                opened: now,
+                expires: now + self.auth.session_ttl,
+            },
+        );
+        Ok(token)
     }
 
     /// Start a query and encode its batches as Flight data; logs the analyst and the outcome.
@@ -266,6 +487,9 @@ impl FlightSql {
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let started = Instant::now();
+        let admitted = self.admit(user).inspect_err(|s| {
+            warn!(user, sql, error = s.message(), "flight query refused");
+        })?;
         let run = async {
             let stmt = SqlEngine::parse_one(sql)?;
             self.engine.plan(&stmt).await?.execute(params).await
@@ -285,6 +509,7 @@ impl FlightSql {
             rows: AtomicUsize::new(0),
             started,
             failed: Mutex::new(None),
+            _admitted: admitted,
         });
         // The closure owns the log entry: it is written when the stream is dropped, after the
         // client has read everything or gone away.
@@ -295,7 +520,7 @@ impl FlightSql {
             }
             Err(e) => {
                 let s = status(stream_error(e, &limits));
-                *log.failed.lock().expect("log lock") = Some(s.message().to_string());
+                *lock(&log.failed) = Some(s.message().to_string());
                 Err(FlightError::Tonic(Box::new(s)))
             }
         });
@@ -339,14 +564,13 @@ impl FlightSql {
     }
 
     /// The FlightInfo of a metadata command: its schema, and the command itself as the ticket.
-    #[allow(clippy::result_large_err)]
-    fn metadata_info(
+    async fn metadata_info(
         &self,
         request: Request<FlightDescriptor>,
         schema: &Schema,
         command: Any,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let (ticket, descriptor) = (command.encode_to_vec(), request.into_inner());
         let info = FlightInfo::new()
             .try_with_schema(schema)
@@ -369,19 +593,97 @@ impl FlightSql {
         Response::new(Box::pin(stream))
     }
 
+    /// The prepared statements, without those idle past `prepared_ttl`.
+    fn prepared_map(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Prepared>> {
+        let mut map = lock(&self.prepared);
+        let now = Instant::now();
+        let ttl = self.limits.prepared_ttl;
+        map.retain(|_, p| now.duration_since(p.last_used) <= ttl);
+        map
+    }
+
     #[allow(clippy::result_large_err)]
     fn prepared_sql(
         &self,
         handle: &[u8],
         user: &str,
     ) -> Result<(String, Option<Vec<ScalarValue>>), Status> {
-        let map = self.prepared.lock().expect("prepared lock");
-        match map.get(handle) {
-            Some(p) if p.user == user => Ok((p.sql.clone(), p.params.clone())),
+        let mut map = self.prepared_map();
+        match map.get_mut(handle) {
+            Some(p) if p.user == user => {
+                p.last_used = Instant::now();
+                Ok((p.sql.clone(), p.params.clone()))
+            }
             _ => Err(Status::not_found(
-                "no such prepared statement (closed, or another user's)",
+                "no such prepared statement (closed, expired after flight.prepared_ttl unused, or another user's)",
             )),
         }
+    }
+}
+
+/// `user:password` from basic credentials.
+#[allow(clippy::result_large_err)]
+fn decode_basic(b64: &str) -> Result<(String, String), Status> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    // Clients differ in padding and alphabet (the Go Flight client sends no padding).
+    let b64 = b64.trim();
+    let bytes = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(b64).ok())
+        .ok_or_else(|| Status::unauthenticated("basic credentials are not base64"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Status::unauthenticated("basic credentials are not UTF-8"))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| Status::unauthenticated("basic credentials are not user:password"))?;
+    Ok((user.to_string(), password.to_string()))
+}
+
+/// The one row of parameter values in a DoPut, read up to `max_bytes` (a larger or longer
+/// stream is refused as soon as it passes the limit).
+async fn read_parameters(
+    stream: PeekableFlightDataStream,
+    max_bytes: usize,
+) -> Result<RecordBatch, Status> {
+    let mut seen = 0usize;
+    let limited = stream.map(move |m| {
+        let m = m?;
+        seen += m.data_header.len() + m.data_body.len() + m.app_metadata.len();
+        if seen > max_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "parameters: more than the limit of {} (flight.max_parameter_bytes)",
+                human_bytes(max_bytes)
+            )));
+        }
+        Ok(m)
+    });
+    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+        limited.map_err(FlightError::from),
+    );
+    let mut row: Option<RecordBatch> = None;
+    let mut rows = 0usize;
+    while let Some(b) = batches.try_next().await.map_err(|e| match e {
+        FlightError::Tonic(s) => *s,
+        other => Status::invalid_argument(format!("parameters: {other}")),
+    })? {
+        rows += b.num_rows();
+        if rows > 1 {
+            break;
+        }
+        if b.num_rows() == 1 {
+            row = Some(b);
+        }
+    }
+    match row {
+        Some(b) if rows == 1 => Ok(b),
+        _ => Err(Status::invalid_argument(format!(
+            "parameters: bind exactly one row of values to a query, got {}",
+            if rows > 1 {
+                "more than one".to_string()
+            } else {
+                rows.to_string()
+            }
+        ))),
     }
 }
 
@@ -391,13 +693,15 @@ struct QueryLog {
     rows: AtomicUsize,
     started: Instant,
     failed: Mutex<Option<String>>,
+    /// The query's place among those running, given back with this entry.
+    _admitted: Admitted,
 }
 
 impl Drop for QueryLog {
     fn drop(&mut self) {
         let rows = self.rows.load(Ordering::Relaxed);
         let ms = self.started.elapsed().as_millis() as u64;
-        match self.failed.lock().expect("log lock").take() {
+        match lock(&self.failed).take() {
             Some(error) => warn!(user = %self.user, rows, ms, error, "flight query failed"),
             None => info!(user = %self.user, rows, ms, "flight query done"),
         }
@@ -418,13 +722,8 @@ impl FlightSqlService for FlightSql {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        let user = self.identify(&request)?;
-        let token = random_token();
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.sessions.lock().expect("sessions lock").insert(
-            digest,
-            (user.clone(), Instant::now() + self.auth.session_ttl),
-        );
+        let user = self.identify(&request).await?;
+        let token = self.open_session(&user)?;
         info!(user, "flight session opened");
         let out = futures::stream::iter(vec![Ok(HandshakeResponse {
             protocol_version: 0,
@@ -445,7 +744,7 @@ impl FlightSqlService for FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.clone().into(),
         }
@@ -470,7 +769,7 @@ impl FlightSqlService for FlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8"))?;
         self.stream(&user, &sql, None).await
@@ -481,7 +780,7 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let (sql, params) = self.prepared_sql(&cmd.prepared_statement_handle, &user)?;
         let ticket = cmd.as_any().encode_to_vec();
         self.flight_info_for(&sql, params, ticket, request.into_inner())
@@ -493,7 +792,7 @@ impl FlightSqlService for FlightSql {
         cmd: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let (sql, params) = self.prepared_sql(&cmd.prepared_statement_handle, &user)?;
         self.stream(&user, &sql, params).await
     }
@@ -503,7 +802,7 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let stmt = SqlEngine::parse_one(&query.query).map_err(|e| {
             warn!(user, sql = query.query, error = %e, "flight prepare refused");
             status(e)
@@ -518,15 +817,31 @@ impl FlightSqlService for FlightSql {
         };
         let dataset_schema = encode(&planned.schema())?;
         let parameter_schema = encode(&planned.parameter_schema().map_err(status)?)?;
-        let handle = random_token().into_bytes();
-        self.prepared.lock().expect("prepared lock").insert(
-            handle.clone(),
-            Prepared {
-                sql: query.query,
-                user,
-                params: None,
-            },
-        );
+        let handle = random_token()?.into_bytes();
+        {
+            let mut map = self.prepared_map();
+            let mine = map.values().filter(|p| p.user == user).count();
+            if mine >= self.limits.max_prepared_per_user {
+                return Err(Status::resource_exhausted(format!(
+                    "too many open prepared statements for {user}: {mine} (flight.max_prepared_per_user); close those no longer used"
+                )));
+            }
+            if map.len() >= self.limits.max_prepared {
+                return Err(Status::resource_exhausted(format!(
+                    "too many open prepared statements: {} (flight.max_prepared); unused ones close after flight.prepared_ttl",
+                    map.len()
+                )));
+            }
+            map.insert(
+                handle.clone(),
+                Prepared {
+                    sql: query.query,
+                    user,
+                    params: None,
+                    last_used: Instant::now(),
+                },
+            );
+        }
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into(),
             dataset_schema,
@@ -539,34 +854,19 @@ impl FlightSqlService for FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let handle = query.prepared_statement_handle.to_vec();
         self.prepared_sql(&handle, &user)?;
-        let batches: Vec<_> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
-        )
-        .try_collect()
-        .await
-        .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
-        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        if rows != 1 {
-            return Err(Status::invalid_argument(format!(
-                "parameters: bind exactly one row of values to a query, got {rows}"
-            )));
-        }
-        let batch = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+        let batch = read_parameters(request.into_inner(), self.limits.max_parameter_bytes)
+            .await
+            .inspect_err(|s| warn!(user, error = s.message(), "flight parameters refused"))?;
         let params = batch
             .columns()
             .iter()
             .map(|c: &ArrayRef| ScalarValue::try_from_array(c, 0))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
-        if let Some(p) = self
-            .prepared
-            .lock()
-            .expect("prepared lock")
-            .get_mut(&handle)
-        {
+        if let Some(p) = self.prepared_map().get_mut(&handle) {
             p.params = Some(params);
         }
         Ok(DoPutPreparedStatementResult {
@@ -579,8 +879,8 @@ impl FlightSqlService for FlightSql {
         query: ActionClosePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
-        let user = self.identify(&request)?;
-        let mut map = self.prepared.lock().expect("prepared lock");
+        let user = self.identify(&request).await?;
+        let mut map = self.prepared_map();
         if map
             .get(query.prepared_statement_handle.as_ref())
             .is_some_and(|p| p.user == user)
@@ -595,7 +895,7 @@ impl FlightSqlService for FlightSql {
         cmd: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let user = self.identify(&request)?;
+        let user = self.identify(&request).await?;
         let what = match SqlEngine::parse(&cmd.query) {
             Err(e) => e.to_string(),
             Ok(_) => "an update".to_string(),
@@ -611,7 +911,7 @@ impl FlightSqlService for FlightSql {
         _cmd: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         Err(Status::permission_denied(
             "updates are not allowed: this endpoint is read-only",
         ))
@@ -622,7 +922,7 @@ impl FlightSqlService for FlightSql {
         _cmd: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         Err(Status::permission_denied(
             "bulk ingest is not allowed: this endpoint is read-only",
         ))
@@ -634,7 +934,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.metadata_info(request, &schema, query.as_any())
+        self.metadata_info(request, &schema, query.as_any()).await
     }
 
     async fn do_get_catalogs(
@@ -642,7 +942,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let mut b = query.into_builder();
         b.append(CATALOG);
         let schema = b.schema();
@@ -655,7 +955,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(request, &schema, query.as_any())
+        self.metadata_info(request, &schema, query.as_any()).await
     }
 
     async fn do_get_schemas(
@@ -663,7 +963,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let mut b = query.into_builder();
         b.append(CATALOG, SCHEMA);
         let schema = b.schema();
@@ -676,7 +976,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(request, &schema, query.as_any())
+        self.metadata_info(request, &schema, query.as_any()).await
     }
 
     async fn do_get_tables(
@@ -684,7 +984,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let tables = self.engine.tables().await.map_err(status)?;
         let mut b = query.into_builder();
         for t in &tables {
@@ -701,7 +1001,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.metadata_info(request, &schema, query.as_any())
+        self.metadata_info(request, &schema, query.as_any()).await
     }
 
     async fn do_get_table_types(
@@ -709,7 +1009,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let mut b = query.into_builder();
         b.append("TABLE");
         let schema = b.schema();
@@ -722,7 +1022,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.info).schema();
-        self.metadata_info(request, &schema, query.as_any())
+        self.metadata_info(request, &schema, query.as_any()).await
     }
 
     async fn do_get_sql_info(
@@ -730,7 +1030,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         let b = query.into_builder(&self.info);
         let schema = b.schema();
         Ok(Self::one_batch(schema, b.build()))
@@ -741,7 +1041,7 @@ impl FlightSqlService for FlightSql {
         request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.identify(&request)?;
+        self.identify(&request).await?;
         Err(Status::unimplemented(format!(
             "{} is not supported",
             message.type_url
@@ -772,8 +1072,13 @@ pub async fn serve(
             addr: opts.addr,
             source,
         })?;
-    let svc = FlightServiceServer::new(FlightSql::new(engine, opts.auth));
-    let mut builder = tonic::transport::Server::builder();
+    warn_about_secrets(&opts.auth);
+    let message_limit = (2 << 20).max(opts.limits.max_parameter_bytes + (64 << 10));
+    let svc = FlightServiceServer::new(FlightSql::new(engine, opts.auth, opts.limits))
+        .max_decoding_message_size(message_limit);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(64))
+        .http2_keepalive_interval(Some(Duration::from_secs(60)));
     let tls = opts.tls.is_some();
     if let Some((cert, key)) = opts.tls {
         builder = builder
@@ -782,6 +1087,12 @@ pub async fn serve(
                     .identity(tonic::transport::Identity::from_pem(cert, key)),
             )
             .map_err(FlightServerError::Tls)?;
+    }
+    if !tls && !local.ip().is_loopback() {
+        warn!(
+            addr = %local,
+            "Flight SQL listens beyond loopback WITHOUT TLS: passwords, tokens and results cross the network in clear; set flight.tls_cert and flight.tls_key"
+        );
     }
     info!(addr = %local, tls, "Flight SQL listening");
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -792,26 +1103,35 @@ pub async fn serve(
         .map_err(FlightServerError::Serve)
 }
 
+/// Warn at startup about passwords kept the old way.
+fn warn_about_secrets(auth: &Auth) {
+    for u in &auth.users {
+        match u.written {
+            Written::Sha256 => warn!(
+                user = %u.name,
+                "flight user's password is stored as unsalted SHA-256: rehash it (`flowaudit flight hash-password`) and put the result in `hash` instead of `sha256`"
+            ),
+            Written::Clear => warn!(
+                user = %u.name,
+                "flight user's password is written in clear in the configuration: rehash it (`flowaudit flight hash-password`) and put the result in `hash`"
+            ),
+            Written::Argon2id => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn credentials_match_by_digest_and_name() {
-        let users = vec![
-            Credential::from_secret("alice", "s3cret"),
-            Credential::from_sha256_hex(
-                "bob",
-                // printf %s hunter2 | sha256sum
-                "f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7",
-            )
-            .unwrap(),
-        ];
-        assert_eq!(find_match(&users, "s3cret", Some("alice")), Some("alice"));
-        assert_eq!(find_match(&users, "hunter2", Some("bob")), Some("bob"));
-        assert_eq!(find_match(&users, "s3cret", Some("bob")), None);
-        assert_eq!(find_match(&users, "s3cre", Some("alice")), None);
-        assert_eq!(find_match(&users, "hunter2", None), Some("bob"));
-        assert!(Credential::from_sha256_hex("x", "abcd").is_err());
+    fn basic_credentials_decode_in_every_alphabet() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        for e in [STANDARD, URL_SAFE_NO_PAD] {
+            let (u, p) = decode_basic(&e.encode("alice:correct horse?>")).unwrap();
+            assert_eq!((u.as_str(), p.as_str()), ("alice", "correct horse?>"));
+        }
+        assert!(decode_basic("%%%").is_err());
+        assert!(decode_basic(&STANDARD.encode("no colon")).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! scheduler, the `flowaudit` binary's subcommands, their configuration and the demo.
 
 pub mod alerts;
+pub mod auth;
 pub mod cases;
 pub mod catalog;
 pub mod cli;
@@ -21,4 +22,5 @@ pub mod signing;
 pub mod sinks;
 pub mod sql;
 pub mod sqlout;
+pub mod sqlguard;
 pub mod verify;

@@ -199,11 +199,7 @@ fn start_flight(
             f.limits,
         ))
         .context("opening the catalog for Flight SQL")?;
-    let options = crate::flight::FlightOptions {
-        addr: f.options.addr,
-        tls: f.options.tls.clone(),
-        auth: f.options.auth.clone(),
-    };
+    let options = f.options.clone();
     let stop = async move {
         while !shutdown.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;

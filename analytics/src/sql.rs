@@ -8,13 +8,24 @@
 //!   inside a query (`SELECT … INTO`) is refused too. No table function reads a path, so only
 //!   the configured warehouse and policy folder are readable.
 //! - **Limits.** Each query gets its own memory pool of `memory_limit` bytes and no spill files;
-//!   an operator that needs more fails with [`SqlError::Memory`]. A query still running after
-//!   `timeout` fails with [`SqlError::Timeout`]. Results are streamed batch by batch.
+//!   an operator that needs more fails with [`SqlError::Memory`]. Every query's pool also counts
+//!   in one pool shared by the process's queries ([`SqlError::SharedMemory`]). Scalar functions
+//!   are checked for what they make ([`crate::sqlguard`]): one value larger than `max_value`
+//!   fails with [`SqlError::ValueTooLarge`]. A query still running after `timeout` is stopped
+//!   (its tasks are dropped, on the engine's side too, whether or not anyone reads the result)
+//!   and fails with [`SqlError::Timeout`]; a result past `max_result_rows` or
+//!   `max_result_bytes` fails with [`SqlError::ResultTooLarge`]. Results are streamed batch by
+//!   batch.
+//! - **Threads.** Every query of an engine runs on one pool of `threads` worker threads (default
+//!   half the cores), never on the caller's: the caller keeps its threads for timers, signals,
+//!   I/O and (in `serve`) ingest, however many queries run.
 //! - **Placeholders.** `$1, $2, …` and JDBC/ADBC-style `?` (numbered in order of appearance).
 use std::future::Future;
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,14 +37,17 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr, Value};
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::sqlguard::{
+    guard_functions, ConcatOpPlanner, GuardContext, QueryPool, SharedMemory, SharedMemoryExhausted,
+    ValueTooLarge,
+};
 
 /// Why a statement was not run, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,14 @@ pub enum SqlError {
     Timeout(Duration),
     #[error("query stopped: it needs more than the memory limit of {} ({detail})", human_bytes(*.limit))]
     Memory { limit: usize, detail: String },
+    #[error("query stopped: {0}; try again when other queries have finished")]
+    SharedMemory(SharedMemoryExhausted),
+    #[error("query stopped: {0}")]
+    ValueTooLarge(ValueTooLarge),
+    #[error("query stopped: {0}")]
+    ResultTooLarge(ResultTooLarge),
+    #[error("query failed inside the engine: {0}")]
+    Internal(String),
     #[error("parameters: {0}")]
     Params(String),
     #[error("{0}")]
@@ -63,10 +85,25 @@ impl SqlError {
                 limit: limits.memory,
                 detail: msg.lines().next().unwrap_or("").to_string(),
             },
-            DataFusionError::External(inner) => match inner.downcast_ref::<Timeout>() {
-                Some(t) => SqlError::Timeout(t.0),
-                None => SqlError::Query(e),
-            },
+            DataFusionError::External(inner) => {
+                if let Some(t) = inner.downcast_ref::<Timeout>() {
+                    SqlError::Timeout(t.0)
+                } else if let Some(v) = inner.downcast_ref::<ValueTooLarge>() {
+                    SqlError::ValueTooLarge(ValueTooLarge {
+                        function: v.function.clone(),
+                        bytes: v.bytes,
+                        limit: v.limit,
+                    })
+                } else if let Some(m) = inner.downcast_ref::<SharedMemoryExhausted>() {
+                    SqlError::SharedMemory(SharedMemoryExhausted { limit: m.limit })
+                } else if let Some(r) = inner.downcast_ref::<ResultTooLarge>() {
+                    SqlError::ResultTooLarge(r.clone())
+                } else if let Some(p) = inner.downcast_ref::<Panicked>() {
+                    SqlError::Internal(p.0.clone())
+                } else {
+                    SqlError::Query(e)
+                }
+            }
             DataFusionError::Plan(msg)
                 if msg.starts_with("DDL not supported")
                     || msg.starts_with("DML not supported")
@@ -85,13 +122,30 @@ impl SqlError {
     }
 }
 
-/// Per-query limits.
+/// Per-query limits, and the engine's shared ones.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Bytes an operator tree may hold (no spilling).
     pub memory: usize,
     /// Wall-clock time from the start of execution to the last batch.
     pub timeout: Duration,
+    /// Bytes all running queries of the engine may hold together.
+    pub total_memory: usize,
+    /// Worker threads every query of the engine shares.
+    pub threads: usize,
+    /// Largest string or binary value a scalar function may make.
+    pub max_value: usize,
+    /// Rows a result may have (0: no limit).
+    pub max_result_rows: u64,
+    /// Bytes (Arrow, in memory) a result may have (0: no limit).
+    pub max_result_bytes: u64,
+}
+
+/// Half the cores, at least one: the default size of the query thread pool.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).max(1))
+        .unwrap_or(1)
 }
 
 impl Default for Limits {
@@ -99,6 +153,65 @@ impl Default for Limits {
         Self {
             memory: 2 << 30,
             timeout: Duration::from_secs(300),
+            total_memory: 4 << 30,
+            threads: default_threads(),
+            max_value: 16 << 20,
+            max_result_rows: 10_000_000,
+            max_result_bytes: 4 << 30,
+        }
+    }
+}
+
+/// A result passed one of its limits.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the result passed the limit of {limit} ({key})")]
+pub struct ResultTooLarge {
+    pub limit: String,
+    pub key: &'static str,
+}
+
+/// A task of the plan panicked (DataFusion's, or a function's); the message is the panic's.
+#[derive(Debug)]
+struct Panicked(String);
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl std::error::Error for Panicked {}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a task panicked".into())
+}
+
+/// The worker threads of an engine's queries; shut down without waiting when dropped.
+struct QueryThreads(Option<tokio::runtime::Runtime>);
+
+impl QueryThreads {
+    fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            // Parquet reads block on the file system; a few such threads per worker.
+            .max_blocking_threads(2 * threads + 2)
+            .thread_name("flowaudit-query")
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for QueryThreads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -163,36 +276,88 @@ impl std::fmt::Display for Timeout {
 }
 impl std::error::Error for Timeout {}
 
-/// A stream that fails with [`Timeout`] once its deadline passes (and then ends).
-struct Deadline {
-    inner: SendableRecordBatchStream,
+/// The results of one query as its caller reads them: batches from the query's task on the
+/// engine's threads, the time limit (kept here too, on the caller's clock, so that it holds even
+/// when every query thread is busy) and the result limits. Dropping it stops the query's task.
+struct QueryStream {
+    rx: tokio::sync::mpsc::Receiver<datafusion::error::Result<arrow::record_batch::RecordBatch>>,
+    schema: SchemaRef,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    limit: Duration,
+    limits: Limits,
+    timed_out: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+    rows: u64,
+    bytes: u64,
     done: bool,
-    /// Dropped after `inner` (fields drop in order).
-    _runtime: QueryRuntime,
+    /// The threads the query runs on outlive its results.
+    _threads: Arc<QueryThreads>,
 }
 
-impl Stream for Deadline {
+impl QueryStream {
+    fn fail(&mut self, e: DataFusionError) -> Poll<Option<<Self as Stream>::Item>> {
+        self.done = true;
+        self.task.abort();
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Drop for QueryStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for QueryStream {
     type Item = datafusion::error::Result<arrow::record_batch::RecordBatch>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.done {
             return Poll::Ready(None);
         }
+        let timeout = DataFusionError::External(Box::new(Timeout(self.limits.timeout)));
         if self.sleep.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            let limit = self.limit;
-            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(Timeout(
-                limit,
-            ))))));
+            return self.fail(timeout);
         }
-        self.inner.as_mut().poll_next(cx)
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) if self.timed_out.load(Ordering::Relaxed) => self.fail(timeout),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => self.fail(e),
+            Poll::Ready(Some(Ok(batch))) => {
+                self.rows += batch.num_rows() as u64;
+                self.bytes += batch
+                    .columns()
+                    .iter()
+                    .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64)
+                    .sum::<u64>();
+                let l = self.limits;
+                let over = if l.max_result_rows > 0 && self.rows > l.max_result_rows {
+                    Some(ResultTooLarge {
+                        limit: format!("{} rows", l.max_result_rows),
+                        key: "sql.max_result_rows",
+                    })
+                } else if l.max_result_bytes > 0 && self.bytes > l.max_result_bytes {
+                    Some(ResultTooLarge {
+                        limit: human_bytes(l.max_result_bytes as usize),
+                        key: "sql.max_result_bytes",
+                    })
+                } else {
+                    None
+                };
+                match over {
+                    Some(r) => self.fail(DataFusionError::External(Box::new(r))),
+                    None => Poll::Ready(Some(Ok(batch))),
+                }
+            }
+        }
     }
 }
 
-impl RecordBatchStream for Deadline {
+impl RecordBatchStream for QueryStream {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        self.schema.clone()
     }
 }
 
@@ -221,6 +386,8 @@ pub struct SqlEngine {
     policy: PathBuf,
     geoip: Option<PathBuf>,
     pub limits: Limits,
+    threads: Arc<QueryThreads>,
+    shared: SharedMemory,
     catalog: std::sync::RwLock<(Arc<Catalog>, std::time::Instant)>,
     /// How long an opened catalog is used before policy files and new tables are re-read.
     refresh: Duration,
@@ -236,11 +403,15 @@ impl SqlEngine {
         limits: Limits,
     ) -> Result<Self, SqlError> {
         let catalog = Catalog::open(warehouse, policy, geoip).await?;
+        let threads = QueryThreads::new(limits.threads)
+            .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;
         Ok(Self {
             warehouse: warehouse.into(),
             policy: policy.into(),
             geoip: geoip.map(Into::into),
             limits,
+            threads: Arc::new(threads),
+            shared: SharedMemory::new(limits.total_memory),
             catalog: std::sync::RwLock::new((Arc::new(catalog), std::time::Instant::now())),
             refresh: Duration::from_secs(30),
         })
@@ -261,19 +432,38 @@ impl SqlEngine {
         Ok(fresh)
     }
 
-    /// A session over the catalog with this query's own memory pool and no spill files.
+    /// Bytes held by the queries running now (all of them).
+    pub fn memory_in_use(&self) -> usize {
+        self.shared.reserved()
+    }
+
+    /// A session over the catalog with this query's own memory pool (counted in the shared
+    /// one), no spill files, and checked scalar functions.
     async fn session(&self) -> Result<SessionContext, SqlError> {
         let catalog = self.catalog().await?;
+        let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
+            Arc::new(QueryPool::new(self.limits.memory, self.shared.clone()));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory, 1.0)
+            .with_memory_pool(pool.clone())
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
             .build_arc()
             .map_err(SqlError::Query)?;
-        let state = SessionStateBuilder::new_from_existing(catalog.ctx.state())
-            .with_runtime_env(runtime)
-            .build();
+        let guard = Arc::new(GuardContext {
+            pool,
+            max_value: self.limits.max_value,
+        });
+        let mut builder =
+            SessionStateBuilder::new_from_existing(catalog.ctx.state()).with_runtime_env(runtime);
+        if let Some(funcs) = builder.scalar_functions().as_mut() {
+            guard_functions(funcs, &guard);
+        }
+        if let Some(planners) = builder.expr_planners().as_mut() {
+            planners.insert(0, Arc::new(ConcatOpPlanner { ctx: guard }));
+        }
+        let mut state = builder.build();
+        state.config_mut().options_mut().execution.target_partitions = self.limits.threads.max(1);
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -316,6 +506,7 @@ impl SqlEngine {
         Ok(Planned {
             df: DataFrame::new(state, plan),
             limits: self.limits,
+            threads: self.threads.clone(),
         })
     }
 
@@ -357,6 +548,7 @@ impl SqlEngine {
 pub struct Planned {
     df: DataFrame,
     limits: Limits,
+    threads: Arc<QueryThreads>,
 }
 
 impl Planned {
@@ -404,25 +596,22 @@ impl Planned {
             None => self.df,
         };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        // The plan runs on a runtime of its own, feeding a small channel. The caller's runtime
-        // keeps its threads for timers, signals and I/O, so the deadline, the shell's Ctrl-C and
-        // a Flight client are never starved by a CPU-bound plan; dropping the stream aborts the
-        // plan's tasks and lets its runtime go (a task that is mid-computation stops at its next
-        // yield, on its own threads, without holding up the next query).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("flowaudit-query")
-            .enable_all()
-            .build()
-            .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;
-        let mut builder = RecordBatchReceiverStreamBuilder::new(schema, 2);
-        let tx = builder.tx();
-        builder.spawn_on(
-            async move {
+        // The plan runs on the engine's query threads, feeding a small channel. The deadline is
+        // raced there too: when it passes, the plan's stream is dropped on its own threads
+        // (every task of the plan with it), even if nobody reads the results any more. A panic
+        // inside the plan becomes this query's error.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let flag = timed_out.clone();
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let task = self.threads.handle().spawn(async move {
+            let on_panic = tx.clone();
+            let run = async move {
                 let mut stream = match df.execute_stream().await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
-                        return Ok(());
+                        return;
                     }
                 };
                 while let Some(item) = stream.next().await {
@@ -431,28 +620,29 @@ impl Planned {
                         break;
                     }
                 }
-                Ok(())
-            },
-            runtime.handle(),
-        );
-        Ok(Box::pin(Deadline {
-            inner: builder.build(),
-            sleep: Box::pin(tokio::time::sleep(limits.timeout)),
-            limit: limits.timeout,
+            };
+            tokio::select! {
+                r = AssertUnwindSafe(run).catch_unwind() => {
+                    if let Err(p) = r {
+                        let e = DataFusionError::External(Box::new(Panicked(panic_message(p.as_ref()))));
+                        let _ = on_panic.send(Err(e)).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => flag.store(true, Ordering::Relaxed),
+            }
+        });
+        Ok(Box::pin(QueryStream {
+            rx,
+            schema,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            limits,
+            timed_out,
+            task: task.abort_handle(),
+            rows: 0,
+            bytes: 0,
             done: false,
-            _runtime: QueryRuntime(Some(runtime)),
+            _threads: self.threads.clone(),
         }))
-    }
-}
-
-/// The runtime of one query, shut down without waiting when its stream is dropped.
-struct QueryRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for QueryRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

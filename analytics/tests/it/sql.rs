@@ -634,3 +634,468 @@ fn flight_refuses_to_start_without_credentials() {
     assert!(!ok);
     assert!(se.contains("Flight SQL needs credentials"), "{se}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile analysts and clients (issue 10, items 7 and 8).
+
+/// The measured runaway query and its siblings stop at once with an error naming the limit, and
+/// ordinary uses of the same functions still work.
+#[test]
+fn hostile_queries_in_the_shell_stop_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 17);
+    // The query of the issue: it peaked at 6.2 GB, panicked and ran past its time limit.
+    let (ok, so, se) = run(
+        &wh,
+        &[
+            "--memory-limit",
+            "256MiB",
+            "-c",
+            "select repeat('x', 400000000) || repeat('y', 400000000) from flows limit 3",
+        ],
+    );
+    assert!(!ok, "{so}");
+    assert!(
+        se.contains("query stopped: repeat would make a value of 381.5 MiB, more than the limit of 16.0 MiB for one value (sql.max_value_bytes)"),
+        "{se}"
+    );
+    assert!(!se.contains("panicked"), "{se}");
+    // Each value under the value limit, a batch of them over the memory limit.
+    let (ok, _, se) = run(
+        &wh,
+        &[
+            "--memory-limit",
+            "256MiB",
+            "-c",
+            "SELECT length(repeat(src_ip, 400000)) AS n FROM flows",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        se.contains("query stopped: it needs more than the memory limit of 256.0 MiB")
+            && se.contains("repeat"),
+        "{se}"
+    );
+    for (sql, what) in [
+        // Doubling through CTEs with ||: 4, 8, 16 MB, then 32 MB.
+        (
+            "WITH a AS (SELECT repeat('ab', 2000000) AS s), b AS (SELECT s || s AS s FROM a), \
+             c AS (SELECT s || s AS s FROM b) SELECT length(s || s) FROM c",
+            "|| would make a value of 30.5 MiB",
+        ),
+        (
+            "SELECT length(lpad('x', 100000000, 'ab'))",
+            "lpad would make a value of",
+        ),
+        (
+            "SELECT length(replace(repeat('x', 10000), 'x', repeat('y', 10000)))",
+            "replace would make a value of",
+        ),
+        (
+            "SELECT cardinality(range(1, 1000000000))",
+            "range would make a value of",
+        ),
+        (
+            "SELECT cardinality(array_repeat(src_ip, 100000000)) FROM flows",
+            "array_repeat would make a value of",
+        ),
+    ] {
+        let (ok, so, se) = run(&wh, &["-c", sql]);
+        assert!(!ok, "{sql}: {so}");
+        assert!(
+            se.contains(what) && se.contains("sql.max_value_bytes"),
+            "{sql}: {se}"
+        );
+    }
+    // The same functions within their limits.
+    let (ok, so, se) = run(
+        &wh,
+        &[
+            "-c",
+            "SELECT repeat('ab', 3) || lpad('7', 3, '0') AS s, 'x' || NULL AS n, \
+             replace('a-b', '-', '+') AS r, cardinality(range(1, 11)) AS c, \
+             length(repeat('z', 1000000)) AS big",
+            "--format",
+            "ndjson",
+        ],
+    );
+    assert!(ok, "{se}");
+    assert_eq!(
+        ndjson(&so),
+        vec![serde_json::json!({"s": "ababab007", "n": null, "r": "a+b", "c": 10, "big": 1000000})]
+    );
+    // The value limit is a setting.
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        "[sql]\nmax_value_bytes = \"1KiB\"\nmax_result_rows = 100\n",
+    )
+    .unwrap();
+    let mut c = sql(&wh);
+    c.arg("--config")
+        .arg(&config)
+        .args(["-c", "SELECT repeat('ab', 1000) AS s"]);
+    let (ok, _, se) = output(c);
+    assert!(
+        !ok && se.contains("repeat would make a value of 2.0 KiB, more than the limit of 1.0 KiB"),
+        "{se}"
+    );
+    // So is the result's size.
+    let mut c = sql(&wh);
+    c.arg("--config")
+        .arg(&config)
+        .args(["-c", "SELECT * FROM flows", "--format", "csv"]);
+    let (ok, _, se) = output(c);
+    assert!(
+        !ok && se.contains(
+            "query stopped: the result passed the limit of 100 rows (sql.max_result_rows)"
+        ),
+        "{se}"
+    );
+}
+
+const HOSTILE_CONFIG: &str = r#"
+[sql]
+timeout = "4s"
+threads = 1
+
+[flight]
+max_queries = 2
+max_queries_per_user = 1
+max_prepared_per_user = 3
+max_parameter_bytes = "64KiB"
+
+[[flight.users]]
+name = "alice"
+password = "a-pass"
+
+[[flight.users]]
+name = "bob"
+password = "b-pass"
+
+[[flight.users]]
+name = "carol"
+password = "c-pass"
+"#;
+
+/// Several hostile Flight clients at once: those beyond the caps are refused with a message
+/// naming the cap, the admitted ones are stopped by the time limit, the caps on prepared
+/// statements and parameters hold, and the server answers an ordinary query afterwards.
+#[test]
+fn hostile_flight_clients_beyond_the_caps_get_clear_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 18);
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(&config, HOSTILE_CONFIG).unwrap();
+    let port = free_port();
+    let mut server = serve_flight(&wh, &config, port);
+    let uri = format!("grpc://127.0.0.1:{port}");
+
+    // Seven clients at the same moment, each with a query that never ends.
+    let clients =
+        "alice:a-pass,alice:a-pass,alice:a-pass,bob:b-pass,bob:b-pass,carol:c-pass,carol:c-pass";
+    let sql =
+        "SELECT count(*) FROM flows a, flows b, flows c WHERE a.bytes + b.bytes + c.bytes < 0";
+    let out = flight_client(&["attack", &uri, clients, "--sql", sql]);
+    let outcomes = out.as_array().unwrap();
+    assert_eq!(outcomes.len(), 7, "{out}");
+    let (mut refused, mut stopped) = (0, 0);
+    for o in outcomes {
+        let e = o["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a runaway query completed: {o}"));
+        if e.contains("too many queries running") {
+            assert!(
+                e.contains("(flight.max_queries_per_user)") || e.contains("(flight.max_queries)"),
+                "{e}"
+            );
+            refused += 1;
+        } else {
+            assert!(
+                e.contains("query stopped: it ran longer than the time limit of 4 s"),
+                "{e}"
+            );
+            stopped += 1;
+        }
+    }
+    assert!(refused >= 5 && (1..=2).contains(&stopped), "{out}");
+
+    // Prepared statements, parameters, the runaway query, then an ordinary one.
+    let c = flight_client(&[
+        "caps",
+        &uri,
+        "alice",
+        "a-pass",
+        "--prepared",
+        "3",
+        "--param-bytes",
+        "100000",
+    ]);
+    assert_eq!(c["prepared_opened"], 3, "{c}");
+    let e = c["prepared_errors"][0].as_str().unwrap();
+    assert!(
+        e.contains("too many open prepared statements for alice: 3 (flight.max_prepared_per_user)"),
+        "{e}"
+    );
+    assert!(c["prepared_after_close"].is_null(), "{c}");
+    let e = c["big_parameter"]
+        .as_str()
+        .expect("a 100 kB parameter was taken");
+    assert!(
+        e.contains("parameters: more than the limit of 64.0 KiB (flight.max_parameter_bytes)"),
+        "{e}"
+    );
+    assert!(
+        c["two_rows"].is_string(),
+        "two rows of parameters were taken: {c}"
+    );
+    let e = c["runaway"].as_str().expect("the runaway query ran");
+    assert!(
+        e.contains("repeat would make a value of 381.5 MiB") && e.contains("sql.max_value_bytes"),
+        "{e}"
+    );
+    assert_eq!(c["small_parameter"], serde_json::json!([{"n": 1000}]));
+    let countries = duckdb(&wh, "SELECT count(*) AS n FROM countries");
+    assert_eq!(c["ordinary"], countries);
+
+    let log = server.log();
+    assert!(log.contains("flight query refused"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    stop(&mut server);
+}
+
+/// Passwords: an argon2id hash made by `flowaudit flight hash-password` works, an old SHA-256
+/// entry works with a warning to rehash, brute force from one address is throttled (even the
+/// right password is refused during the lockout, and works after it), and listening beyond
+/// loopback without TLS is warned about.
+#[test]
+fn passwords_are_argon2id_and_brute_force_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 19);
+    let mut c = Command::new(bin());
+    c.args(["flight", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[flight]\nlogin_max_failures = 5\nlogin_window = \"1m\"\nlogin_lockout = \"3s\"\n\n\
+             [[flight.users]]\nname = \"alice\"\nhash = \"{hash}\"\n\n\
+             [[flight.users]]\nname = \"bob\"\n# printf %s hunter2 | sha256sum\n\
+             sha256 = \"f52fbd32b2b3b86ff88ef6c490628285f482af15ddcb29541f94bcf526a3f6c7\"\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = serve_flight(&wh, &config, port);
+    let log = server.log();
+    assert!(
+        log.contains("flight user's password is stored as unsalted SHA-256: rehash it")
+            && log.contains("bob"),
+        "{log}"
+    );
+    assert!(!log.contains("WITHOUT TLS"), "{log}");
+    let uri = format!("grpc://127.0.0.1:{port}");
+    let b = flight_client(&[
+        "brute",
+        &uri,
+        "alice",
+        "correct horse battery",
+        "--tries",
+        "5",
+        "--lockout",
+        "4",
+    ]);
+    for (i, e) in b["wrong"].as_array().unwrap().iter().enumerate() {
+        let e = e
+            .as_str()
+            .unwrap_or_else(|| panic!("wrong password {i} accepted: {b}"));
+        assert!(e.contains("invalid user name or password"), "{i}: {e}");
+    }
+    let e = b["right_during_lockout"]
+        .as_str()
+        .expect("the right password got in during the lockout");
+    assert!(
+        e.contains("too many failed logins from 127.0.0.1: refused for"),
+        "{e}"
+    );
+    assert!(b["right_after_lockout"].is_null(), "{b}");
+    assert_eq!(b["query_after_lockout"], serde_json::json!([{"one": 1}]));
+    // After the lockout, both kinds of entry log in (each pyarrow run also tries one wrong
+    // password and one wrong token: four failures, under the five that lock out).
+    let p = flight_client(&["pyarrow", &uri, "alice", "correct horse battery"]);
+    assert_eq!(p["by_gateway"], events_by_gateway(&wh));
+    let p = flight_client(&["pyarrow", &uri, "bob", "hunter2"]);
+    assert_eq!(p["by_gateway"], events_by_gateway(&wh));
+    let log = server.log();
+    assert!(
+        log.contains("flight logins from this address refused for a while"),
+        "{log}"
+    );
+    stop(&mut server);
+
+    // Beyond loopback without TLS: a loud warning.
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(&config)
+        .args(["serve", "--no-scheduler", "--flight"])
+        .arg(format!("0.0.0.0:{}", free_port()))
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(policy())
+        .env("FLOWAUDIT_LOG", "info");
+    let mut open = Running::spawn(c);
+    open.wait_for("Flight SQL listening", Duration::from_secs(30));
+    assert!(
+        open.log()
+            .contains("Flight SQL listens beyond loopback WITHOUT TLS"),
+        "{}",
+        open.log()
+    );
+    stop(&mut open);
+}
+
+/// `serve --ingest --flight`: while rounds of hostile queries run over Flight SQL, ingest in the
+/// same process goes on committing what is produced (rows in the warehouse, read by DuckDB).
+#[test]
+fn ingest_keeps_committing_while_hostile_queries_run() {
+    use crate::support::{brokers, manifest_rows, Setup};
+    let s = Setup::new(1);
+    let events = |from: usize| -> Vec<flowaudit_ingest::generate::Message> {
+        (from..from + 50)
+            .map(|i| {
+                let p = format!(
+                    r#"{{"event_id":"siege-{i}","ts":"2026-11-21T12:00:00Z","gateway_id":"gw-fra-1","employee_id":"e1001","employee_country":"DE","role":"analyst","data_category":"public","action":"query","decision":"allow","session_id":"s","records":1,"bytes":1}}"#
+                );
+                flowaudit_ingest::generate::Message {
+                    key: format!("{}", i % 5),
+                    payload: p.into_bytes(),
+                    ts_us: 1_795_262_400_000_000,
+                }
+            })
+            .collect()
+    };
+    s.produce_gateway(&events(0));
+    std::fs::create_dir_all(s.warehouse()).unwrap();
+    let config = s.dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ingest]\ngroup = \"{}\"\ngateway_topic = \"{}\"\nflow_topic = \"{}\"\n\
+             flush_interval_ms = 500\nsession_timeout_ms = 6000\n\n\
+             [sql]\ntimeout = \"3s\"\nthreads = 1\nmemory_limit = \"256MiB\"\n\n\
+             [flight]\nmax_queries = 2\nmax_queries_per_user = 2\n\n\
+             [[flight.users]]\nname = \"mallory\"\npassword = \"m-pass\"\n",
+            s.group, s.gateway_topic, s.flow_topic
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut c = Command::new(bin());
+    c.arg("--config")
+        .arg(&config)
+        .args([
+            "serve",
+            "--ingest",
+            "--no-scheduler",
+            "--brokers",
+            &brokers(),
+        ])
+        .arg("--flight")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--warehouse")
+        .arg(s.warehouse())
+        .arg("--policy")
+        .arg(policy())
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    let mut server = Running::spawn(c);
+    server.wait_for("Flight SQL listening", Duration::from_secs(30));
+    let wait_rows = |server: &Running, n: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while manifest_rows(&s.warehouse(), "gateway_events") < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} rows not committed:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_rows(&server, 50);
+
+    // The siege: rounds of four clients at once, each with a query that runs until its time
+    // limit (the cap admits two, refuses two), until told to stop.
+    let stop_file = s.dir.path().join("stop-siege");
+    let py = std::env::var("FLOWAUDIT_PYTHON").expect("FLOWAUDIT_PYTHON: run with make test");
+    let mut siege = Command::new(py);
+    siege
+        .arg(repo("scripts/flight_client.py"))
+        .args([
+            "siege",
+            &format!("grpc://127.0.0.1:{port}"),
+            "mallory",
+            "m-pass",
+        ])
+        .args([
+            "--sql",
+            "SELECT count(*) FROM generate_series(1, 1000000000000) a, countries b",
+            "--clients",
+            "4",
+            "--max-seconds",
+            "240",
+        ])
+        .arg("--stop")
+        .arg(&stop_file);
+    let mut siege = Running::spawn_with_stdout(siege);
+    server.wait_for("flight query started", Duration::from_secs(60));
+    // Produced during the siege, committed during it.
+    s.produce_gateway(&events(50));
+    wait_rows(&server, 100);
+    assert!(
+        siege.child.try_wait().unwrap().is_none(),
+        "the siege ended before the rows were committed"
+    );
+    std::fs::write(&stop_file, "").unwrap();
+    let st = siege.wait(Duration::from_secs(120));
+    assert!(st.success(), "{}", siege.log());
+    let report: Value = serde_json::from_str(siege.stdout().trim()).unwrap();
+    assert_eq!(report["stopped_by"], "file", "{report}");
+    assert!(report["rounds"].as_u64().unwrap() >= 1, "{report}");
+    for (what, n) in report["outcomes"].as_object().unwrap() {
+        assert!(
+            what.contains("time limit of 3 s") || what.contains("too many queries running"),
+            "unexpected outcome ({n}×): {what}"
+        );
+    }
+    let rows = duckdb(
+        &s.warehouse(),
+        "SELECT count(*) AS n FROM gateway_events WHERE event_id LIKE 'siege-%'",
+    );
+    assert_eq!(rows, serde_json::json!([{"n": 100}]));
+    stop(&mut server);
+}
