@@ -9,9 +9,14 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 BIN         := $(CARGO_TARGET_DIR)/debug/flowaudit
 TEST_PORT   ?= 19092
+# A real IP→country database (CC0, ip-location-db on the npm registry), for the test that loads it
+# whole: pinned by version and by the SHA-256 of the package, IPv4 and IPv6 ranges in one CSV.
+GEOIP_DB_VERSION := 2.3.2026061719
+GEOIP_DB_SHA256  := 2a3e609015884c93c2d398e777ce1d2d34cab026054c43559bff32b25669f606
+GEOIP_REAL       := $(HOME)/.cache/flowaudit-data/geo-whois-asn-country-$(GEOIP_DB_VERSION).csv
 CARGO       ?= cargo
 
-.PHONY: help deps test-deps venv build demo test bench fmt lint clean
+.PHONY: help deps test-deps venv build demo test bench fmt lint clean geoip-db
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,20 +42,32 @@ build: deps ## Build the flowaudit binary
 demo: build ## Run the pipeline end to end on an embedded broker
 	$(BIN) demo --out demo-out
 
-test-deps: ## What only the tests need: Chromium renders the report in a test (apt when missing)
+test-deps: geoip-db ## What only the tests need: Chromium (the report's rendering test), the real GeoIP database
 	@command -v chromium >/dev/null || { echo "installing: chromium"; apt-get update -qq && apt-get install -y -qq chromium; }
 
+geoip-db: $(GEOIP_REAL) ## Fetch the real IP→country database (npm registry, pinned) into ~/.cache
+
+$(GEOIP_REAL):
+	@command -v npm >/dev/null || { echo "installing: npm"; apt-get update -qq && apt-get install -y -qq npm; }
+	@mkdir -p $(@D); tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  ( cd "$$tmp" && npm pack --silent @ip-location-db/geo-whois-asn-country@$(GEOIP_DB_VERSION) >/dev/null ) && \
+	  tgz=$$(ls "$$tmp"/*.tgz) && echo "$(GEOIP_DB_SHA256)  $$tgz" | sha256sum -c --quiet && \
+	  tar xzf "$$tgz" -C "$$tmp" && \
+	  cat "$$tmp"/package/geo-whois-asn-country-ipv4.csv "$$tmp"/package/geo-whois-asn-country-ipv6.csv > $@.tmp && \
+	  mv $@.tmp $@ && echo "GeoIP database: $@"
+
 test: build venv test-deps ## Unit and integration tests against a real Kafka-protocol broker
-	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) \
+	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_REAL_GEOIP=$(GEOIP_REAL) \
 		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \
 		$(CARGO_TARGET_DIR)/test-output.log
 
-bench: deps venv ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
+bench: deps venv geoip-db ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
 	$(CARGO) build --release --bins
 	$(PY) scripts/bench.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
 	$(PY) scripts/bench_rules.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
 	$(PY) scripts/bench_sql.py $(CARGO_TARGET_DIR)/release/flowaudit bench-out
+	$(PY) scripts/bench_geoip.py $(CARGO_TARGET_DIR)/release/flowaudit $(GEOIP_REAL)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

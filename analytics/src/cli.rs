@@ -48,6 +48,8 @@ pub enum Command {
     Sql(SqlArgs),
     /// Tools for the Flight SQL endpoint: `flight hash-password` makes a user's password hash.
     Flight(crate::auth::FlightArgs),
+    /// Load a GeoIP database, say what it holds (ranges, nesting, conflicts) and look addresses up.
+    Geoip(crate::geoip_cmd::GeoipArgs),
 }
 
 #[derive(Debug, Args)]
@@ -477,9 +479,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => run_verify(a, &file),
         Command::Report(a) => run_report(a, &file),
         Command::Sql(a) => run_sql(a, &file),
+        Command::Flight(a) => crate::auth::run_flight(a),
+        Command::Geoip(a) => crate::geoip_cmd::run(a, &file),
     }
 }
-        Command::Flight(a) => crate::auth::run_flight(a),
 
 /// The per-query limits from flags and `[sql]`.
 fn sql_limits(
@@ -496,9 +499,6 @@ fn sql_limits(
         limits.timeout = crate::rules::parse_duration(&t)
             .with_context(|| format!("timeout \"{t}\" is not a duration like 30s, 5m or 1h"))?;
     }
-    Ok(limits)
-}
-
     let size = |key: &str, v: &Option<String>, into: &mut usize| -> anyhow::Result<()> {
         if let Some(v) = v {
             *into = crate::sql::parse_bytes(v).map_err(|e| anyhow::anyhow!("sql.{key}: {e}"))?;
@@ -524,6 +524,9 @@ fn sql_limits(
         }
         limits.threads = n;
     }
+    Ok(limits)
+}
+
 /// Warehouse and policy for a reader: both must exist.
 fn reader_paths(
     warehouse: Option<PathBuf>,
@@ -628,7 +631,7 @@ pub fn flight_options(
             (None, None, Some(h)) => Credential::from_sha256_hex(&s.name, h)
                 .map_err(|e| anyhow::anyhow!("flight.{kind}: {e}")),
             _ => bail!(
-                "flight.{kind} \"{}\": give exactly one of the secret or its sha256",
+                "flight.{kind} \"{}\": give exactly one of the secret, its hash or its sha256",
                 s.name
             ),
         }
@@ -644,7 +647,7 @@ pub fn flight_options(
         .map(|t| cred("tokens", t, &t.token))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if users.is_empty() && tokens.is_empty() {
-        bail!("Flight SQL needs credentials: add [[flight.users]] (name, password or sha256) and/or [[flight.tokens]] (name, token or sha256) to the config file");
+        bail!("Flight SQL needs credentials: add [[flight.users]] (name, hash from `flowaudit flight hash-password`) and/or [[flight.tokens]] (name, token or sha256) to the config file");
     }
     let duration =
         |key: &str, v: &Option<String>, default: &str| -> anyhow::Result<std::time::Duration> {
@@ -695,10 +698,11 @@ pub fn flight_options(
             users,
             tokens,
             session_ttl,
+            throttle,
         },
+        limits,
     })
 }
-            throttle,
 
 fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
     let (from, to) = a.days.range()?;

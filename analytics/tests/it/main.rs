@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod crash;
 mod fuzz_corpus;
+mod geoip_real;
 mod group;
 mod hostile_ingest;
 mod ingest_e2e;
