@@ -198,14 +198,16 @@ def caps(a):
         out["prepared_after_close"] = err(lambda: cur.adbc_prepare("SELECT 1 AS n"))
         cur.close()
         cur = conn.cursor()
-        out["big_parameter"] = err(lambda: cur.execute("SELECT length(?) AS n", parameters=("x" * a.param_bytes,)))
+        out["big_parameter"] = err(lambda: (cur.execute("SELECT length(?) AS n", parameters=("x" * a.param_bytes,)),
+                                            cur.fetch_arrow_table()))
         cur.close()
         cur = conn.cursor()
         out["two_rows"] = err(lambda: cur.executemany("SELECT ? AS n", [(1,), (2,)]))
         cur.close()
         cur = conn.cursor()
-        out["runaway"] = err(lambda: cur.execute(
-            "select repeat('x', 400000000) || repeat('y', 400000000) from countries limit 3"))
+        out["runaway"] = err(lambda: (cur.execute(
+            "select repeat('x', 400000000) || repeat('y', 400000000) from countries limit 3"),
+            cur.fetch_arrow_table()))
         cur.close()
         cur = conn.cursor()
         cur.execute("SELECT length(?) AS n", parameters=("x" * 1000,))

@@ -361,6 +361,40 @@ impl RecordBatchStream for QueryStream {
     }
 }
 
+/// Every operator of an analyst's plan gives its thread back now and then (DataFusion's
+/// `CooperativeExec` around each one, not only around the scans): an operator that makes many
+/// batches from memory (a cross join) would otherwise hold a query thread past the deadline,
+/// and every other query queued behind it.
+#[derive(Debug)]
+struct YieldEverywhere;
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::common::tree_node::{Transformed, TreeNode};
+        use datafusion::physical_plan::coop::CooperativeExec;
+        plan.transform_up(|p| {
+            if p.children().is_empty() || p.name() == "CooperativeExec" {
+                return Ok(Transformed::no(p));
+            }
+            Ok(Transformed::yes(Arc::new(CooperativeExec::new(p))
+                as Arc<dyn datafusion::physical_plan::ExecutionPlan>))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "flowaudit_yield_everywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
 /// What a table is, for `\d` and Flight SQL's `GetTables`.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
@@ -462,7 +496,9 @@ impl SqlEngine {
         if let Some(planners) = builder.expr_planners().as_mut() {
             planners.insert(0, Arc::new(ConcatOpPlanner { ctx: guard }));
         }
-        let mut state = builder.build();
+        let mut state = builder
+            .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+            .build();
         state.config_mut().options_mut().execution.target_partitions = self.limits.threads.max(1);
         Ok(SessionContext::new_with_state(state))
     }
