@@ -175,7 +175,7 @@ impl<W: Write> Write for Neutralising<W> {
 /// A writer of one result.
 pub enum ResultWriter<W: Write + Send> {
     Table(TableWriter<W>),
-    Csv(arrow::csv::Writer<Neutralising<W>>),
+    Csv(Box<arrow::csv::Writer<Neutralising<W>>>),
     Json(arrow::json::ArrayWriter<Neutralising<W>>),
     Ndjson(arrow::json::LineDelimitedWriter<Neutralising<W>>),
     Parquet(parquet::arrow::ArrowWriter<W>),
@@ -185,11 +185,11 @@ impl<W: Write + Send> ResultWriter<W> {
     pub fn new(format: Format, out: W, schema: &SchemaRef) -> Result<Self, ArrowError> {
         Ok(match format {
             Format::Table => ResultWriter::Table(TableWriter::new(out, schema.clone())),
-            Format::Csv => ResultWriter::Csv(
+            Format::Csv => ResultWriter::Csv(Box::new(
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(Neutralising::new(out, Escape::Visible)),
-            ),
+            )),
             Format::Json => ResultWriter::Json(
                 arrow::json::WriterBuilder::new()
                     .with_explicit_nulls(true)
@@ -228,7 +228,7 @@ impl<W: Write + Send> ResultWriter<W> {
     pub fn finish(self) -> Result<(), ArrowError> {
         match self {
             ResultWriter::Table(w) => w.finish(),
-            ResultWriter::Csv(w) => w.into_inner().finish().map(drop).map_err(Into::into),
+            ResultWriter::Csv(w) => (*w).into_inner().finish().map(drop).map_err(Into::into),
             ResultWriter::Json(mut w) => {
                 w.finish()?;
                 let mut out = w.into_inner();
