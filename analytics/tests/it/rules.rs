@@ -700,6 +700,14 @@ fn a_failing_rule_is_recorded_and_the_others_still_run() {
         header("bad_column") + "SELECT no_such_column AS who FROM flows\n",
     )
     .unwrap();
+    // A rule whose entity column is missing from its query is a broken rule …
+    std::fs::write(
+        rules.join("missing_entity.sql"),
+        header("missing_entity")
+            + "SELECT 'x' AS other, TIMESTAMP '2026-11-22T01:00:00Z' AS first_seen\n",
+    )
+    .unwrap();
+    // … while a NULL entity value is a finding like any other: `unknown`.
     std::fs::write(
         rules.join("null_entity.sql"),
         header("null_entity") + "SELECT CAST(NULL AS VARCHAR) AS who, TIMESTAMP '2026-11-22T01:00:00Z' AS first_seen\n",
@@ -723,11 +731,20 @@ fn a_failing_rule_is_recorded_and_the_others_still_run() {
         "{se}"
     );
     assert!(
-        se.contains("null_entity: a finding has no value in its entity column `who`"),
+        se.contains("missing_entity: the query returns no column `who`"),
         "{se}"
     );
     assert!(so.contains("transfer_no_legal_basis (1 new, high)"), "{so}");
-    assert_eq!(read_alerts(&file).len(), 1);
+    assert!(so.contains("null_entity (1 new, low)"), "{so}");
+    let alerts = read_alerts(&file);
+    assert_eq!(alerts.len(), 2);
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.rule_id == "null_entity" && a.entity_key == "who=unknown"),
+        "{:?}",
+        alerts.iter().map(|a| &a.entity_key).collect::<Vec<_>>()
+    );
     let runs = flowaudit_analytics::runner::read_runs(&wh).unwrap();
     let failed: Vec<&str> = runs[0]["rules"]
         .as_array()
@@ -736,7 +753,7 @@ fn a_failing_rule_is_recorded_and_the_others_still_run() {
         .filter(|r| !r["error"].is_null())
         .map(|r| r["id"].as_str().unwrap())
         .collect();
-    assert_eq!(failed, ["bad_column", "null_entity"]);
+    assert_eq!(failed, ["bad_column", "missing_entity"]);
 }
 
 #[test]
