@@ -29,7 +29,12 @@ pub fn run(a: GeoipArgs, file: &FileConfig) -> anyhow::Result<()> {
     let took = started.elapsed();
     let id = db.identity();
     let st = db.stats();
-    println!("database  {} ({}, sha256 {})", id.path.display(), id.kind, id.sha256);
+    println!(
+        "database  {} ({}, sha256 {})",
+        id.path.display(),
+        id.kind,
+        id.sha256
+    );
     if id.kind == "csv" {
         println!(
             "ranges    {} read: {} nested, {} partly overlapping, {} duplicate, {} conflicting",
@@ -38,7 +43,10 @@ pub fn run(a: GeoipArgs, file: &FileConfig) -> anyhow::Result<()> {
         if let Some(c) = &st.first_conflict {
             println!("conflict  {c} (the first line wins)");
         }
-        println!("segments  {} disjoint, most specific range wins", st.segments);
+        println!(
+            "segments  {} disjoint, most specific range wins",
+            st.segments
+        );
     }
     println!("loaded in {:.3} s", took.as_secs_f64());
     for ip in a.addresses {

@@ -25,7 +25,12 @@ fn convert_with_the_real_database_resolves_nested_ranges() {
             let mut v = first.clone();
             v["dst_addr"] = (*ip).into();
             v["etype"] = if ip.contains(':') { "IPv6" } else { "IPv4" }.into();
-            v["src_addr"] = if ip.contains(':') { "fd01::1" } else { "10.1.0.5" }.into();
+            v["src_addr"] = if ip.contains(':') {
+                "fd01::1"
+            } else {
+                "10.1.0.5"
+            }
+            .into();
             v.to_string()
         })
         .collect();
@@ -46,7 +51,11 @@ fn convert_with_the_real_database_resolves_nested_ranges() {
     assert!(!stderr.contains("ranges overlap"), "{stderr}");
     let read = python_script(
         "check_parquet.py",
-        &["--columns".as_ref(), "dst_ip,dst_country".as_ref(), out.as_os_str()],
+        &[
+            "--columns".as_ref(),
+            "dst_ip,dst_country".as_ref(),
+            out.as_os_str(),
+        ],
     );
     let got: Vec<(String, Option<String>)> = serde_json::from_slice(&read).unwrap();
     let want: Vec<(String, Option<String>)> = want
@@ -85,7 +94,16 @@ fn geoip_command_reports_the_database_and_looks_up() {
     let mut c = Command::new(bin());
     c.arg("geoip").arg("--geoip").arg(&csv).arg("5.0.0.1");
     let (out, err) = run_ok(c);
-    assert!(out.contains("1 conflicting") && out.contains("5.0.0.1\tFR\n"), "{out}");
-    assert!(out.contains("conflict  line 1: 5.0.0.0-5.0.0.255 is FR, line 2 says IT"), "{out}");
-    assert!(err.contains("conflicts=1"), "the log counts conflicts: {err}");
+    assert!(
+        out.contains("1 conflicting") && out.contains("5.0.0.1\tFR\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("conflict  line 1: 5.0.0.0-5.0.0.255 is FR, line 2 says IT"),
+        "{out}"
+    );
+    assert!(
+        err.contains("conflicts=1"),
+        "the log counts conflicts: {err}"
+    );
 }

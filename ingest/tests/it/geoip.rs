@@ -65,6 +65,12 @@ fn the_real_database_loads_and_nested_ranges_resolve() {
     }
     let st = g.stats();
     assert!(st.ranges > 500_000, "{st:?}");
-    assert!(st.nested > 500, "nested ranges are the norm in real data: {st:?}");
-    assert!(st.segments >= st.ranges - st.duplicates - st.conflicts - st.nested, "{st:?}");
+    assert!(
+        st.nested > 500,
+        "nested ranges are the norm in real data: {st:?}"
+    );
+    assert!(
+        st.segments >= st.ranges - st.duplicates - st.conflicts - st.nested,
+        "{st:?}"
+    );
 }
