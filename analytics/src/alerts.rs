@@ -2,7 +2,7 @@
 //!
 //! A rule's result rows are findings. Rows with the same rule, entity (the rule's entity columns)
 //! and day (UTC date of `first_seen`) are one alert; its fingerprint is the SHA-256 of those
-//! three, so re-running a window, or running an overlapping or later window after late data,
+//! three (the entity as [`fingerprint_key`] writes it, unambiguously), so re-running a window, or running an overlapping or later window after late data,
 //! finds the same fingerprint and raises nothing new.
 //!
 //! The store lives in the warehouse under `_alerts/`:
@@ -231,7 +231,37 @@ pub fn finding_text(v: &Value) -> String {
 /// How a finding's missing value reads.
 pub const UNKNOWN: &str = "unknown";
 
-/// The fingerprint of a finding: rule, entity and day.
+/// The entity key a fingerprint is made of: `col=value, col=value` as [`finding_text`] reads
+/// the values (so fingerprints of ordinary values are what they were before), except that a
+/// value that could be mistaken for another is written quoted and escaped as JSON: the string
+/// `unknown` (not the same as no value), and any value containing `,`, `=`, `"`, `\\` or a
+/// control character (which could otherwise forge another column's part of the key). A value
+/// that came from an event can then never give another finding's fingerprint.
+pub fn fingerprint_key(entity: &[(&str, &Value)]) -> String {
+    entity
+        .iter()
+        .map(|(col, v)| {
+            let text = finding_text(v);
+            let plain = match v {
+                Value::Null => true,
+                _ => {
+                    text != UNKNOWN
+                        && !text
+                            .chars()
+                            .any(|c| matches!(c, ',' | '=' | '"' | '\\') || c.is_control())
+                }
+            };
+            if plain {
+                format!("{col}={text}")
+            } else {
+                format!("{col}={}", Value::String(text))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The fingerprint of a finding: rule, entity (its [`fingerprint_key`]) and day.
 pub fn fingerprint(rule_id: &str, entity_key: &str, day: &str) -> String {
     let mut h = Sha256::new();
     for part in [rule_id, entity_key, day] {
@@ -321,7 +351,14 @@ pub fn group_findings(
             .as_deref()
             .and_then(|s| s.get(..10))
             .map_or(window_day.clone(), str::to_string);
-        let fp = fingerprint(&rule.id, &entity_key, &day);
+        let fp_key = fingerprint_key(
+            &rule
+                .entity
+                .iter()
+                .map(|c| (c.as_str(), &entity[c]))
+                .collect::<Vec<_>>(),
+        );
+        let fp = fingerprint(&rule.id, &fp_key, &day);
         match by_fp.get_mut(&fp) {
             Some(a) => {
                 a.evidence_total += 1;
@@ -855,6 +892,51 @@ mod tests {
         };
         assert!(s.matches("gateway_bypass", &a.entity));
         assert!(!s.matches("gateway_bypass", &alerts[0].entity));
+    }
+
+    /// Values from events cannot forge another finding's fingerprint: the string `unknown` is
+    /// not a missing value, and a value holding the key's separators cannot stand for two
+    /// columns. Ordinary values keep the fingerprint they always had.
+    #[test]
+    fn a_crafted_value_cannot_take_another_findings_fingerprint() {
+        let r = crate::rules::parse_rule(
+            Path::new("queries/x.sql"),
+            "-- id: x\n-- title: X\n-- severity: high\n-- schedule: */15 * * * *\n\
+             -- lookback: 1h\n-- entity: who, dst_country\n-- description: d\n\
+             -- summary: s\nSELECT 1\n",
+        )
+        .unwrap();
+        let finding = |who: Value, country: Value| {
+            json!({"who": who, "dst_country": country, "first_seen": "2026-11-21T10:00:00Z"})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let alerts = group_findings(
+            &r,
+            vec![
+                finding(json!("alice"), Value::Null),
+                finding(json!("alice"), json!("unknown")),
+                finding(json!("alice, dst_country=NL"), json!("x")),
+                finding(json!("alice"), json!("NL, dst_country=x")),
+                finding(json!("alice\u{1b}"), json!("NL")),
+                finding(json!("alice"), json!("NL")),
+            ],
+            &ctx(),
+        )
+        .unwrap();
+        let fps: std::collections::BTreeSet<_> =
+            alerts.iter().map(|a| a.fingerprint.clone()).collect();
+        assert_eq!((alerts.len(), fps.len()), (6, 6), "{alerts:?}");
+        // Plain values and a missing one: the fingerprint of their readable key, as before.
+        assert_eq!(
+            alerts[0].fingerprint,
+            fingerprint("x", "who=alice, dst_country=unknown", "2026-11-21")
+        );
+        assert_eq!(
+            alerts[5].fingerprint,
+            fingerprint("x", "who=alice, dst_country=NL", "2026-11-21")
+        );
     }
 
     #[test]

@@ -24,4 +24,5 @@ pub mod sinks;
 pub mod sql;
 pub mod sqlguard;
 pub mod sqlout;
+pub mod sqlstop;
 pub mod verify;

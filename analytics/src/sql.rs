@@ -12,8 +12,9 @@
 //!   in one pool shared by the process's queries ([`SqlError::SharedMemory`]). Scalar functions
 //!   are checked for what they make ([`crate::sqlguard`]): one value larger than `max_value`
 //!   fails with [`SqlError::ValueTooLarge`]. A query still running after `timeout` is stopped
-//!   (its tasks are dropped, on the engine's side too, whether or not anyone reads the result)
-//!   and fails with [`SqlError::Timeout`]; a result past `max_result_rows` or
+//!   (its tasks are dropped, on the engine's side too, whether or not anyone reads the result;
+//!   join filters, which loop without giving their thread back, check the deadline themselves:
+//!   [`crate::sqlstop`]) and fails with [`SqlError::Timeout`]; a result past `max_result_rows` or
 //!   `max_result_bytes` fails with [`SqlError::ResultTooLarge`]. Results are streamed batch by
 //!   batch.
 //! - **Threads.** Every query of an engine runs on one pool of `threads` worker threads (default
@@ -48,6 +49,7 @@ use crate::sqlguard::{
     guard_functions, ConcatOpPlanner, GuardContext, QueryPool, SharedMemory, SharedMemoryExhausted,
     ValueTooLarge,
 };
+use crate::sqlstop::{QueryStop, StopInJoins};
 
 /// Why a statement was not run, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +278,11 @@ impl std::fmt::Display for Timeout {
 }
 impl std::error::Error for Timeout {}
 
+/// The error a query fails with when its time limit of `timeout` has passed.
+pub(crate) fn timeout_error(timeout: Duration) -> DataFusionError {
+    DataFusionError::External(Box::new(Timeout(timeout)))
+}
+
 /// The results of one query as its caller reads them: batches from the query's task on the
 /// engine's threads, the time limit (kept here too, on the caller's clock, so that it holds even
 /// when every query thread is busy) and the result limits. Dropping it stops the query's task.
@@ -285,6 +292,8 @@ struct QueryStream {
     sleep: Pin<Box<tokio::time::Sleep>>,
     limits: Limits,
     timed_out: Arc<AtomicBool>,
+    /// Seen by the query's join filters, which loop without yielding (crate::sqlstop).
+    stop: Arc<QueryStop>,
     task: tokio::task::AbortHandle,
     rows: u64,
     bytes: u64,
@@ -296,6 +305,7 @@ struct QueryStream {
 impl QueryStream {
     fn fail(&mut self, e: DataFusionError) -> Poll<Option<<Self as Stream>::Item>> {
         self.done = true;
+        self.stop.drop_results();
         self.task.abort();
         Poll::Ready(Some(Err(e)))
     }
@@ -303,6 +313,7 @@ impl QueryStream {
 
 impl Drop for QueryStream {
     fn drop(&mut self) {
+        self.stop.drop_results();
         self.task.abort();
     }
 }
@@ -313,7 +324,7 @@ impl Stream for QueryStream {
         if self.done {
             return Poll::Ready(None);
         }
-        let timeout = DataFusionError::External(Box::new(Timeout(self.limits.timeout)));
+        let timeout = timeout_error(self.limits.timeout);
         if self.sleep.as_mut().poll(cx).is_ready() {
             return self.fail(timeout);
         }
@@ -472,8 +483,8 @@ impl SqlEngine {
     }
 
     /// A session over the catalog with this query's own memory pool (counted in the shared
-    /// one), no spill files, and checked scalar functions.
-    async fn session(&self) -> Result<SessionContext, SqlError> {
+    /// one), no spill files, checked scalar functions, and join filters that see `stop`.
+    async fn session(&self, stop: &Arc<QueryStop>) -> Result<SessionContext, SqlError> {
         let catalog = self.catalog().await?;
         let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
             Arc::new(QueryPool::new(self.limits.memory, self.shared.clone()));
@@ -497,6 +508,7 @@ impl SqlEngine {
             planners.insert(0, Arc::new(ConcatOpPlanner { ctx: guard }));
         }
         let mut state = builder
+            .with_physical_optimizer_rule(Arc::new(StopInJoins(stop.clone())))
             .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
             .build();
         state.config_mut().options_mut().execution.target_partitions = self.limits.threads.max(1);
@@ -527,7 +539,8 @@ impl SqlEngine {
 
     /// Plan a checked statement (no execution): the result schema and parameters are known.
     pub async fn plan(&self, stmt: &Checked) -> Result<Planned, SqlError> {
-        let ctx = self.session().await?;
+        let stop = Arc::new(QueryStop::default());
+        let ctx = self.session(&stop).await?;
         let state = ctx.state();
         let plan = state
             .statement_to_plan(stmt.0.clone())
@@ -543,6 +556,7 @@ impl SqlEngine {
             df: DataFrame::new(state, plan),
             limits: self.limits,
             threads: self.threads.clone(),
+            stop,
         })
     }
 
@@ -585,6 +599,7 @@ pub struct Planned {
     df: DataFrame,
     limits: Limits,
     threads: Arc<QueryThreads>,
+    stop: Arc<QueryStop>,
 }
 
 impl Planned {
@@ -640,6 +655,7 @@ impl Planned {
         let timed_out = Arc::new(AtomicBool::new(false));
         let flag = timed_out.clone();
         let deadline = tokio::time::Instant::now() + limits.timeout;
+        self.stop.start(limits.timeout);
         let task = self.threads.handle().spawn(async move {
             let on_panic = tx.clone();
             let run = async move {
@@ -673,6 +689,7 @@ impl Planned {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             limits,
             timed_out,
+            stop: self.stop,
             task: task.abort_handle(),
             rows: 0,
             bytes: 0,

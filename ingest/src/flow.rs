@@ -275,13 +275,28 @@ fn zeek(r: Raw<'_>) -> Result<Flow<'_>, Reject> {
             ))
         }
     };
+    // The end is a time like the start: a duration that puts it past the accepted range (or
+    // past i64) is out of range, not saturated.
+    let ts_end_us = match duration_us {
+        None => None,
+        Some(d) => match d.checked_add(ts_us) {
+            Some(end) if decode::check_time("duration", end).is_ok() => Some(end),
+            _ => {
+                return Err(Reject::new(
+                    RejectCode::TimestampOutOfRange,
+                    Some("duration"),
+                    format!("{} s after ts ends the flow past 2100-01-01", d / 1_000_000),
+                ))
+            }
+        },
+    };
     let exporter = match decode::opt_str(("_system_name", &r.system_name))? {
         Some(s) => Some(s),
         None => decode::opt_str(("_node_name", &r.node_name))?,
     };
     Ok(Flow {
         ts_us,
-        ts_end_us: duration_us.map(|d| ts_us.saturating_add(d)),
+        ts_end_us,
         src_ip: decode::req_ip(("id.orig_h", &r.orig_h))?,
         dst_ip: decode::req_ip(("id.resp_h", &r.resp_h))?,
         src_port: decode::opt_port(("id.orig_p", &r.orig_p))?,

@@ -68,9 +68,44 @@ struct MmdbRecord<'a> {
     #[serde(borrow, default)]
     country_code: Option<&'a str>,
     #[serde(default)]
-    autonomous_system_number: Option<u32>,
+    autonomous_system_number: Option<Asn>,
     #[serde(default)]
-    asn: Option<u32>,
+    asn: Option<Asn>,
+}
+
+/// An ASN as an MMDB file stores it: writers pick the smallest unsigned type that holds the
+/// number (mmdb-writer stores 64601 as a uint16), some a string (`AS64601`). maxminddb reads
+/// each type strictly, so any integer or such string is taken here; one outside u32 is unknown.
+struct Asn(Option<u32>);
+
+impl<'de> Deserialize<'de> for Asn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Asn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an AS number")
+            }
+            fn visit_u64<E>(self, v: u64) -> std::result::Result<Asn, E> {
+                Ok(Asn(u32::try_from(v).ok()))
+            }
+            fn visit_u128<E>(self, v: u128) -> std::result::Result<Asn, E> {
+                Ok(Asn(u32::try_from(v).ok()))
+            }
+            fn visit_i64<E>(self, v: i64) -> std::result::Result<Asn, E> {
+                Ok(Asn(u32::try_from(v).ok()))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Asn, E> {
+                let v = v.trim();
+                let digits = v
+                    .strip_prefix("AS")
+                    .or_else(|| v.strip_prefix("as"))
+                    .unwrap_or(v);
+                Ok(Asn(digits.parse().ok()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn country_code(s: &str) -> Option<[u8; 2]> {
@@ -106,8 +141,13 @@ impl GeoIp {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("mmdb"));
         let (db, kind, stats) = if is_mmdb {
-            let reader = std::panic::catch_unwind(|| maxminddb::Reader::from_source(bytes))
-                .map_err(|_| geo_err("not a valid MMDB file: its metadata is corrupt".into()))?
+            let reader = maxminddb::Reader::from_source(bytes)
+                .map_err(|e| geo_err(format!("not a valid MMDB file: {e}")))?;
+            // A corrupt or hostile file is refused here, whole, rather than found one lookup at
+            // a time: verify walks the search tree and every record it points to, with the
+            // reader's own depth and work limits.
+            reader
+                .verify()
                 .map_err(|e| geo_err(format!("not a valid MMDB file: {e}")))?;
             (Db::Mmdb(Box::new(reader)), "mmdb", LoadStats::default())
         } else {
@@ -168,25 +208,9 @@ impl GeoIp {
                     None => find(v6, u128::from(a)),
                 },
             },
-            // The MMDB reader can panic on a corrupt file (unchecked pointer arithmetic, found by
-            // fuzzing): such an address is unknown, counted and warned about once, never a crash.
-            Db::Mmdb(reader) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                reader.lookup::<MmdbRecord>(ip)
-            }))
-            .unwrap_or_else(|_| {
-                if self
-                    .corrupt
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    == 0
-                {
-                    tracing::warn!(
-                        path = %self.identity.path.display(),
-                        %ip,
-                        "the MMDB file is corrupt where this address is looked up; it is unknown"
-                    );
-                }
-                Ok(None)
-            }) {
+            // The file was verified at load; a record that still fails to decode (or a field of
+            // another type than expected) leaves the address unknown, counted and warned once.
+            Db::Mmdb(reader) => match reader.lookup(ip).and_then(|r| r.decode::<MmdbRecord>()) {
                 Ok(Some(rec)) => GeoInfo {
                     country: rec
                         .country
@@ -194,9 +218,27 @@ impl GeoIp {
                         .or(rec.country_code)
                         .or(rec.registered_country.and_then(|c| c.iso_code))
                         .and_then(country_code),
-                    asn: rec.autonomous_system_number.or(rec.asn),
+                    asn: rec
+                        .autonomous_system_number
+                        .and_then(|a| a.0)
+                        .or(rec.asn.and_then(|a| a.0)),
                 },
-                _ => GeoInfo::default(),
+                Ok(None) => GeoInfo::default(),
+                Err(e) => {
+                    if self
+                        .corrupt
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        == 0
+                    {
+                        tracing::warn!(
+                            path = %self.identity.path.display(),
+                            %ip,
+                            error = %e,
+                            "the MMDB record of this address cannot be read; it is unknown"
+                        );
+                    }
+                    GeoInfo::default()
+                }
             },
         }
     }

@@ -863,6 +863,55 @@ fn hostile_flight_clients_beyond_the_caps_get_clear_refusals() {
     stop(&mut server);
 }
 
+/// A join whose filter keeps nothing loops inside one poll of its operator (each batch of one
+/// side against every row of the other), where dropping the query's task cannot reach it: it
+/// held the only query thread past its time limit, and the next query timed out waiting for it.
+/// Now its filter sees the deadline: the join stops with the time-limit error and frees its
+/// thread, so an ordinary query right after it runs.
+#[test]
+fn a_join_that_finds_nothing_stops_at_the_time_limit_and_frees_its_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 20);
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        "[sql]\ntimeout = \"3s\"\nthreads = 1\n\n[[flight.users]]\nname = \"alice\"\npassword = \"a-pass\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = serve_flight(&wh, &config, port);
+    let uri = format!("grpc://127.0.0.1:{port}");
+    for sql in [
+        // A nested-loop join (no equality), three ways: 8e12 triples, none kept.
+        "SELECT count(*) AS n FROM flows a, flows b, flows c \
+         WHERE a.bytes + b.bytes + c.bytes < 0",
+        // A hash join on a key most rows share, with a filter that keeps nothing.
+        "SELECT count(*) AS n FROM flows a JOIN flows b ON a.protocol = b.protocol \
+         JOIN flows c ON b.protocol = c.protocol WHERE a.bytes + b.bytes + c.bytes < 0",
+    ] {
+        let out = flight_client(&["attack", &uri, "alice:a-pass", "--sql", sql]);
+        let e = out[0]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the join completed: {out}"));
+        assert!(
+            e.contains("query stopped: it ran longer than the time limit of 3 s"),
+            "{sql}: {e}"
+        );
+        // The one query thread is free again: an ordinary query does not wait behind the join.
+        let out = flight_client(&[
+            "attack",
+            &uri,
+            "alice:a-pass",
+            "--sql",
+            "SELECT count(*) AS n FROM flows",
+        ]);
+        assert_eq!(out[0]["ok"], 1, "after {sql}: {out}");
+    }
+    let log = server.log();
+    assert!(!log.contains("panicked"), "{log}");
+    stop(&mut server);
+}
+
 /// Passwords: an argon2id hash made by `flowaudit flight hash-password` works, an old SHA-256
 /// entry works with a warning to rehash, brute force from one address is throttled (even the
 /// right password is refused during the lockout, and works after it), and listening beyond

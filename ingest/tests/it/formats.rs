@@ -58,6 +58,30 @@ fn zeek_conn_samples_decode_and_normalise() {
     assert_eq!(f[2].exporter.as_deref(), Some("worker-1"));
 }
 
+/// A Zeek duration that ends the flow past the accepted time range is quarantined with its
+/// reason, not saturated into a flow that ends in the year 292277.
+#[test]
+fn a_zeek_duration_past_the_time_range_is_rejected() {
+    let line = |d: &str| {
+        format!(
+            r#"{{"ts":1763719201.1,"uid":"C1","id.orig_h":"10.20.0.10","id.orig_p":1,"id.resp_h":"31.10.0.1","id.resp_p":443,"proto":"tcp","duration":{d}}}"#
+        )
+    };
+    for d in ["9223372036854775807", "9000000000", "4000000000"] {
+        let l = line(d);
+        let r = flow::decode(l.as_bytes()).unwrap_err();
+        assert_eq!(
+            (r.code.as_str(), r.field.as_deref()),
+            ("timestamp_out_of_range", Some("duration")),
+            "{d}: {r}"
+        );
+        assert!(r.to_string().contains("past 2100-01-01"), "{d}: {r}");
+    }
+    let l = line("86400");
+    let f = flow::decode(l.as_bytes()).unwrap();
+    assert_eq!(f.ts_end_us, Some(1_763_719_201_100_000 + 86_400_000_000));
+}
+
 #[test]
 fn flowaudit_format_and_unknown_format() {
     let ok = br#"{"ts":"2026-11-21T10:00:00Z","src_ip":"10.20.0.10","dst_ip":"31.10.0.1","src_port":40000,"dst_port":443,"protocol":"TCP","bytes":100,"packets":2,"exporter":"flowmeter-1","sequence_num":7,"flow_id":"fl-1"}"#;

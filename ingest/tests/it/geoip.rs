@@ -31,6 +31,34 @@ fn a_corrupt_mmdb_is_a_clear_error() {
     );
 }
 
+/// The corrupt files fuzzing found (out-of-bounds offsets, a pointer cycle that overflowed
+/// maxminddb 0.26's stack) are refused whole at load, each with a reason, not found one lookup
+/// at a time. (A return of the stack overflow would abort this whole test binary: loud enough.)
+#[test]
+fn the_corrupt_mmdb_files_fuzzing_found_are_refused_at_load() {
+    let dir = crate::repo("fuzz/regressions/geoip_mmdb");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in files {
+        let p = tmp.path().join("corrupt.mmdb");
+        std::fs::copy(&f, &p).unwrap();
+        let e = GeoIp::open(&p)
+            .map(|_| ())
+            .expect_err(&format!("{} loaded", f.display()))
+            .to_string();
+        assert!(
+            e.contains("corrupt.mmdb") && e.contains("not a valid MMDB file: "),
+            "{}: {e}",
+            f.display()
+        );
+    }
+}
+
 /// The real ip-location-db database (`make test` fetches it, pinned, into ~/.cache): ~550k IPv4
 /// and IPv6 ranges, hundreds of them nested inside others. It loads, and nested addresses get the
 /// most specific range's country.
