@@ -484,6 +484,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A duration setting (`30s`, `5m`, `12h`, `7d`), at most a century ([`crate::rules::MAX_WINDOW`]):
+/// every duration is added to or taken from a clock somewhere, and a longer one would overflow
+/// it (a panic at each use) rather than mean "for ever".
+fn setting_duration(key: &str, v: &str, like: &str) -> anyhow::Result<std::time::Duration> {
+    let d = crate::rules::parse_duration(v)
+        .with_context(|| format!("{key} \"{v}\" is not a duration like {like}"))?;
+    if d > crate::rules::MAX_WINDOW {
+        bail!("{key} \"{v}\" is longer than 36500d");
+    }
+    Ok(d)
+}
+
 /// The per-query limits from flags and `[sql]`.
 fn sql_limits(
     memory: Option<String>,
@@ -496,8 +508,7 @@ fn sql_limits(
             crate::sql::parse_bytes(&m).map_err(|e| anyhow::anyhow!("memory limit: {e}"))?;
     }
     if let Some(t) = timeout.or(file.sql.timeout.clone()) {
-        limits.timeout = crate::rules::parse_duration(&t)
-            .with_context(|| format!("timeout \"{t}\" is not a duration like 30s, 5m or 1h"))?;
+        limits.timeout = setting_duration("timeout", &t, "30s, 5m or 1h")?;
     }
     let size = |key: &str, v: &Option<String>, into: &mut usize| -> anyhow::Result<()> {
         if let Some(v) = v {
@@ -652,9 +663,7 @@ pub fn flight_options(
     let duration =
         |key: &str, v: &Option<String>, default: &str| -> anyhow::Result<std::time::Duration> {
             let t = v.clone().unwrap_or_else(|| default.into());
-            crate::rules::parse_duration(&t).with_context(|| {
-                format!("flight.{key} \"{t}\" is not a duration like 30s, 5m or 12h")
-            })
+            setting_duration(&format!("flight.{key}"), &t, "30s, 5m or 12h")
         };
     let session_ttl = duration("session_ttl", &f.session_ttl, "12h")?;
     let d = FlightLimits::default();
@@ -1114,8 +1123,7 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         .catch_up_max
         .or(s.catch_up_max.clone())
         .unwrap_or_else(|| "7d".into());
-    let catch_up_max = crate::rules::parse_duration(&catch_up)
-        .with_context(|| format!("catch_up_max \"{catch_up}\" is not a duration like 12h or 7d"))?;
+    let catch_up_max = setting_duration("catch_up_max", &catch_up, "12h or 7d")?;
     if let Some(cfg) = &ingest {
         // Ingest creates the warehouse it writes.
         std::fs::create_dir_all(&cfg.warehouse)

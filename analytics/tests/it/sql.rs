@@ -754,6 +754,25 @@ fn hostile_queries_in_the_shell_stop_with_a_clear_error() {
     );
 }
 
+/// A duration setting is at most a century: a longer one would overflow the clock it is added
+/// to (a panic at every query) instead of meaning "for ever".
+#[test]
+fn a_duration_setting_past_a_century_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 21);
+    for t in ["36501d", "200000000000000d"] {
+        let (ok, so, se) = run(&wh, &["--timeout", t, "-c", "SELECT 1 AS n"]);
+        assert!(!ok, "{so}");
+        assert!(
+            se.contains(&format!("timeout \"{t}\" is longer than 36500d")),
+            "{se}"
+        );
+        assert!(!se.contains("panicked"), "{se}");
+    }
+    let (ok, so, se) = run(&wh, &["--timeout", "36500d", "-c", "SELECT 1 AS n"]);
+    assert!(ok && so.contains('1'), "{so}{se}");
+}
+
 const HOSTILE_CONFIG: &str = r#"
 [sql]
 timeout = "4s"
