@@ -1,5 +1,7 @@
 //! Row buffers: validated records appended to Arrow builders, one buffer per warehouse file
 //! (table, date, hour), finished into a `RecordBatch` at flush.
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{ArrowPrimitiveType, ByteArrayType};
 use arrow::record_batch::RecordBatch;
+use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 
 use crate::decode::{Reject, RejectCode, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
@@ -46,6 +49,102 @@ pub fn kafka_time_us(timestamp_ms: Option<i64>) -> Result<Option<i64>, Reject> {
             ),
         )),
     }
+}
+
+/// The limits the consumer applies to each message.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// A larger payload is quarantined (`oversize`) without being decoded.
+    pub max_message_bytes: usize,
+    /// How much of a quarantined payload is kept in its row.
+    pub quarantine_raw_max_bytes: usize,
+}
+
+/// One partition's buffered rows, by the file they go to: (table, date, hour).
+pub type HourFiles = BTreeMap<(Table, NaiveDate, u8), Rows>;
+
+/// The rows of one (table, date, hour), created on first use. Buffers start small and grow with
+/// their rows (in chunks): an hour with one row costs a few KiB, not a preallocation sized for a
+/// busy hour. `new_bytes` grows by what a new buffer holds.
+fn rows_for<'f>(
+    files: &'f mut HourFiles,
+    key: (Table, NaiveDate, u8),
+    new_bytes: &mut usize,
+) -> &'f mut Rows {
+    const CAP: usize = 16;
+    match files.entry(key) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let rows = Rows::new(key.0, CAP);
+            *new_bytes += rows.held_bytes();
+            e.insert(rows)
+        }
+    }
+}
+
+/// One Kafka message of `target`'s topic, as the consumer handles it (and the fuzz harness
+/// replays it): the size check, the Kafka timestamp check, the decoder, then exactly one row —
+/// in the buffer of its table and event hour when accepted, or in the quarantine buffer of its
+/// partition time (the Kafka timestamp when it is a valid time, else `now_us()`) with its reason.
+/// `new_file_bytes` grows by what newly created buffers hold. Returns the reject when the
+/// message was quarantined.
+#[allow(clippy::too_many_arguments)]
+pub fn buffer_message(
+    files: &mut HourFiles,
+    target: Table,
+    payload: &[u8],
+    prov: &Provenance<'_>,
+    limits: MessageLimits,
+    enricher: &Enricher,
+    now_us: impl FnOnce() -> i64,
+    new_file_bytes: &mut usize,
+) -> Option<Reject> {
+    let kafka_us = kafka_time_us(prov.timestamp_ms);
+    let reject = if payload.len() > limits.max_message_bytes {
+        Some(Reject::new(
+            RejectCode::Oversize,
+            None,
+            format!(
+                "message of {} bytes exceeds max_message_bytes = {}",
+                payload.len(),
+                limits.max_message_bytes
+            ),
+        ))
+    } else if let Err(r) = &kafka_us {
+        Some(r.clone())
+    } else if target == Table::GatewayEvents {
+        match crate::gateway::decode(payload) {
+            Ok(ev) => {
+                let (d, h) = crate::decode::date_hour(ev.ts_us);
+                rows_for(files, (Table::GatewayEvents, d, h), new_file_bytes)
+                    .push_gateway(&ev, enricher, prov);
+                None
+            }
+            Err(r) => Some(r),
+        }
+    } else {
+        match crate::flow::decode(payload) {
+            Ok(f) => {
+                let (d, h) = crate::decode::date_hour(f.ts_us);
+                rows_for(files, (Table::Flows, d, h), new_file_bytes).push_flow(&f, enricher, prov);
+                None
+            }
+            Err(r) => Some(r),
+        }
+    };
+    if let Some(r) = &reject {
+        let ts_us = kafka_us.ok().flatten().unwrap_or_else(now_us);
+        let (d, h) = crate::decode::date_hour(ts_us);
+        rows_for(files, (Table::Quarantine, d, h), new_file_bytes).push_quarantine(
+            target,
+            payload,
+            r,
+            ts_us,
+            limits.quarantine_raw_max_bytes,
+            prov,
+        );
+    }
+    reject
 }
 
 /// Enrichment at ingest: GeoIP (optional) and the enclave's networks.

@@ -4,14 +4,12 @@
 //! Offsets come from the manifest, never from Kafka alone: messages below the manifest's next
 //! offset for their partition are skipped (they are already recorded). Kafka's committed offsets
 //! follow the manifest so that consumer lag can be monitored with the usual tools.
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -19,16 +17,14 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use crate::batch::{kafka_time_us, Enricher, Provenance, Rows};
+use crate::batch::{buffer_message, Enricher, HourFiles, MessageLimits, Provenance, Rows};
 use crate::committer::{self, Counts, Job, Outcome};
 use crate::config::IngestConfig;
-use crate::decode::{self, Reject, RejectCode};
 use crate::error::{Error, Result};
 use crate::geoip::GeoIp;
 use crate::manifest::{Manifest, Repair};
 use crate::networks::Networks;
 use crate::schema::Table;
-use crate::{flow, gateway};
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
 /// for what was recorded; `skipped_recorded` counts re-delivered messages already recorded.
@@ -237,7 +233,7 @@ impl ConsumerContext for Ctx {
 
 /// Messages of one Kafka partition waiting to be written: one [`Rows`] per output file.
 struct PartBuffer {
-    files: BTreeMap<(Table, NaiveDate, u8), Rows>,
+    files: HourFiles,
     first_offset: i64,
     last_offset: i64,
     opened: Instant,
@@ -756,80 +752,28 @@ impl Ingestor<'_> {
             dirty: false,
             counts: Counts::default(),
         });
-        // Builders start small and grow with their rows (in chunks, see `batch`): an hour with
-        // one row costs a few KiB, not a preallocation sized for a busy hour.
-        const CAP: usize = 16;
         let mut new_file_bytes = 0usize;
-        let kafka_us = kafka_time_us(prov.timestamp_ms);
-        let reject = if payload.len() > self.cfg.max_message_bytes {
-            Some(Reject::new(
-                RejectCode::Oversize,
-                None,
-                format!(
-                    "message of {} bytes exceeds max_message_bytes = {}",
-                    payload.len(),
-                    self.cfg.max_message_bytes
-                ),
-            ))
-        } else if let Err(r) = &kafka_us {
-            Some(r.clone())
-        } else if target == Table::GatewayEvents {
-            match gateway::decode(payload) {
-                Ok(ev) => {
-                    let (d, h) = decode::date_hour(ev.ts_us);
-                    let rows = rows_for(
-                        &mut buf.files,
-                        (Table::GatewayEvents, d, h),
-                        CAP,
-                        &mut new_file_bytes,
-                    );
-                    rows.push_gateway(&ev, &self.enricher, &prov);
-                    buf.counts.gateway += 1;
-                    None
-                }
-                Err(r) => Some(r),
-            }
-        } else {
-            match flow::decode(payload) {
-                Ok(f) => {
-                    let (d, h) = decode::date_hour(f.ts_us);
-                    let rows = rows_for(
-                        &mut buf.files,
-                        (Table::Flows, d, h),
-                        CAP,
-                        &mut new_file_bytes,
-                    );
-                    rows.push_flow(&f, &self.enricher, &prov);
-                    buf.counts.flows += 1;
-                    None
-                }
-                Err(r) => Some(r),
-            }
+        let limits = MessageLimits {
+            max_message_bytes: self.cfg.max_message_bytes,
+            quarantine_raw_max_bytes: self.cfg.quarantine_raw_max_bytes,
         };
-        if let Some(r) = reject {
-            // Partition time: the Kafka timestamp when it is a valid time, else ingest time.
-            let ts_us = kafka_us
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
-            let (d, h) = decode::date_hour(ts_us);
-            debug!(topic, partition, offset, reason = %r, "quarantined");
-            let rows = rows_for(
-                &mut buf.files,
-                (Table::Quarantine, d, h),
-                CAP,
-                &mut new_file_bytes,
-            );
-            rows.push_quarantine(
-                target,
-                payload,
-                &r,
-                ts_us,
-                self.cfg.quarantine_raw_max_bytes,
-                &prov,
-            );
-            buf.counts.quarantined += 1;
-            *buf.counts.reasons.entry(r.code.as_str()).or_default() += 1;
+        match buffer_message(
+            &mut buf.files,
+            target,
+            payload,
+            &prov,
+            limits,
+            &self.enricher,
+            || chrono::Utc::now().timestamp_micros(),
+            &mut new_file_bytes,
+        ) {
+            None if target == Table::GatewayEvents => buf.counts.gateway += 1,
+            None => buf.counts.flows += 1,
+            Some(r) => {
+                debug!(topic, partition, offset, reason = %r, "quarantined");
+                buf.counts.quarantined += 1;
+                *buf.counts.reasons.entry(r.code.as_str()).or_default() += 1;
+            }
         }
         // An estimate until the next recount: the payload kept, plus a new file's builders.
         let size = payload.len().min(self.cfg.quarantine_raw_max_bytes) + 128 + new_file_bytes;
@@ -1035,23 +979,5 @@ impl Ingestor<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// The rows of one output file in a partition's buffer, created small when new; a new file's
-/// initial size is added to `new_bytes`.
-fn rows_for<'f>(
-    files: &'f mut BTreeMap<(Table, NaiveDate, u8), Rows>,
-    key: (Table, NaiveDate, u8),
-    cap: usize,
-    new_bytes: &mut usize,
-) -> &'f mut Rows {
-    match files.entry(key) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => {
-            let rows = Rows::new(key.0, cap);
-            *new_bytes += rows.held_bytes();
-            e.insert(rows)
-        }
     }
 }

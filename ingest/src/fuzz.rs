@@ -6,13 +6,13 @@
 //! returns normally for any input, accepted or not; it panics only when an invariant is broken,
 //! and a panic is what both the fuzzer and the replay report. docs/fuzzing.md has the method.
 //!
-//! The message targets ([`gateway`], [`flows`]) push their input through the path of the Kafka
-//! consumer (`consumer::Consumer::handle`, mirrored here step for step): size check, Kafka
-//! timestamp check, decoder, then the row buffers of [`crate::batch`] (`push_gateway` /
-//! `push_flow` for an accepted record, `push_quarantine` for a reject, with the consumer's
-//! partition time), and finish the buffers into record batches of the tables' schemas. They
-//! check that every message became exactly one row (rows + quarantined = messages) and that
-//! every quarantine row carries a reason code and a non-empty reason.
+//! The message targets ([`gateway`], [`flows`]) push their input through the function the Kafka
+//! consumer calls for each message ([`crate::batch::buffer_message`]: size check, Kafka
+//! timestamp check, decoder, then one row in the buffer of its table and hour, or a quarantine
+//! row with its reason), and finish the buffers into record batches of the tables' schemas. They
+//! check that every message became exactly one row (rows + quarantined = messages), each in the
+//! file of its own date and hour, that accepted rows keep the decoders' promises, and that every
+//! quarantine row carries a reason code and a non-empty reason.
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -20,13 +20,12 @@ use std::sync::OnceLock;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 
-use crate::batch::{kafka_time_us, Enricher, Provenance, Rows};
-use crate::decode::{self, Reject, RejectCode, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
+use crate::batch::{buffer_message, Enricher, HourFiles, MessageLimits, Provenance};
+use crate::decode::{self, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
 use crate::geoip::GeoIp;
 use crate::manifest::{self, ManifestEntry, GENESIS_HASH};
 use crate::networks::Networks;
 use crate::schema::Table;
-use crate::{flow, gateway};
 
 /// The consumer's default `max_message_bytes` and `quarantine_raw_max_bytes`.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -98,8 +97,11 @@ pub fn flows(data: &[u8]) {
 fn consume(target: Table, data: &[u8]) {
     let enr = enricher();
     let msgs = messages(data);
-    let mut rows = Rows::new(target, 8);
-    let mut quarantine = Rows::new(Table::Quarantine, 8);
+    let limits = MessageLimits {
+        max_message_bytes: MAX_MESSAGE_BYTES,
+        quarantine_raw_max_bytes: QUARANTINE_RAW_MAX_BYTES,
+    };
+    let mut files = HourFiles::new();
     let mut rejected = 0usize;
     for (i, payload) in msgs.iter().enumerate() {
         let prov = Provenance {
@@ -108,78 +110,116 @@ fn consume(target: Table, data: &[u8]) {
             offset: i as i64,
             timestamp_ms: KAFKA_TIMESTAMPS_MS[i % KAFKA_TIMESTAMPS_MS.len()],
         };
-        let kafka_us = kafka_time_us(prov.timestamp_ms);
-        let reject = if payload.len() > MAX_MESSAGE_BYTES {
-            Some(Reject::new(RejectCode::Oversize, None, "message too large"))
-        } else if let Err(r) = &kafka_us {
-            Some(r.clone())
-        } else if target == Table::GatewayEvents {
-            match gateway::decode(payload) {
-                Ok(ev) => {
-                    check_gateway(&ev);
-                    rows.push_gateway(&ev, enr, &prov);
-                    None
-                }
-                Err(r) => Some(r),
-            }
-        } else {
-            match flow::decode(payload) {
-                Ok(f) => {
-                    check_flow(&f);
-                    rows.push_flow(&f, enr, &prov);
-                    None
-                }
-                Err(r) => Some(r),
-            }
-        };
+        let mut new_bytes = 0;
+        let before: usize = files.values().map(|r| r.rows).sum();
+        let reject = buffer_message(
+            &mut files,
+            target,
+            payload,
+            &prov,
+            limits,
+            enr,
+            || NOW_US,
+            &mut new_bytes,
+        );
+        assert_eq!(
+            files.values().map(|r| r.rows).sum::<usize>(),
+            before + 1,
+            "a message did not become exactly one row"
+        );
         if let Some(r) = reject {
             rejected += 1;
             assert!(
                 !r.detail.trim().is_empty(),
                 "a reject without a reason: {r:?}"
             );
-            // The consumer's partition time: the Kafka timestamp when valid, else ingest time.
-            let ts_us = kafka_us.ok().flatten().unwrap_or(NOW_US);
-            quarantine.push_quarantine(target, payload, &r, ts_us, QUARANTINE_RAW_MAX_BYTES, &prov);
         }
     }
-    assert_eq!(
-        rows.rows + quarantine.rows,
-        msgs.len(),
-        "rows + quarantined != messages"
-    );
-    assert_eq!(quarantine.rows, rejected);
-    let good = rows.finish().expect("accepted rows finish into a batch");
-    let bad = quarantine
-        .finish()
-        .expect("quarantine rows finish into a batch");
-    assert_eq!(good.num_rows() + bad.num_rows(), msgs.len());
-    check_times(&good);
-    check_quarantine(&bad, target, &msgs);
-}
-
-fn check_gateway(e: &gateway::GatewayEvent) {
-    for s in [
-        &e.event_id,
-        &e.gateway_id,
-        &e.employee_id,
-        &e.role,
-        &e.session_id,
-    ] {
-        assert!(!s.trim().is_empty() && s.len() <= decode::MAX_STRING_BYTES);
+    let (mut good, mut bad) = (0, 0);
+    for ((table, date, hour), mut rows) in files {
+        let batch = rows.finish().expect("buffered rows finish into a batch");
+        // Every row is in the file of its own date and hour.
+        let ts = batch
+            .column_by_name("ts")
+            .expect("ts column")
+            .as_primitive::<TimestampMicrosecondType>();
+        for t in ts.iter() {
+            assert_eq!(decode::date_hour(t.expect("ts is not null")), (date, hour));
+        }
+        if table == Table::Quarantine {
+            check_quarantine(&batch, target, &msgs);
+            bad += batch.num_rows();
+        } else {
+            assert_eq!(table, target);
+            check_times(&batch);
+            check_rows(&batch, table);
+            good += batch.num_rows();
+        }
     }
-    assert!(
-        e.employee_country.len() == 2 && e.employee_country.bytes().all(|b| b.is_ascii_uppercase())
-    );
-    assert!(e.records >= 0 && e.bytes >= 0);
+    assert_eq!(good + bad, msgs.len(), "rows + quarantined != messages");
+    assert_eq!(bad, rejected);
 }
 
-fn check_flow(f: &flow::Flow) {
-    assert!(!f.protocol.is_empty());
-    assert!(f.bytes >= 0);
-    assert!(f.packets.is_none_or(|p| p >= 0));
-    for p in [f.src_port, f.dst_port].into_iter().flatten() {
-        assert!((0..=65535).contains(&p));
+/// What the decoders promise about an accepted row: required strings are present, non-empty
+/// and bounded; counts are not negative; ports are ports; a country is two capital letters.
+fn check_rows(batch: &RecordBatch, table: Table) {
+    let strings = |name: &str| {
+        batch
+            .column_by_name(name)
+            .expect(name)
+            .as_string::<i32>()
+            .clone()
+    };
+    let ints = |name: &str| {
+        batch
+            .column_by_name(name)
+            .expect(name)
+            .as_primitive::<Int64Type>()
+            .clone()
+    };
+    let (required, counts): (&[&str], &[&str]) = match table {
+        Table::GatewayEvents => (
+            &[
+                "event_id",
+                "gateway_id",
+                "employee_id",
+                "role",
+                "session_id",
+            ],
+            &["records", "bytes"],
+        ),
+        _ => (&["protocol"], &["bytes", "packets"]),
+    };
+    for name in required {
+        for v in strings(name).iter() {
+            let v = v.expect("a required string is not null");
+            assert!(
+                !v.trim().is_empty() && v.len() <= decode::MAX_STRING_BYTES,
+                "{name}"
+            );
+        }
+    }
+    for name in counts {
+        assert!(ints(name).iter().flatten().all(|n| n >= 0), "{name}");
+    }
+    if table == Table::GatewayEvents {
+        for c in strings("employee_country").iter().flatten() {
+            assert!(
+                c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()),
+                "{c}"
+            );
+        }
+    } else {
+        for name in ["src_port", "dst_port"] {
+            let ports = batch
+                .column_by_name(name)
+                .expect(name)
+                .as_primitive::<arrow::datatypes::Int32Type>();
+            assert!(
+                ports.iter().flatten().all(|p| (0..=65535).contains(&p)),
+                "{name}"
+            );
+        }
     }
 }
 
