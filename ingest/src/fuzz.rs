@@ -350,12 +350,24 @@ fn check_chain(entries: &[ManifestEntry]) {
         assert_eq!(e.compute_hash(), e.hash, "hash of seq {}", e.seq);
         head = e.hash.clone();
     }
-    if let Some(last) = entries.last() {
-        assert_eq!(
-            last.commit_index.checked_add(1),
-            Some(last.commit_files),
-            "an incomplete last commit was returned"
+    // Whole commits only, each one's lines contiguous and in order.
+    let mut i = 0;
+    while i < entries.len() {
+        let first = &entries[i];
+        let n = first.commit_files as usize;
+        assert!(
+            n > 0 && i + n <= entries.len(),
+            "an incomplete commit was returned"
         );
+        for (k, e) in entries[i..i + n].iter().enumerate() {
+            assert_eq!(
+                (e.commit_id.as_str(), e.commit_index as usize),
+                (first.commit_id.as_str(), k),
+                "commits interleave at seq {}",
+                e.seq
+            );
+        }
+        i += n;
     }
 }
 

@@ -256,10 +256,17 @@ impl Manifest {
     pub fn next_offset(&mut self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let _lock = self.lock()?;
         self.refresh()?;
-        Ok(self
-            .offsets
-            .get(&(topic.to_string(), partition))
-            .map(|o| o + 1))
+        match self.offsets.get(&(topic.to_string(), partition)) {
+            None => Ok(None),
+            Some(o) => o.checked_add(1).map(Some).ok_or_else(|| {
+                merr(
+                    &self.path,
+                    format!(
+                        "{topic}/{partition} is recorded up to offset {o}: no offset can follow"
+                    ),
+                )
+            }),
+        }
     }
 
     /// Read entries appended since the last read (the caller holds the lock).
@@ -561,6 +568,8 @@ pub fn read_entries(warehouse: &Path) -> Result<Vec<ManifestEntry>> {
     };
     let mut out: Vec<ManifestEntry> = Vec::new();
     let mut head = GENESIS_HASH.to_string();
+    // Where the commit being read starts in `out`.
+    let mut pending_from = 0usize;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         if !line.ends_with('\n') {
             break; // an append in progress
@@ -574,14 +583,42 @@ pub fn read_entries(warehouse: &Path) -> Result<Vec<ManifestEntry>> {
             ));
         }
         head = e.hash.clone();
+        // A commit's lines are contiguous and numbered 0..commit_files, as the writer appends
+        // them (it cuts off a crashed writer's incomplete commit before appending another): a
+        // line that starts or continues anything else is not what any writer wrote.
+        let in_commit = out.len() - pending_from;
+        let continues = in_commit > 0
+            && out[pending_from].commit_id == e.commit_id
+            && out[pending_from].commit_files == e.commit_files;
+        if e.commit_index as usize != in_commit || (in_commit > 0 && !continues) {
+            return Err(merr(
+                &path,
+                format!(
+                    "line {}: entry seq {} interleaves another commit",
+                    n + 1,
+                    e.seq
+                ),
+            ));
+        }
+        let complete = e.commit_index.checked_add(1) == Some(e.commit_files);
+        if e.commit_index >= e.commit_files {
+            return Err(merr(
+                &path,
+                format!(
+                    "line {}: entry seq {} is file {} of a commit of {} files",
+                    n + 1,
+                    e.seq,
+                    e.commit_index,
+                    e.commit_files
+                ),
+            ));
+        }
         out.push(e);
-    }
-    // Drop an incomplete last commit.
-    if let Some(last) = out.last() {
-        if last.commit_index.checked_add(1) != Some(last.commit_files) {
-            let id = last.commit_id.clone();
-            out.retain(|e| e.commit_id != id);
+        if complete {
+            pending_from = out.len();
         }
     }
+    // Drop an incomplete last commit (an append in progress).
+    out.truncate(pending_from);
     Ok(out)
 }

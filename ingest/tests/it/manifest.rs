@@ -190,6 +190,74 @@ fn an_edited_manifest_line_breaks_the_chain() {
     assert!(e.contains("hash chain broken"), "{e}");
 }
 
+/// Someone who can write the manifest can recompute its unkeyed hash chain, so the readers
+/// (`verify`, the report) must also check what no writer produces: a commit's lines interleaved
+/// with another commit's, or an incomplete commit followed by a complete one (the writer cuts a
+/// crashed writer's incomplete commit off before appending). Each is refused, naming the line.
+#[test]
+fn a_rechained_manifest_with_interleaved_commits_is_refused() {
+    let wh = tempfile::tempdir().unwrap();
+    let mut m = Manifest::open(wh.path()).unwrap();
+    let a = stage(&m, "a.parquet", 0, 4);
+    let b = stage(&m, "b.parquet", 5, 9);
+    m.commit(&[a, b], &covers(0, 9), None, 1).unwrap();
+    let c = stage(&m, "c.parquet", 10, 14);
+    m.commit(&[c], &covers(10, 14), None, 1).unwrap();
+    drop(m);
+    let entries = manifest::read_entries(wh.path()).unwrap();
+    assert_eq!(entries.len(), 3);
+    let mpath = wh.path().join("_manifest/manifest.jsonl");
+    // Rewrite the file with `order` of the entries, chained afresh as an attacker would.
+    let rechain = |order: &[usize]| {
+        let mut head = manifest::GENESIS_HASH.to_string();
+        let mut text = String::new();
+        for (i, &k) in order.iter().enumerate() {
+            let mut e = entries[k].clone();
+            e.seq = i as u64 + 1;
+            e.prev_hash = head.clone();
+            e.hash = e.compute_hash();
+            head = e.hash.clone();
+            text.push_str(&serde_json::to_string(&e).unwrap());
+            text.push('\n');
+        }
+        std::fs::write(&mpath, text).unwrap();
+    };
+    rechain(&[0, 2, 1]);
+    let e = manifest::read_entries(wh.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("line 2: entry seq 2 interleaves another commit"),
+        "{e}"
+    );
+    rechain(&[0, 2]);
+    let e = manifest::read_entries(wh.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("line 2: entry seq 2 interleaves another commit"),
+        "{e}"
+    );
+    // The honest order still reads, and an incomplete last commit is dropped (an append in
+    // progress).
+    rechain(&[0, 1, 2]);
+    assert_eq!(manifest::read_entries(wh.path()).unwrap().len(), 3);
+    rechain(&[2, 0]);
+    assert_eq!(manifest::read_entries(wh.path()).unwrap().len(), 1);
+}
+
+/// A manifest that records a partition up to the last offset Kafka can have names no next
+/// offset: an error, not an overflow (a panic in a debug build, a seek to a negative offset in
+/// release).
+#[test]
+fn a_partition_recorded_up_to_i64_max_has_no_next_offset() {
+    let wh = tempfile::tempdir().unwrap();
+    let mut m = Manifest::open(wh.path()).unwrap();
+    let a = stage(&m, "a.parquet", 0, 4);
+    m.commit(&[a], &covers(0, i64::MAX), None, 1).unwrap();
+    let e = m.next_offset("gw", 0).unwrap_err().to_string();
+    assert!(
+        e.contains("gw/0 is recorded up to offset 9223372036854775807: no offset can follow"),
+        "{e}"
+    );
+}
+
 #[test]
 fn writers_opening_together_never_remove_each_others_staging() {
     // A writer removes the staging directories of writers that are not running (not locked).
