@@ -902,6 +902,27 @@ fn plant_violations(
         &[("employee_id", emp.clone())],
         format!("{emp} was denied 14 times in 3.5 minutes querying restricted data"),
     );
+
+    // 10. Access through a gateway that networks.toml does not list (an employee entitled to the
+    // data, at home, no destination: nothing else about it is wrong).
+    let (emp, role, home, _) = pick("allowed public data", &|e| has(e, "public"))?;
+    let t = g.at(19, 5, 0);
+    let rogue = ("gw-unlisted-9".to_string(), gw.1);
+    let s = g.session_id();
+    let ev = g.event(
+        t, &rogue, &emp, &home, &role, "public", "query", "allow", None, &s, 40, None,
+    );
+    g.plant(
+        "unknown_gateway",
+        "high",
+        t,
+        t + 1_000_000,
+        &[("gateway_id", rogue.0.clone()), ("event_id", ev)],
+        format!(
+            "{emp} queried public data through {}, a gateway networks.toml does not list",
+            rogue.0
+        ),
+    );
     Ok(())
 }
 

@@ -247,7 +247,7 @@ fn demo_runs_end_to_end_and_finds_exactly_what_was_planted() {
         .env_remove("FLOWAUDIT_CONFIG");
     let (out, _) = run_ok(c);
     assert!(
-        out.contains("planted violations found: 11 of 11; unexpected high-severity alerts: 0"),
+        out.contains("planted violations found: 12 of 12; unexpected high-severity alerts: 0"),
         "{out}"
     );
     assert!(out.contains("to kafka:"), "{out}");

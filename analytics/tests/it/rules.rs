@@ -171,7 +171,7 @@ fn planted_violations_are_all_found_and_nothing_else_is_high() {
                 .map(|a| &a.summary)
                 .collect::<Vec<_>>()
         );
-        assert_eq!(cov.found.len(), 11);
+        assert_eq!(cov.found.len(), 12);
         // Every alert explains itself and carries its evidence and policy versions.
         for a in &alerts {
             assert!(!a.summary.contains('{'), "unfilled summary {}", a.summary);
@@ -184,7 +184,7 @@ fn planted_violations_are_all_found_and_nothing_else_is_high() {
         // The run record names its inputs.
         let runs = flowaudit_analytics::runner::read_runs(&wh).unwrap();
         let r = &runs[0];
-        assert_eq!(r["rules"].as_array().unwrap().len(), 11);
+        assert_eq!(r["rules"].as_array().unwrap().len(), 12);
         assert_eq!(r["policy_versions"].as_object().unwrap().len(), 6);
         assert_eq!(r["raised"].as_array().unwrap().len(), alerts.len());
         assert!(r["geoip"]["sha256"].as_str().unwrap().len() == 64);
@@ -399,7 +399,7 @@ fn webhook_down_then_flaky_then_up_gets_every_alert_exactly_once() {
     let raised = flowaudit_analytics::alerts::AlertStore::open(&wh)
         .unwrap()
         .len();
-    assert!(raised >= 11);
+    assert!(raised >= 12);
 
     // Back, but failing its first two requests: retries with back-off get through.
     let mut rx = receiver(port, &got, 2);

@@ -285,7 +285,7 @@ fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() 
         r["appendix"]["manifest_head"]["hash"],
         entries.last().unwrap().hash.as_str()
     );
-    assert_eq!(r["appendix"]["rules"].as_array().unwrap().len(), 11);
+    assert_eq!(r["appendix"]["rules"].as_array().unwrap().len(), 12);
     assert!(r["egress"]
         .as_array()
         .unwrap()
