@@ -637,7 +637,7 @@ fn concat_type(types: &[DataType]) -> DataType {
     };
     if types.iter().all(binary) {
         DataType::Binary
-    } else if types.iter().any(|t| *t == DataType::LargeUtf8) {
+    } else if types.contains(&DataType::LargeUtf8) {
         DataType::LargeUtf8
     } else {
         DataType::Utf8

@@ -71,7 +71,7 @@ fn a_zeek_duration_past_the_time_range_is_rejected() {
         let l = line(d);
         let r = flow::decode(l.as_bytes()).unwrap_err();
         assert_eq!(
-            (r.code.as_str(), r.field.as_deref()),
+            (r.code.as_str(), r.field),
             ("timestamp_out_of_range", Some("duration")),
             "{d}: {r}"
         );
