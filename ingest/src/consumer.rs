@@ -308,7 +308,8 @@ fn cached_watermarks(
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
-/// The prefetch queue (`queued.max.messages.kbytes`, 128 MiB) is part of ingest's memory bound.
+/// The prefetch queue (`queued.max.messages.kbytes`, 128 MiB) and the fetch buffers are outside
+/// `max_buffer_bytes`; `[ingest.kafka]` overrides them (docs/operations.md, "Memory").
 pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
