@@ -109,7 +109,7 @@ def spread_bench(bin_, out, brokers, policy, geoip, res):
             "messages": consumed, "json_mb": os.path.getsize(path) / 1e6, "max_buffer_bytes": SPREAD_BOUND,
             "max_rss_mb": mb, "files": files, "commits": commits, "wall_s": secs}
         print(f"ingest, {consumed} messages over {SPREAD_HOURS} hours {order}: peak RSS {mb:.0f} MB with "
-              f"max_buffer_bytes {bound_mb:.0f} MiB (+128 MiB librdkafka prefetch allowed); {files} files in "
+              f"max_buffer_bytes {bound_mb:.0f} MiB (buffered rows only: librdkafka and the program are outside it); {files} files in "
               f"{commits} commits; wall {secs:.1f} s", flush=True)
         shutil.rmtree(wh, ignore_errors=True)
         os.remove(path)
