@@ -382,7 +382,7 @@ pub struct IngestArgs {
     /// Most rows buffered per Kafka partition before writing (default 1000000). [config: ingest.max_file_rows]
     #[arg(long, env = "FLOWAUDIT_MAX_FILE_ROWS")]
     pub max_file_rows: Option<usize>,
-    /// Most payload bytes buffered in total; bounds memory (default 256 MiB). [config: ingest.max_buffer_bytes]
+    /// Memory for data in flight: 9/16 buffered rows, 5/16 the Parquet encoder, 1/8 the Kafka prefetch (default 256 MiB). [config: ingest.max_buffer_bytes]
     #[arg(long, env = "FLOWAUDIT_MAX_BUFFER_BYTES")]
     pub max_buffer_bytes: Option<usize>,
     /// zstd level of the Parquet files, 1–22 (default 3). [config: ingest.zstd_level]

@@ -36,7 +36,8 @@ pub struct IngestSettings {
     pub flush_interval_ms: Option<u64>,
     /// Most rows buffered for one Kafka partition before its files are written.
     pub max_file_rows: Option<usize>,
-    /// Most payload bytes buffered across all partitions (bounds memory).
+    /// Memory for data in flight: 9/16 for buffered rows (what they really hold), 5/16 for the
+    /// Parquet encoder, 1/8 for librdkafka's prefetch.
     pub max_buffer_bytes: Option<usize>,
     /// zstd level of the Parquet files (1–22).
     pub zstd_level: Option<i32>,
@@ -171,4 +172,20 @@ pub struct IngestConfig {
     pub progress_interval_s: u64,
     pub give_up_after_ms: u64,
     pub kafka: BTreeMap<String, String>,
+}
+
+impl IngestConfig {
+    /// The share of `max_buffer_bytes` given to librdkafka's prefetch (an eighth): the consumer's
+    /// queue limits are derived from it (`consumer::client_config`).
+    pub fn prefetch_bytes(&self) -> usize {
+        self.max_buffer_bytes / 8
+    }
+
+    /// The share of `max_buffer_bytes` held as rows, counted as they really are: buffers being
+    /// filled and jobs handed to the writer (nine sixteenths). The remaining five sixteenths are
+    /// not counted but left for what the Parquet encoder holds while it writes a job's files (its
+    /// pages and compressed column chunks, proportional to the job), measured in make bench.
+    pub fn row_bytes(&self) -> usize {
+        self.max_buffer_bytes / 16 * 9
+    }
 }

@@ -308,9 +308,19 @@ fn cached_watermarks(
 }
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
-/// The prefetch queue (`queued.max.messages.kbytes`, 128 MiB) and the fetch buffers are outside
-/// `max_buffer_bytes`; `[ingest.kafka]` overrides them (docs/operations.md, "Memory").
+///
+/// The prefetch is held to `cfg.prefetch_bytes()`, an eighth of `max_buffer_bytes`. librdkafka
+/// holds each queued message with a few hundred bytes of its own beside the payload, and
+/// `queued.max.messages.kbytes` counts payloads only: so payloads get a quarter of the share, the
+/// message count per partition (`queued.min.messages`) allows 1 KiB a message for half of it, and
+/// a fetch response an eighth (at most 8 MiB; librdkafka refuses a `fetch.max.bytes` below
+/// `message.max.bytes`, 1 MB by default, so a whole fetch is never less than that). A full queue
+/// postpones the next fetch by `fetch.queue.backoff.ms`, 1 s by default: with a queue this
+/// shallow that stalls the consumer (3.5x slower in make bench), so it is 10 ms. `[ingest.kafka]`
+/// overrides any of these (docs/operations.md, "Memory").
 pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
+    let prefetch = cfg.prefetch_bytes();
+    let fetch = (prefetch / 8).clamp(64 << 10, 8 << 20);
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group)
@@ -320,15 +330,22 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", cfg.session_timeout_ms.to_string())
-        .set("fetch.message.max.bytes", "8388608")
-        .set("fetch.max.bytes", "67108864")
+        .set("fetch.message.max.bytes", fetch.to_string())
         .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "500000")
-        .set("queued.max.messages.kbytes", "131072")
+        .set("fetch.queue.backoff.ms", "10")
+        .set("queued.min.messages", (prefetch / 2 / 1024).clamp(100, 10_000_000).to_string())
+        .set("queued.max.messages.kbytes", (prefetch / 4 / 1024).clamp(1, 2_097_151).to_string())
         .set("receive.message.max.bytes", "209715200")
         .set("client.id", "flowaudit-ingest");
     for (k, v) in &cfg.kafka {
         c.set(k, v);
+    }
+    if !cfg.kafka.contains_key("fetch.max.bytes") {
+        let message_max = c
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1_000_000);
+        c.set("fetch.max.bytes", fetch.max(message_max).to_string());
     }
     c
 }
@@ -487,8 +504,8 @@ impl Ingestor<'_> {
                 None => queue_drained = true,
                 Some(Ok(msg)) => {
                     self.handle(&msg)?;
-                    if self.buffered_bytes + self.in_flight_bytes > cfg.max_buffer_bytes
-                        && self.since_recount >= cfg.max_buffer_bytes / 64
+                    if self.buffered_bytes + self.in_flight_bytes > cfg.row_bytes()
+                        && self.since_recount >= cfg.row_bytes() / 64
                     {
                         self.recount();
                         self.enforce_bound(consumer)?;
@@ -821,10 +838,10 @@ impl Ingestor<'_> {
         self.since_recount = 0;
     }
 
-    /// While buffers and jobs with the committer together hold more than `max_buffer_bytes`:
-    /// wait for the committer's job in flight, else hand it the largest buffer.
+    /// While buffers and jobs with the committer together hold more than their share of
+    /// `max_buffer_bytes`: wait for the committer's job in flight, else hand it the largest buffer.
     fn enforce_bound(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
-        while self.buffered_bytes + self.in_flight_bytes > self.cfg.max_buffer_bytes {
+        while self.buffered_bytes + self.in_flight_bytes > self.cfg.row_bytes() {
             if self.in_flight > 0 {
                 self.drain_one(consumer)?;
                 continue;
@@ -837,7 +854,7 @@ impl Ingestor<'_> {
             };
             debug!(
                 buffered_bytes = self.buffered_bytes,
-                max_buffer_bytes = self.cfg.max_buffer_bytes,
+                row_bytes = self.cfg.row_bytes(),
                 "over the memory bound: writing the largest buffer"
             );
             self.flush(i)?;

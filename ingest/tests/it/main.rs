@@ -3,6 +3,7 @@ mod convert;
 mod formats;
 mod fuzz_corpus;
 mod geoip;
+mod kafka_config;
 mod manifest;
 
 use std::path::PathBuf;
