@@ -550,6 +550,7 @@ fn reader_paths(
     let Some(policy) = policy.or(file.policy.clone()) else {
         bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
     };
+    let warehouse = flowaudit_ingest::config::local_warehouse(warehouse)?;
     if !warehouse.is_dir() {
         bail!(
             "warehouse {} does not exist (check --warehouse)",
@@ -755,6 +756,7 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
     let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
         bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
     };
+    let wh = flowaudit_ingest::config::local_warehouse(wh)?;
     let mut v = crate::verify::verify(&wh);
     if let (Some(report), Some(key)) = (&a.report, &a.public_key) {
         let c = crate::signing::check(report, key).map_err(anyhow::Error::msg)?;

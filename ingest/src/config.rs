@@ -110,7 +110,7 @@ impl IngestSettings {
             group: self.group.unwrap_or_else(|| "flowaudit-ingest".into()),
             gateway_topic: self.gateway_topic.unwrap_or_else(|| "gateway.access".into()),
             flow_topic: self.flow_topic.unwrap_or_else(|| "network.flows".into()),
-            warehouse: need(self.warehouse, "the warehouse directory", "--warehouse DIR", "FLOWAUDIT_WAREHOUSE")?,
+            warehouse: local_warehouse(need(self.warehouse, "the warehouse directory", "--warehouse DIR", "FLOWAUDIT_WAREHOUSE")?)?,
             policy: need(self.policy, "the policy folder", "--policy DIR", "FLOWAUDIT_POLICY")?,
             geoip: self.geoip,
             until_caught_up: self.until_caught_up.unwrap_or(false),
@@ -188,4 +188,23 @@ impl IngestConfig {
     pub fn row_bytes(&self) -> usize {
         self.max_buffer_bytes / 16 * 9
     }
+}
+
+/// The warehouse as a local directory. A URL (`s3://bucket/prefix`, `file://…`, any
+/// `scheme://`) is refused rather than taken as a relative path, which would silently write a
+/// local directory named after the scheme: object storage is not supported yet.
+pub fn local_warehouse(path: PathBuf) -> Result<PathBuf> {
+    let s = path.to_string_lossy();
+    if let Some((scheme, _)) = s.split_once("://") {
+        if !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        {
+            return Err(Error::Config(format!(
+                "warehouse {s}: a {scheme}:// URL is not supported; the warehouse is a local directory (pass a path)"
+            )));
+        }
+    }
+    Ok(path)
 }

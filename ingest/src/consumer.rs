@@ -1,9 +1,11 @@
 //! The ingest loop: poll Kafka, decode, buffer per partition, hand full buffers to the
 //! [committer](crate::committer) (write, record), then let offsets advance.
 //!
-//! Offsets come from the manifest, never from Kafka alone: messages below the manifest's next
-//! offset for their partition are skipped (they are already recorded). Kafka's committed offsets
-//! follow the manifest so that consumer lag can be monitored with the usual tools.
+//! Offsets come from the manifest, never from Kafka: on assignment each partition starts at the
+//! manifest's next offset for it (the earliest offset Kafka holds if the warehouse has recorded
+//! nothing of it), and messages below the next offset are skipped (they are already recorded).
+//! Kafka's committed offsets follow the manifest only so that consumer lag can be monitored with
+//! the usual tools.
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender, TryRecvError};
@@ -11,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
@@ -68,6 +71,8 @@ struct Ctx {
     problem: Mutex<Option<Problem>>,
     /// When a client error was last logged (errors repeat every few ms while a broker is down).
     last_logged: Mutex<Option<Instant>>,
+    /// Where each assigned partition starts: the warehouse's recorded position.
+    manifest: Option<Arc<Mutex<Manifest>>>,
 }
 
 /// How often a repeating Kafka error is logged again.
@@ -204,29 +209,100 @@ fn probe(consumer: &BaseConsumer<Ctx>, topics: &[&str]) -> std::result::Result<(
     Ok(())
 }
 
-impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = r {
-            let mut assigned = self.assigned.lock().expect("lock");
-            for e in tpl.elements() {
-                let tp = (e.topic().to_string(), e.partition());
-                info!(topic = %tp.0, partition = tp.1, "partition revoked");
-                assigned.remove(&tp);
-                self.changed.lock().expect("lock").push(tp);
-                self.dirty.store(true, Ordering::Release);
+impl Ctx {
+    /// Set where each newly assigned partition starts: the first offset the warehouse has not
+    /// recorded, or the earliest offset Kafka still holds when it has recorded nothing of that
+    /// partition. Kafka's committed offsets are never used to start: they may be ahead of the
+    /// warehouse (a fresh warehouse with a used group) and would skip data silently. Starting
+    /// lower than needed is always safe, as messages below the recorded position are skipped.
+    fn start_at_recorded_positions(&self, tpl: &mut TopicPartitionList) {
+        let parts: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in parts {
+            let recorded = match &self.manifest {
+                Some(m) => m
+                    .lock()
+                    .expect("manifest lock")
+                    .next_offset(&topic, partition),
+                None => Ok(None),
+            };
+            let start = match recorded {
+                Ok(Some(next)) => Offset::Offset(next),
+                Ok(None) => Offset::Beginning,
+                Err(e) => {
+                    warn!(topic, partition, error = %e, "cannot read the recorded position: starting at the earliest retained offset (what is recorded is skipped)");
+                    Offset::Beginning
+                }
+            };
+            info!(topic, partition, start = ?start, "partition assigned: starting at the warehouse's position");
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, start) {
+                warn!(topic, partition, error = %e, "cannot set the start offset");
             }
         }
     }
-    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = r {
-            let mut assigned = self.assigned.lock().expect("lock");
-            for e in tpl.elements() {
-                let tp = (e.topic().to_string(), e.partition());
-                info!(topic = %tp.0, partition = tp.1, "partition assigned");
+
+    /// Note moved partitions for the loop (see [`Ingestor::apply_rebalance`]).
+    fn moved(&self, tpl: &TopicPartitionList, assigned_now: bool) {
+        let mut assigned = self.assigned.lock().expect("lock");
+        for e in tpl.elements() {
+            let tp = (e.topic().to_string(), e.partition());
+            if assigned_now {
                 assigned.insert(tp.clone());
-                self.changed.lock().expect("lock").push(tp);
-                self.dirty.store(true, Ordering::Release);
+            } else {
+                info!(topic = %tp.0, partition = tp.1, "partition revoked");
+                assigned.remove(&tp);
             }
+            self.changed.lock().expect("lock").push(tp);
+            self.dirty.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    /// The default rebalance, except that an assignment starts at the warehouse's positions.
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_at_recorded_positions(tpl);
+                let r = if cooperative {
+                    c.incremental_assign(tpl)
+                } else {
+                    c.assign(tpl)
+                };
+                if r.is_ok() {
+                    self.moved(tpl, true);
+                }
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.moved(tpl, false);
+                if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                }
+            }
+            other => {
+                let e = KafkaError::Rebalance(other.into());
+                self.report(Problem::new(&e, "rebalancing"));
+                let mut all = TopicPartitionList::new();
+                if let Ok(a) = c.assignment() {
+                    all = a;
+                }
+                self.moved(&all, false);
+                if cooperative {
+                    c.incremental_unassign(&all)
+                } else {
+                    c.unassign()
+                }
+            }
+        };
+        if let Err(e) = result {
+            self.report(Problem::new(&e, "applying a rebalance"));
         }
     }
 }
@@ -333,8 +409,14 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
         .set("fetch.message.max.bytes", fetch.to_string())
         .set("fetch.wait.max.ms", "50")
         .set("fetch.queue.backoff.ms", "10")
-        .set("queued.min.messages", (prefetch / 2 / 1024).clamp(100, 10_000_000).to_string())
-        .set("queued.max.messages.kbytes", (prefetch / 4 / 1024).clamp(1, 2_097_151).to_string())
+        .set(
+            "queued.min.messages",
+            (prefetch / 2 / 1024).clamp(100, 10_000_000).to_string(),
+        )
+        .set(
+            "queued.max.messages.kbytes",
+            (prefetch / 4 / 1024).clamp(1, 2_097_151).to_string(),
+        )
         .set("receive.message.max.bytes", "209715200")
         .set("client.id", "flowaudit-ingest");
     for (k, v) in &cfg.kafka {
@@ -370,7 +452,11 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     }
     let manifest = Arc::new(Mutex::new(manifest));
 
-    let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(Ctx::default())?;
+    let ctx = Ctx {
+        manifest: Some(manifest.clone()),
+        ..Ctx::default()
+    };
+    let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(ctx)?;
     consumer.subscribe(&[&cfg.gateway_topic, &cfg.flow_topic])?;
     info!(brokers = %cfg.brokers, group = %cfg.group, topics = ?[&cfg.gateway_topic, &cfg.flow_topic], "subscribed");
 

@@ -459,3 +459,109 @@ fn until_caught_up_ends_on_a_transactional_topic() {
     assert_eq!(ids, expected);
     assert_eq!(facts["gateway_events"]["rows"], 90);
 }
+
+/// The summary line's `consumed N` and `S already-recorded messages skipped`.
+fn consumed_and_skipped(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ingest: consumed"))
+        .unwrap_or_else(|| panic!("no summary line: {stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let consumed = words[2].parse().unwrap();
+    let i = words.iter().position(|w| *w == "already-recorded").unwrap();
+    (consumed, words[i - 1].parse().unwrap())
+}
+
+/// Issue 11: a consumer group that was used before (its Kafka offsets committed at the end of
+/// the topic) with a fresh warehouse ingested nothing and exited 0. Each partition starts at the
+/// warehouse's own position; with none, at the earliest offset Kafka holds.
+#[test]
+fn a_fresh_warehouse_with_a_used_group_ingests_the_whole_topic() {
+    const N: i64 = 300;
+    let s = Setup::new(3);
+    let msgs: Vec<Message> = (0..N)
+        .map(|i| {
+            let ts = BASE_US + i * 1_000_000;
+            Message {
+                key: format!("k{}", i % 7),
+                payload: event(&format!("ev-{i}"), ts).into_bytes(),
+                ts_us: ts,
+            }
+        })
+        .collect();
+    s.produce_gateway(&msgs);
+    let group = unique("grp-used");
+
+    // The group is used with a first warehouse: Kafka's offsets end at the topic's end.
+    let wh1 = s.dir.path().join("warehouse-1");
+    let mut c = ingest_with(&s, &group, &wh1, "4000");
+    c.arg("--until-caught-up");
+    let (stdout, _) = run_ok(c);
+    assert_eq!(consumed_and_skipped(&stdout), (N as u64, 0), "{stdout}");
+
+    // The same group, a fresh warehouse: everything again, not nothing.
+    let wh2 = s.dir.path().join("warehouse-2");
+    let mut c = ingest_with(&s, &group, &wh2, "4000");
+    c.arg("--until-caught-up");
+    let (stdout, stderr) = run_ok(c);
+    assert_eq!(
+        consumed_and_skipped(&stdout),
+        (N as u64, 0),
+        "{stdout}\n{stderr}"
+    );
+    let facts = pyarrow(&wh2);
+    let ids: HashSet<String> =
+        serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
+    assert_eq!(ids.len() as i64, N);
+
+    // A new group on the first warehouse starts at the warehouse's position: nothing is read
+    // again (not read and skipped, either).
+    let mut c = ingest_with(&s, &unique("grp-new"), &wh1, "4000");
+    c.arg("--until-caught-up");
+    let (stdout, _) = run_ok(c);
+    assert_eq!(consumed_and_skipped(&stdout), (0, 0), "{stdout}");
+    assert_eq!(manifest_rows(&wh1, "gateway_events"), N as u64);
+}
+
+/// Issue 11: `--warehouse s3://bucket/wh` was taken as a relative path and wrote a local
+/// directory named `s3:`. A URL is refused, by every command, and nothing is created.
+#[test]
+fn a_warehouse_url_is_refused_not_written_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo("fixtures/policy");
+    let commands: Vec<Vec<&OsStr>> = vec![
+        vec![
+            "ingest".as_ref(),
+            "--brokers".as_ref(),
+            "127.0.0.1:9".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--until-caught-up".as_ref(),
+        ],
+        vec!["verify".as_ref()],
+        vec![
+            "sql".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "-c".as_ref(),
+            "SELECT 1".as_ref(),
+        ],
+    ];
+    for args in commands {
+        let out = Command::new(bin())
+            .args(&args)
+            .args(["--warehouse", "s3://bucket/wh"])
+            .current_dir(dir.path())
+            .env_remove("FLOWAUDIT_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted a URL: {stderr}");
+        assert!(
+            stderr.contains("s3:// URL is not supported"),
+            "{args:?}: {stderr}"
+        );
+        let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(created.is_empty(), "{args:?} created {created:?}");
+    }
+}

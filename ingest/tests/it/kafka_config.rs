@@ -39,7 +39,10 @@ fn the_prefetch_is_an_eighth_of_the_memory_bound() {
         assert!(get(&c, "fetch.message.max.bytes") <= fetch);
         assert!(get(&c, "fetch.message.max.bytes") <= get(&c, "fetch.max.bytes"));
         // Small messages are capped by count, 1 KiB each for half the prefetch.
-        assert_eq!(get(&c, "queued.min.messages"), (prefetch / 2 / 1024).max(100));
+        assert_eq!(
+            get(&c, "queued.min.messages"),
+            (prefetch / 2 / 1024).max(100)
+        );
         // A shallow queue must not stall: the next fetch is not postponed by a second.
         assert!(get(&c, "fetch.queue.backoff.ms") <= 50);
         // librdkafka accepts the combination (it checks fetch.max.bytes >= message.max.bytes and
