@@ -356,6 +356,10 @@ struct Ingestor<'c> {
     first_msg: Option<Instant>,
 }
 
+/// Below this `max_buffer_bytes` is smaller than what ingest needs regardless of it (measured in
+/// make bench, docs/benchmarks.md table 4): a warning at start.
+const MIN_USEFUL_BUFFER_BYTES: usize = 64 << 20;
+
 /// How often the loop checks flush deadlines, progress and "caught up".
 const TICK: Duration = Duration::from_millis(50);
 
@@ -443,6 +447,12 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             info!(path = %g.identity().path.display(), sha256 = %g.identity().sha256, kind = g.identity().kind, "GeoIP database loaded")
         }
         None => warn!("no GeoIP database configured: countries of external addresses will be null"),
+    }
+    if cfg.max_buffer_bytes < MIN_USEFUL_BUFFER_BYTES {
+        warn!(
+            max_buffer_bytes = cfg.max_buffer_bytes,
+            "max_buffer_bytes is below 64 MiB: the fixed costs of the Kafka client and the Parquet encoder (about 30 MiB) exceed it, and data spread over many hours is written as many small files (docs/operations.md, \"Memory\")"
+        );
     }
     let geoip_sha = geoip.as_ref().map(|g| g.identity().sha256.clone());
     let manifest = Manifest::open(&cfg.warehouse)?;

@@ -242,6 +242,10 @@ fn messages_over_2000_hours_respect_the_memory_bound() {
         .args(["--max-buffer-bytes", "1048576"]);
     let (code, _, stdout, stderr) = run_measured(c, s.dir.path());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("max_buffer_bytes is below 64 MiB"),
+        "a bound this small is warned about: {stderr}"
+    );
     let (files, commits) = files_and_commits(&stdout).expect("summary line");
     assert!(commits >= 2, "the bound forced commits: {stdout}");
     assert!(
@@ -509,6 +513,8 @@ fn a_fresh_warehouse_with_a_used_group_ingests_the_whole_topic() {
         (N as u64, 0),
         "{stdout}\n{stderr}"
     );
+    // The default bound (256 MiB) is not warned about.
+    assert!(!stderr.contains("max_buffer_bytes is below"), "{stderr}");
     let facts = pyarrow(&wh2);
     let ids: HashSet<String> =
         serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
