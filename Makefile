@@ -9,6 +9,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 BIN         := $(CARGO_TARGET_DIR)/debug/flowaudit
 TEST_PORT   ?= 19092
+TEST_S3_PORT ?= 19095
 # A real IP→country database (CC0, ip-location-db on the npm registry), for the test that loads it
 # whole: pinned by version and by the SHA-256 of the package, IPv4 and IPv6 ranges in one CSV.
 GEOIP_DB_VERSION := 2.3.2026061719
@@ -29,7 +30,7 @@ deps: ## Install the system packages the build needs (idempotent; apt when missi
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && apt-get install -y -qq $$missing; fi
 
-venv: $(VENV)/.installed ## Python venv: Tansu broker, confluent-kafka, pyarrow, duckdb
+venv: $(VENV)/.installed ## Python venv: Tansu broker, moto S3 server, confluent-kafka, pyarrow, duckdb
 
 $(VENV)/.installed: requirements-test.txt
 	python3 -m venv $(VENV)
@@ -56,8 +57,8 @@ $(GEOIP_REAL):
 	  cat "$$tmp"/package/geo-whois-asn-country-ipv4.csv "$$tmp"/package/geo-whois-asn-country-ipv6.csv > $@.tmp && \
 	  mv $@.tmp $@ && echo "GeoIP database: $@"
 
-test: build venv test-deps ## Unit and integration tests against a real Kafka-protocol broker
-	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_REAL_GEOIP=$(GEOIP_REAL) \
+test: build venv test-deps ## Unit and integration tests against a real Kafka-protocol broker and S3 server
+	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) scripts/with-s3.sh $(TEST_S3_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_REAL_GEOIP=$(GEOIP_REAL) \
 		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \
 		$(CARGO_TARGET_DIR)/test-output.log

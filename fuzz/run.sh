@@ -21,7 +21,7 @@ FUZZ_ANALYTICS=${FUZZ_ANALYTICS:-1}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/flowaudit-fuzz-target}
 FUZZ_OUT=${FUZZ_OUT:-$HOME/.cache/flowaudit-fuzz-out}
 
-INGEST_TARGETS=(gateway flow_flowaudit flow_goflow2 flow_zeek geoip_csv geoip_mmdb manifest)
+INGEST_TARGETS=(gateway flow_flowaudit flow_goflow2 flow_zeek geoip_csv geoip_mmdb delta_log)
 ANALYTICS_TARGETS=(rule_header sql_check)
 
 dict_for() {

@@ -4,8 +4,8 @@
 The seeds are the repository's own inputs (fixtures/samples, fixtures/rules, fixtures/geoip,
 queries/, the generator's output when GEN_DIR names a `flowaudit generate` directory) and
 hand-written hostile ones: deep nesting, huge numbers, NaN, invalid UTF-8, overlong strings,
-nanosecond timestamps, duplicate keys, nested and conflicting ranges, a forged but
-self-consistent manifest. `make fuzz` starts from the committed corpus (fuzz/corpus, which began
+nanosecond timestamps, duplicate keys, nested and conflicting ranges, Delta log commits
+that no writer made. `make fuzz` starts from the committed corpus (fuzz/corpus, which began
 as these seeds and was minimised with `cargo afl cmin`); this script documents where it came
 from and rebuilds it. Standard library only.
 """
@@ -188,68 +188,47 @@ def geoip():
     put("geoip_mmdb", "flipped", bytes(b ^ 0xFF if i % 97 == 0 else b for i, b in enumerate(mmdb)))
 
 
-GENESIS = "0" * 64
+def delta_commit(adds, meta=True, extra=()):
+    """One Delta log commit file as flowaudit writes it (commitInfo, adds, txn)."""
+    out = []
+    info = {"timestamp": 1795255200000, "operation": "WRITE", "operationParameters": {"mode": "Append"}}
+    if meta:
+        info["flowaudit"] = {"writer": "host-1-0000abcd", "topic": "gw", "partition": 0,
+                             "covers_first_offset": 0, "covers_last_offset": 9, "messages": 10,
+                             "schema_version": 1, "geoip_sha256": None}
+    out.append({"commitInfo": info})
+    for i, over in enumerate(adds):
+        a = {"path": f"date=2026-11-21/hour=10/part-{i:05}.parquet",
+             "partitionValues": {"date": "2026-11-21", "hour": "10"}, "size": 4096,
+             "modificationTime": 1795255200000, "dataChange": True, "stats": "{\"numRecords\":10}",
+             "tags": {"flowaudit.sha256": "ab" * 32, "flowaudit.rows": "10",
+                      "flowaudit.first_offset": "0", "flowaudit.last_offset": "9",
+                      "flowaudit.min_event_time": "2026-11-21T10:00:00Z",
+                      "flowaudit.max_event_time": "2026-11-21T10:59:59Z"}}
+        a.update(over)
+        out.append({"add": a})
+    out.extend(extra)
+    out.append({"txn": {"appId": "flowaudit:gateway_events:gw:0", "version": 9}})
+    return ("\n".join(json.dumps(x, separators=(",", ":"), ensure_ascii=False) for x in out) + "\n").encode()
 
 
-def entry(seq, prev, commit_id, files, index, **over):
-    e = {
-        "seq": seq,
-        "commit_id": commit_id,
-        "commit_files": files,
-        "commit_index": index,
-        "path": f"flows/date=2026-11-21/hour=10/part-{seq:05}.parquet",
-        "table": "flows",
-        "sha256": "ab" * 32,
-        "bytes": 4096,
-        "rows": 10,
-        "topic": "flows",
-        "partition": 0,
-        "first_offset": 0,
-        "last_offset": 9,
-        "covers_first_offset": 0,
-        "covers_last_offset": 9,
-        "min_event_time": "2026-11-21T10:00:00Z",
-        "max_event_time": "2026-11-21T10:59:59Z",
-        "schema_version": 1,
-        "geoip_sha256": None,
-        "writer": "host-1-0000abcd",
-        "committed_at": "2026-11-21T11:00:00Z",
-        "prev_hash": prev,
-        "hash": "",
-    }
-    e.update(over)
-    body = json.dumps(e, separators=(",", ":"), ensure_ascii=False)
-    e["hash"] = hashlib.sha256((prev + body).encode()).hexdigest()
-    return e
-
-
-def chain(specs):
-    out, prev = [], GENESIS
-    for i, (cid, files, idx, over) in enumerate(specs, 1):
-        over = dict(over)
-        e = entry(over.pop("seq", i), prev, cid, files, idx, **over)
-        prev = e["hash"]
-        out.append(json.dumps(e, separators=(",", ":"), ensure_ascii=False))
-    return ("\n".join(out) + "\n").encode()
-
-
-def manifest():
-    good = chain([("c1", 2, 0, {}), ("c1", 2, 1, {}), ("c2", 1, 0, {"partition": 1})])
-    put("manifest", "valid", good)
-    put("manifest", "empty", b"")
-    put("manifest", "torn-tail", good[:-40])
-    put("manifest", "incomplete-commit", chain([("c1", 1, 0, {}), ("c2", 3, 0, {}), ("c2", 3, 1, {})]))
-    put("manifest", "interleaved", chain([("c1", 2, 0, {}), ("c2", 1, 0, {}), ("c1", 2, 1, {})]))
-    put("manifest", "index-u32-max", chain([("c1", 0, 4294967295, {})]))
-    put("manifest", "files-zero", chain([("c1", 0, 0, {})]))
-    put("manifest", "extremes", chain([("c1", 1, 0, {"seq": 18446744073709551615, "first_offset": -9223372036854775808, "partition": -2147483648, "rows": 18446744073709551615})]))
-    put("manifest", "unicode", chain([("c\u00e9\u2028", 1, 0, {"path": "flows/\u0000/\U0001F600.parquet"})]))
-    put("manifest", "broken-chain", good.replace(b'"rows":10', b'"rows":11', 1))
-    put("manifest", "unknown-field", good.replace(b'"rows":10', b'"rows":10,"extra":1', 1))
-    put("manifest", "duplicate-field", good.replace(b'"rows":10', b'"rows":10,"rows":10', 1))
-    put("manifest", "invalid-utf8", good.replace(b"host-1", b"host\xff1", 1))
-    put("manifest", "deep", b'{"seq":' + b"[" * 4000 + b"]" * 4000 + b"}\n")
-    put("manifest", "crlf", good.replace(b"\n", b"\r\n"))
+def delta_log():
+    good = delta_commit([{}, {"path": "date=2026-11-21/hour=11/part-x.parquet"}])
+    put("delta_log", "valid", good)
+    put("delta_log", "empty", b"")
+    put("delta_log", "torn-tail", good[:-40])
+    put("delta_log", "no-commit-info", delta_commit([{}], meta=False))
+    put("delta_log", "add-then-remove", delta_commit([{}], extra=[{"remove": {"path": "date=2026-11-21/hour=10/part-00000.parquet", "dataChange": True}}]))
+    put("delta_log", "duplicate-add", delta_commit([{}, {}]))
+    put("delta_log", "percent-path", delta_commit([{"path": "date=2026-11-21/hour=10/a%20b%zz%2.parquet"}]))
+    put("delta_log", "bad-tags", delta_commit([{"tags": {"flowaudit.rows": "-1", "flowaudit.first_offset": "x"}}]))
+    put("delta_log", "no-tags", delta_commit([{"tags": None}]))
+    put("delta_log", "extremes", delta_commit([{"size": -9223372036854775808, "tags": {"flowaudit.rows": "9223372036854775807", "flowaudit.first_offset": "-9223372036854775808", "flowaudit.last_offset": "9223372036854775807"}}]))
+    put("delta_log", "unicode", delta_commit([{"path": "date=\u2028/hour=\u0000/\U0001F600.parquet"}]))
+    put("delta_log", "invalid-utf8", good.replace(b"host-1", b"host\xff1", 1))
+    put("delta_log", "deep", b'{"add":' + b"[" * 4000 + b"]" * 4000 + b"}\n")
+    put("delta_log", "crlf", good.replace(b"\n", b"\r\n"))
+    put("delta_log", "not-objects", b"[]\n1\n\"add\"\nnull\n")
 
 
 def rules():
@@ -319,7 +298,7 @@ if __name__ == "__main__":
     gateway()
     flows()
     geoip()
-    manifest()
+    delta_log()
     rules()
     sql()
     for d in sorted(OUT.iterdir()):

@@ -2,7 +2,8 @@
 
 A week of traffic (BENCH_DAYS days, default 7; BENCH_WEEK_FLOWS flows and BENCH_WEEK_EVENTS
 gateway events in all, default 10M and 1M) is generated with `flowaudit generate` and written to
-a warehouse with `flowaudit convert` (one Parquet file per table and day). Then, RUNS times,
+a warehouse with `flowaudit convert --into-warehouse` (one Parquet file and Delta commit per
+table and day). Then, RUNS times,
 interleaved:
   A. `flowaudit rules run --from D1 --to D7`: every rule over every day (one run per day), as a
      nightly backfill would; wall time of the process, and the sum of the rules' query times from
@@ -57,10 +58,9 @@ def build_week(bin_, out):
                    "--flows", str(FLOWS // DAYS), "--out", inp, "--policy", policy, "--geoip", geoip])
         print(f"  generated {day} in {t:.1f} s", flush=True)
         for table, f in [("gateway_events", "gateway.jsonl"), ("flows", "flows.jsonl")]:
-            d = os.path.join(wh, table, f"date={day}", "hour=00")
-            os.makedirs(d)
             sh([bin_, "convert", "--input", os.path.join(inp, f), "--table", table,
-                "--out", os.path.join(d, "day.parquet"), "--policy", policy, "--geoip", geoip])
+                "--out", os.path.join(inp, f"{table}.parquet"), "--policy", policy, "--geoip", geoip,
+                "--into-warehouse", wh, "--partition", f"{day}/00"])
         shutil.rmtree(inp)
     open(stamp, "w").close()
     return wh

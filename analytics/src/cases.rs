@@ -69,9 +69,14 @@ impl CaseReport {
     }
 }
 
-/// Put a case's JSONL files into a fresh warehouse at `wh` (one file per table and hour).
+/// Put a case's JSONL files into a fresh warehouse at `wh` (one file per table and hour, one
+/// Delta commit per table, as ingest would record them).
 pub fn build_warehouse(case_dir: &Path, wh: &Path, enricher: &Enricher) -> Result<(), String> {
+    let location = flowaudit_ingest::warehouse::Location::Local(wh.to_path_buf());
+    let mut warehouse = flowaudit_ingest::warehouse::Warehouse::open(&location)
+        .map_err(|e| format!("{}: {e}", wh.display()))?;
     for table in [Table::GatewayEvents, Table::Flows] {
+        let mut written = Vec::new();
         let path = case_dir.join(format!("{}.jsonl", table.name()));
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -98,10 +103,7 @@ pub fn build_warehouse(case_dir: &Path, wh: &Path, enricher: &Enricher) -> Resul
             buf.push('\n');
         }
         for ((date, hour), lines) in by_hour {
-            let dir = wh
-                .join(table.name())
-                .join(format!("date={date}"))
-                .join(format!("hour={hour}"));
+            let dir = warehouse.staging_dir().join(format!("case-{date}-{hour}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let input = dir.join("case.jsonl.in");
             std::fs::write(&input, lines).map_err(|e| format!("{}: {e}", input.display()))?;
@@ -122,9 +124,59 @@ pub fn build_warehouse(case_dir: &Path, wh: &Path, enricher: &Enricher) -> Resul
                     s.rejected
                 ));
             }
+            written.push((dir.join("case.parquet"), date, hour));
+        }
+        warehouse
+            .import_files(table, "rules-test-case", &written)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for (f, _, _) in &written {
+            if let Some(d) = f.parent() {
+                std::fs::remove_dir_all(d).ok();
+            }
+        }
+    }
+    // Ranges ingest found missing: {"topic", "partition", "first_offset", "last_offset",
+    // "reason", "detected_at", "table" (default flows)}.
+    let path = case_dir.join("ingest_gaps.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() || line.trim_start().starts_with("//") {
+                continue;
+            }
+            let at = |e: &dyn std::fmt::Display| format!("{}:{}: {e}", path.display(), i + 1);
+            let g: CaseGap = serde_json::from_str(line).map_err(|e| at(&e))?;
+            let table = match g.table.as_deref() {
+                None | Some("flows") => Table::Flows,
+                Some("gateway_events") => Table::GatewayEvents,
+                Some(other) => return Err(at(&format!("no table {other}"))),
+            };
+            warehouse
+                .record_gap(
+                    table,
+                    &g.topic,
+                    g.partition,
+                    g.first_offset,
+                    g.last_offset,
+                    &g.reason,
+                    Some(g.detected_at),
+                )
+                .map_err(|e| at(&e))?;
         }
     }
     Ok(())
+}
+
+/// A gap line of a case's `ingest_gaps.jsonl`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseGap {
+    topic: String,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+    reason: String,
+    detected_at: String,
+    table: Option<String>,
 }
 
 /// Run every rule against its cases in `cases_dir`.
@@ -209,7 +261,9 @@ async fn run_case(
     let case: CaseFile =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", case_path.display()))?;
     let wh = tempfile_dir()?;
-    build_warehouse(dir, &wh.0, enricher)?;
+    // The warehouse writer runs its own runtime: not on this task's.
+    std::thread::scope(|s| s.spawn(|| build_warehouse(dir, &wh.0, enricher)).join())
+        .map_err(|_| format!("{}: building the case's warehouse panicked", dir.display()))??;
     let catalog = Catalog::open(&wh.0, policy, Some(geoip))
         .await
         .map_err(|e| e.to_string())?;

@@ -1,10 +1,11 @@
 //! The catalog: one DataFusion session over the warehouse and the auditor's policy folder, used by
 //! every reader of the data (rules, report, SQL shell).
 //!
-//! - Warehouse tables `gateway_events`, `flows`, `quarantine`, `alerts` are listing tables over the
-//!   Hive-partitioned Parquet, with partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both
-//!   strings, so `WHERE date = '2026-11-21'` reads only that day's files (`alerts` has `date`
-//!   only: the day of the finding).
+//! - Warehouse tables `gateway_events`, `flows`, `quarantine` are the warehouse's Delta tables
+//!   (read through delta-rs's provider at their latest version, see [`crate::tables`]), with
+//!   partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both strings, so
+//!   `WHERE date = '2026-11-21'` reads only that day's files; `alerts` is a listing table over the
+//!   rule runner's Parquet with `date` only (the day of the finding).
 //! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
 //!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
 //!   policy file with its SHA-256, the version recorded with every run.
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -31,6 +32,7 @@ use datafusion::prelude::{CsvReadOptions, SessionContext};
 use flowaudit_ingest::geoip::GeoIp;
 use flowaudit_ingest::networks::{Cidr, Networks};
 use flowaudit_ingest::schema::Table;
+use flowaudit_ingest::warehouse::Location;
 use sha2::{Digest, Sha256};
 
 /// Errors opening the catalog.
@@ -143,9 +145,19 @@ fn sha256_of(path: &Path) -> Result<String, CatalogError> {
 }
 
 impl Catalog {
-    /// Open the catalog over `warehouse` and `policy`; `geoip` backs `country_of`.
+    /// Open the catalog over the local `warehouse` and `policy`; `geoip` backs `country_of`.
     pub async fn open(
         warehouse: &Path,
+        policy: &Path,
+        geoip: Option<&Path>,
+    ) -> Result<Self, CatalogError> {
+        Self::open_at(&Location::Local(warehouse.to_path_buf()), policy, geoip).await
+    }
+
+    /// Open the catalog over the warehouse at `warehouse` (a local directory or `s3://`). On
+    /// S3, `alerts` is empty: the rule runner keeps its alerts in a local warehouse only.
+    pub async fn open_at(
+        warehouse: &Location,
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
@@ -153,7 +165,7 @@ impl Catalog {
         let ctx = SessionContext::new_with_config(
             datafusion::prelude::SessionConfig::new().with_information_schema(true),
         );
-        register_warehouse(&ctx, warehouse)?;
+        register_warehouse(&ctx, warehouse).await?;
         let mut policy_versions = BTreeMap::new();
         for (name, schema) in policy_csv_tables() {
             let path = policy.join(format!("{name}.csv"));
@@ -209,46 +221,120 @@ impl Catalog {
     }
 }
 
-fn partition_cols() -> Vec<(String, DataType)> {
-    vec![
-        ("date".to_string(), DataType::Utf8),
-        ("hour".to_string(), DataType::Utf8),
-    ]
+/// The columns of `ingest_gaps`.
+pub fn ingest_gaps_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("first_offset", DataType::Int64, false),
+        Field::new("last_offset", DataType::Int64, false),
+        Field::new("missing_offsets", DataType::Int64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("writer", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new(
+            "recorded_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]))
 }
 
-fn register_warehouse(ctx: &SessionContext, warehouse: &Path) -> Result<(), CatalogError> {
-    let tables = Table::ALL
+/// Every range ingest recorded as missing (offsets no longer in Kafka when it read the
+/// partition), from the tables' Delta logs as the catalog opened.
+async fn ingest_gaps(location: &Location) -> Result<MemTable, CatalogError> {
+    let gaps = match location.local() {
+        Some(d) if !d.is_dir() => Vec::new(),
+        _ => flowaudit_ingest::warehouse::read_log(location)
+            .await?
+            .gaps(),
+    };
+    let recorded: Vec<Option<i64>> = gaps
         .iter()
-        .map(|t| (t.name(), t.schema(), partition_cols()))
-        .chain([(
-            "alerts",
-            crate::alerts::table_schema(),
-            vec![("date".to_string(), DataType::Utf8)],
-        )]);
-    for (name, schema, parts) in tables {
-        let dir = warehouse.join(name);
-        if dir.is_dir() {
-            let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
-                what: "open",
-                path: dir.clone(),
-                source,
-            })?;
-            let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
-            let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet")
-                .with_table_partition_cols(parts);
-            let config = ListingTableConfig::new(url)
-                .with_listing_options(opts)
-                .with_schema(schema);
-            ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
-        } else {
-            // Nothing written yet: an empty table with the same columns.
-            let mut fields: Vec<Field> =
-                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-            fields.extend(parts.into_iter().map(|(n, ty)| Field::new(n, ty, false)));
-            let schema = Arc::new(Schema::new(fields));
-            ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+        .map(|g| {
+            chrono::DateTime::parse_from_rfc3339(&g.recorded_at)
+                .ok()
+                .map(|d| d.timestamp_micros())
+        })
+        .collect();
+    let batch = RecordBatch::try_new(
+        ingest_gaps_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                gaps.iter().map(|g| g.topic.as_str()),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                gaps.iter().map(|g| g.partition),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                gaps.iter().map(|g| g.first_offset),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                gaps.iter().map(|g| g.last_offset),
+            )),
+            Arc::new(Int64Array::from_iter_values(gaps.iter().map(|g| {
+                g.last_offset
+                    .saturating_sub(g.first_offset)
+                    .saturating_add(1)
+            }))),
+            Arc::new(StringArray::from_iter_values(
+                gaps.iter().map(|g| g.reason.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                gaps.iter().map(|g| g.writer.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                gaps.iter().map(|g| g.table.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(gaps.iter().map(|g| g.version))),
+            Arc::new(TimestampMicrosecondArray::from(recorded).with_timezone("UTC")),
+        ],
+    )
+    .map_err(DataFusionError::from)?;
+    Ok(MemTable::try_new(ingest_gaps_schema(), vec![vec![batch]])?)
+}
+
+async fn register_warehouse(ctx: &SessionContext, location: &Location) -> Result<(), CatalogError> {
+    for t in Table::ALL {
+        match crate::tables::DeltaWarehouseTable::open(location, t).await? {
+            Some(table) => {
+                ctx.register_table(t.name(), Arc::new(table))?;
+            }
+            None => {
+                // Nothing written yet: an empty table with the same columns.
+                let schema = crate::tables::sql_schema(t);
+                ctx.register_table(t.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+            }
         }
+    }
+    ctx.register_table("ingest_gaps", Arc::new(ingest_gaps(location).await?))?;
+    // The alerts the rule runner writes: Parquet under alerts/date=…/.
+    let (name, schema, parts) = (
+        "alerts",
+        crate::alerts::table_schema(),
+        vec![("date".to_string(), DataType::Utf8)],
+    );
+    let dir = location.local().map(|w| w.join(name));
+    if let Some(dir) = dir.filter(|d| d.is_dir()) {
+        let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
+            what: "open",
+            path: dir.clone(),
+            source,
+        })?;
+        let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
+        let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(parts);
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(opts)
+            .with_schema(schema);
+        ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
+    } else {
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(parts.into_iter().map(|(n, ty)| Field::new(n, ty, false)));
+        let schema = Arc::new(Schema::new(fields));
+        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
     }
     Ok(())
 }

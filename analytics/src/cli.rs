@@ -11,6 +11,7 @@ use flowaudit_ingest::config::IngestSettings;
 use flowaudit_ingest::consumer::IngestSummary;
 use flowaudit_ingest::generate::{self, GenerateOptions};
 use flowaudit_ingest::produce;
+use flowaudit_ingest::warehouse::Location;
 
 use crate::config::FileConfig;
 
@@ -39,8 +40,8 @@ pub enum Command {
     Rules(RulesArgs),
     /// Run every rule on its schedule (with catch-up), deliver alerts, optionally ingest too.
     Serve(ServeArgs),
-    /// Check the warehouse against its manifest: hash chain, every file's SHA-256 and rows,
-    /// files added outside the manifest.
+    /// Check the warehouse against its Delta logs: the commits' hash chain, every file's SHA-256
+    /// and rows, every Kafka offset in exactly one row; lists files no commit references.
     Verify(VerifyArgs),
     /// Write the auditor's report for a day or a range of days (HTML, JSON, CSV).
     Report(ReportArgs),
@@ -94,7 +95,7 @@ pub struct ReportArgs {
     /// Pin the generation time to the end of the window: the same inputs give the same bytes.
     #[arg(long, env = "FLOWAUDIT_REPRODUCIBLE")]
     pub reproducible: bool,
-    /// Sign the report and the manifest head with this Ed25519 key (PKCS#8 PEM), into report.sig.json.
+    /// Sign the report and the Delta log heads with this Ed25519 key (PKCS#8 PEM), into report.sig.json.
     #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
     pub sign_key: Option<PathBuf>,
     /// The previous report's report.json: the summary says what changed since.
@@ -156,7 +157,7 @@ pub struct RulesTestArgs {
 /// What a reader of the warehouse needs (`report`, `sql`).
 #[derive(Debug, Args, Clone)]
 pub struct ReaderArgs {
-    /// Warehouse directory (Parquet tables, manifest, alerts, run records). [config: warehouse]
+    /// Warehouse directory (Delta tables, alerts, run records). [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
     /// Policy folder. [config: policy]
@@ -172,6 +173,32 @@ impl ReaderArgs {
     pub fn resolve(self, file: &FileConfig) -> anyhow::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
         let (w, p) = reader_paths(self.warehouse, self.policy, file)?;
         Ok((w, p, self.geoip.or(file.geoip.clone())))
+    }
+
+    /// As [`Self::resolve`], for the readers that also take an `s3://` warehouse (`sql`).
+    pub fn resolve_location(
+        self,
+        file: &FileConfig,
+    ) -> anyhow::Result<(Location, PathBuf, Option<PathBuf>)> {
+        let geoip = self.geoip.or(file.geoip.clone());
+        let Some(w) = self.warehouse.clone().or(file.warehouse.clone()) else {
+            bail!("no warehouse: pass --warehouse DIR or s3://BUCKET/PREFIX (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+        };
+        let location = Location::parse(&w.to_string_lossy())?;
+        if location.local().is_some() {
+            let (w, p) = reader_paths(Some(w), self.policy, file)?;
+            return Ok((Location::Local(w), p, geoip));
+        }
+        let Some(policy) = self.policy.or(file.policy.clone()) else {
+            bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
+        };
+        if !policy.join("networks.toml").is_file() {
+            bail!(
+                "{} is not a policy folder: it has no networks.toml",
+                policy.display()
+            );
+        }
+        Ok((location, policy, geoip))
     }
 }
 
@@ -301,6 +328,13 @@ pub struct ConvertArgs {
     /// Decoding threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Then record the file in this local warehouse's Delta table (one commit; the file moves
+    /// under `<table>/date=…/hour=…/`), as a backfill from files rather than from Kafka.
+    #[arg(long, requires = "partition")]
+    pub into_warehouse: Option<PathBuf>,
+    /// The partition the file goes to with --into-warehouse: `YYYY-MM-DD/HH`.
+    #[arg(long)]
+    pub partition: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -352,7 +386,7 @@ pub struct IngestArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT…]. [config: brokers]
     #[arg(long, env = "FLOWAUDIT_BROKERS")]
     pub brokers: Option<String>,
-    /// Warehouse directory for the Parquet tables and the manifest. [config: warehouse]
+    /// Warehouse directory for the Delta tables. [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
     /// Policy folder; ingest reads networks.toml from it. [config: policy]
@@ -568,7 +602,7 @@ fn reader_paths(
 
 fn run_sql(a: SqlArgs, file: &FileConfig) -> anyhow::Result<()> {
     use clap::ValueEnum;
-    let (warehouse, policy, geoip) = a.reader.resolve(file)?;
+    let (warehouse, policy, geoip) = a.reader.resolve_location(file)?;
     let limits = sql_limits(a.memory_limit, a.timeout, file)?;
     let format = match (a.format, &file.sql.format) {
         (Some(f), _) => f,
@@ -756,37 +790,49 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
     let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
         bail!("no warehouse: pass --warehouse DIR (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
     };
-    let wh = flowaudit_ingest::config::local_warehouse(wh)?;
-    let mut v = crate::verify::verify(&wh);
+    let location = flowaudit_ingest::warehouse::Location::parse(&wh.to_string_lossy())?;
+    let mut v = crate::verify::verify(&location);
     if let (Some(report), Some(key)) = (&a.report, &a.public_key) {
         let c = crate::signing::check(report, key).map_err(anyhow::Error::msg)?;
         let signed_problems = !c.problems.is_empty();
         v.problems.extend(c.problems);
         if !signed_problems {
-            match c.manifest_head {
-                Some((seq, hash)) => {
-                    let entries = flowaudit_ingest::manifest::read_entries(&wh).unwrap_or_default();
-                    match entries.iter().find(|e| e.seq == seq) {
-                        Some(e) if e.hash == hash => println!(
-                            "report signature valid; its files are unchanged; the signed manifest head (seq {seq}) is in the manifest"
-                        ),
-                        _ => v.problems.push(format!(
-                            "the manifest no longer contains the signed head seq {seq} {hash}: the evidence the report covers was rewritten"
-                        )),
+            if c.log_heads.is_empty() {
+                println!("report signature valid; its files are unchanged");
+            } else {
+                let log =
+                    flowaudit_ingest::warehouse::read_log_blocking(&location).unwrap_or_default();
+                let mut all_in = true;
+                for h in &c.log_heads {
+                    let found = log
+                        .commits
+                        .iter()
+                        .find(|x| x.table == h.table && x.version == h.version);
+                    if found.is_none_or(|x| x.hash != h.hash) {
+                        all_in = false;
+                        v.problems.push(format!(
+                            "the log of {} no longer holds the signed head version {} {}: the evidence the report covers was rewritten",
+                            h.table, h.version, h.hash
+                        ));
                     }
                 }
-                None => println!("report signature valid; its files are unchanged"),
+                if all_in {
+                    println!("report signature valid; its files are unchanged; the signed log heads are in the tables' logs");
+                }
             }
         }
     }
     if v.problems.is_empty() {
+        for n in &v.notes {
+            println!("note: {n}");
+        }
         println!(
-            "verified {}: {} files, {} rows, manifest head seq {} {}",
-            wh.display(),
+            "verified {}: {} files, {} rows, {} commits; log heads {}",
+            location,
             v.files,
             v.rows,
-            v.head_seq,
-            v.head_hash
+            v.commits,
+            v.heads_summary()
         );
         return Ok(());
     }
@@ -795,7 +841,7 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
     }
     bail!(
         "{} does not verify: {} problem(s)",
-        wh.display(),
+        location,
         v.problems.len()
     )
 }
@@ -971,14 +1017,18 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
 pub fn print_run(res: &crate::runner::RunResult) {
     let rec = &res.record;
     println!(
-        "run {} ({}) over [{}, {}): {} rules in {} ms; manifest head seq {}",
+        "run {} ({}) over [{}, {}): {} rules in {} ms; log heads {}",
         rec.run_id,
         rec.trigger,
         rec.window_from,
         rec.window_to,
         rec.rules.len(),
         rec.millis,
-        rec.manifest_seq
+        rec.log_heads
+            .iter()
+            .map(|h| format!("{}@{}", h.table, h.version))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!(
         "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>7}",
@@ -1128,8 +1178,10 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     let catch_up_max = setting_duration("catch_up_max", &catch_up, "12h or 7d")?;
     if let Some(cfg) = &ingest {
         // Ingest creates the warehouse it writes.
-        std::fs::create_dir_all(&cfg.warehouse)
-            .with_context(|| format!("creating the warehouse {}", cfg.warehouse.display()))?;
+        if let Some(dir) = cfg.warehouse.local() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the warehouse {}", dir.display()))?;
+        }
     }
     let report = match a.report_out.or(file.report.out.clone()) {
         Some(out) => {
@@ -1282,6 +1334,36 @@ fn run_convert(a: ConvertArgs) -> anyhow::Result<()> {
         "convert: {} lines -> {} rows in {} ({} bytes, sha256 {}) in {secs:.3} s: {:.0} rows/s, {:.1} MB/s of JSON; rejected {:?}",
         s.lines, s.rows, a.out.display(), s.output_bytes, s.sha256, s.lines as f64 / secs, s.input_bytes as f64 / secs / 1e6, s.rejected
     );
+    if let (Some(wh), Some(part)) = (&a.into_warehouse, &a.partition) {
+        let (date, hour) = part
+            .split_once('/')
+            .filter(|(d, h)| {
+                NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()
+                    && h.len() == 2
+                    && h.parse::<u8>().is_ok_and(|h| h < 24)
+            })
+            .with_context(|| format!("--partition {part}: expected YYYY-MM-DD/HH"))?;
+        let location = flowaudit_ingest::warehouse::Location::Local(wh.clone());
+        let mut w = flowaudit_ingest::warehouse::Warehouse::open(&location)
+            .with_context(|| format!("opening the warehouse {}", wh.display()))?;
+        // Each import is its own source: files converted separately number their rows from 0.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let source = format!("convert-{date}-{hour}-{nanos:x}-{}", std::process::id());
+        let version = w
+            .import_files(
+                table,
+                &source,
+                &[(a.out.clone(), date.to_string(), hour.to_string())],
+            )
+            .with_context(|| format!("recording {} in {}", a.out.display(), wh.display()))?;
+        println!(
+            "recorded in {} {} at version {version}",
+            wh.display(),
+            table.name()
+        );
+    }
     Ok(())
 }
 
@@ -1300,8 +1382,18 @@ pub fn print_summary(s: &IngestSummary) {
     for (reason, n) in &s.quarantine_reasons {
         println!("  quarantined {n:>6}  {reason}");
     }
-    for r in &s.repairs {
-        println!("  repair: {r}");
+    if s.gaps > 0 {
+        println!(
+            "  gaps: {} ranges, {} offsets that Kafka no longer held were recorded as missing",
+            s.gaps, s.gap_offsets
+        );
     }
-    println!("manifest head: seq {} {}", s.manifest_seq, s.manifest_head);
+    println!(
+        "table versions: {}",
+        s.table_versions
+            .iter()
+            .map(|(t, v)| format!("{t}@{v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
 }

@@ -1,7 +1,7 @@
 //! `flowaudit demo`: the whole pipeline on an embedded broker (librdkafka's in-process mock
 //! cluster), so a new user sees it work with one command. Generates a day with planted
 //! violations and some malformed messages, produces it, ingests it exactly once, and prints what
-//! was written per table, what was quarantined and why, and the manifest head; then runs the
+//! was written per table, what was quarantined and why, and the Delta log heads; then runs the
 //! rule pack over the day, delivers the alerts to the `audit.alerts` topic and a JSON-lines
 //! file, prints them grouped by rule, and checks them against the planted violations; last, it
 //! writes the auditor's report of the day.
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use flowaudit_ingest::config::IngestSettings;
 use flowaudit_ingest::generate::{self, GenerateOptions};
-use flowaudit_ingest::{manifest, produce};
+use flowaudit_ingest::produce;
+use flowaudit_ingest::warehouse::{read_log_blocking, Location};
 use rdkafka::mocking::MockCluster;
 
 use crate::alerts::AlertStore;
@@ -92,9 +93,9 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         bail!("counts do not reconcile: produced {produced}, consumed {}, written {} + quarantined {}", summary.consumed, summary.written_gateway + summary.written_flows, summary.quarantined);
     }
 
-    let entries = manifest::read_entries(&warehouse)?;
+    let log = read_log_blocking(&Location::Local(warehouse.clone()))?;
     let mut per_table: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
-    for e in &entries {
+    for e in &log.files {
         let t = per_table.entry(e.table.as_str()).or_default();
         t.0 += 1;
         t.1 += e.rows;
@@ -108,14 +109,11 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     for (t, (files, rows, bytes)) in &per_table {
         println!("  {t:<16} {files:>6} {rows:>10} {bytes:>12}");
     }
-    if let Some(last) = entries.last() {
-        println!(
-            "manifest: {} entries, head seq {} hash {}",
-            entries.len(),
-            last.seq,
-            last.hash
-        );
-    }
+    println!(
+        "Delta logs: {} commits; heads {}",
+        log.commits.len(),
+        log.heads_summary()
+    );
     println!("\nplanted violations (for the rules to find):");
     for p in &gen.planted.violations {
         println!(

@@ -25,4 +25,5 @@ pub mod sql;
 pub mod sqlguard;
 pub mod sqlout;
 pub mod sqlstop;
+pub mod tables;
 pub mod verify;

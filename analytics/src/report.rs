@@ -150,17 +150,26 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         .filter(|s| s.expires >= o.from)
         .map(|s| serde_json::to_value(s).expect("json"))
         .collect();
-    let entries =
-        flowaudit_ingest::manifest::read_entries(&o.warehouse).map_err(|e| e.to_string())?;
-    let files: Vec<Value> = entries
-        .iter()
-        .filter(|e| {
-            e.path
-                .split('/')
-                .find_map(|p| p.strip_prefix("date="))
-                .is_some_and(|d| d >= f.as_str() && d <= t.as_str())
+    let log = flowaudit_ingest::warehouse::read_log(&flowaudit_ingest::warehouse::Location::Local(
+        o.warehouse.clone(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    // Ranges ingest recorded as missing (no longer in Kafka when read) during the window.
+    let ingest_gaps: Vec<Value> = log
+        .gaps()
+        .into_iter()
+        .filter(|g| {
+            let day = g.recorded_at.get(..10).unwrap_or_default();
+            day >= f.as_str() && day <= t.as_str()
         })
-        .map(|e| json!({"path": e.path, "sha256": e.sha256, "rows": e.rows, "seq": e.seq}))
+        .map(|g| serde_json::to_value(g).expect("json"))
+        .collect();
+    let files: Vec<Value> = log
+        .files
+        .iter()
+        .filter(|e| e.date.as_str() >= f.as_str() && e.date.as_str() <= t.as_str())
+        .map(|e| json!({"path": e.path, "sha256": e.sha256, "rows": e.rows, "table": e.table, "version": e.version}))
         .collect();
     let rules: Vec<Value> = crate::rules::load_rules(&o.rules_dir)
         .map_err(|e| e.to_string())?
@@ -192,13 +201,14 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
             "exporters": exporters,
             "silent_periods": silent.iter().map(|a| alert_json(a)).collect::<Vec<_>>(),
             "sequence_gaps": gaps.iter().map(|a| alert_json(a)).collect::<Vec<_>>(),
+            "ingest_gaps": ingest_gaps,
             "quarantine": quarantine,
         },
         "egress": egress,
         "findings": findings.iter().map(alert_json).collect::<Vec<_>>(),
         "suppressions": suppressions,
         "appendix": {
-            "manifest_head": entries.last().map(|e| json!({"seq": e.seq, "hash": e.hash})),
+            "log_heads": log.heads,
             "files": files,
             "rules": rules,
             "policy_files": c.policy_versions,
@@ -500,6 +510,18 @@ pub fn html(r: &Value) -> String {
     {
         let _ = write!(h, "<li>{}</li>", text(&a["summary"]));
     }
+    for g in c["ingest_gaps"].as_array().into_iter().flatten() {
+        let _ = write!(
+            h,
+            "<li>ingest gap: {}/{} offsets {} to {} were no longer in Kafka when read ({}, recorded {})</li>",
+            text(&g["topic"]),
+            text(&g["partition"]),
+            text(&g["first_offset"]),
+            text(&g["last_offset"]),
+            text(&g["reason"]),
+            text(&g["recorded_at"])
+        );
+    }
     h.push_str("</ul><h3>Quarantined messages</h3><table><tr><th>table</th><th>reason</th><th>messages</th></tr>");
     for q in c["quarantine"].as_array().into_iter().flatten() {
         let _ = write!(
@@ -589,9 +611,19 @@ pub fn html(r: &Value) -> String {
     let ap = &r["appendix"];
     let _ = write!(
         h,
-        "<section id=\"appendix\"><h2>Appendix: inputs</h2><p>Manifest head: seq {} <code>{}</code>. GeoIP: <code>{}</code>.</p>",
-        text(&ap["manifest_head"]["seq"]),
-        text(&ap["manifest_head"]["hash"]),
+        "<section id=\"appendix\"><h2>Appendix: inputs</h2><p>Delta log heads: {}. GeoIP: <code>{}</code>.</p>",
+        ap["log_heads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| format!(
+                "{} version {} <code>{}</code>",
+                text(&h["table"]),
+                text(&h["version"]),
+                text(&h["hash"])
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         esc(&serde_json::to_string(&ap["geoip"]).unwrap_or_default())
     );
     h.push_str("<h3>Rule files</h3><table><tr><th>rule</th><th>SHA-256</th></tr>");
@@ -718,6 +750,7 @@ mod tests {
             "summary": {"verdict": hostile, "findings_by_severity": {}, "totals": {}, "changes": null},
             "coverage": {"gateways": [{"source": hostile, "hour": "01", "records": 3}], "exporters": [],
                          "silent_periods": [{"summary": hostile}], "sequence_gaps": [],
+                         "ingest_gaps": [{"topic": hostile, "partition": 0, "first_offset": 1, "last_offset": 2, "reason": hostile, "recorded_at": hostile}],
                          "quarantine": [{"target_table": hostile, "reason_code": hostile, "messages": 1}]},
             "egress": [{"country": hostile, "basis": hostile, "flows": 1, "bytes": 10}],
             "findings": [{"severity": "high\" onmouseover=\"alert(1)", "rule_id": hostile,
@@ -725,7 +758,7 @@ mod tests {
                           "description": hostile, "evidence": [{"x": hostile}], "evidence_total": 1,
                           "decided_by": {"p": hostile}, "policy_versions": {}}],
             "suppressions": [{"rule_id": hostile, "entity": hostile, "reason": hostile, "who": hostile, "expires": hostile}],
-            "appendix": {"manifest_head": {"seq": 1, "hash": hostile}, "geoip": hostile,
+            "appendix": {"log_heads": [{"table": hostile, "version": 1, "hash": hostile}], "geoip": hostile,
                          "rules": [{"id": hostile, "sha256": hostile}], "policy_files": {hostile: hostile},
                          "files": [{"seq": 1, "path": hostile, "rows": 1, "sha256": hostile}],
                          "flowaudit_version": hostile},

@@ -2,8 +2,8 @@
 //! recorded once, and a run record appended to `_runs/runs.jsonl` in the warehouse.
 //!
 //! A run record names everything the result depends on: the window, every rule's id and
-//! SHA-256, the policy files' SHA-256, the GeoIP database, the ingest manifest's head (sequence
-//! and hash) at the start of the run, and flowaudit's version; and what came out: per rule the
+//! SHA-256, the policy files' SHA-256, the GeoIP database, each ingest table's Delta log head
+//! (version and chain hash) at the start of the run, and flowaudit's version; and what came out: per rule the
 //! rows, alerts, new, already-raised and suppressed counts, time taken and any error.
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -31,8 +31,8 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("reading the ingest manifest: {0}")]
-    Manifest(#[from] flowaudit_ingest::Error),
+    #[error("reading the warehouse's logs: {0}")]
+    Log(#[from] flowaudit_ingest::Error),
 }
 
 /// What one rule did in a run.
@@ -62,8 +62,8 @@ pub struct RunRecord {
     pub finished_at: String,
     pub millis: u64,
     pub flowaudit_version: String,
-    pub manifest_seq: u64,
-    pub manifest_head: String,
+    /// Each ingest table's Delta log head (version and chain hash) when the run started.
+    pub log_heads: Vec<flowaudit_ingest::warehouse::TableHead>,
     pub policy_versions: BTreeMap<String, String>,
     pub geoip: Option<BTreeMap<String, String>>,
     pub rules: Vec<RuleOutcome>,
@@ -117,10 +117,11 @@ pub async fn run_window(
         started.format("%Y%m%dT%H%M%S%.6fZ"),
         std::process::id() & 0xffff
     );
-    let manifest = flowaudit_ingest::manifest::read_entries(warehouse)?;
-    let (manifest_seq, manifest_head) = manifest
-        .last()
-        .map_or((0, String::new()), |e| (e.seq, e.hash.clone()));
+    let log_heads = flowaudit_ingest::warehouse::read_log(
+        &flowaudit_ingest::warehouse::Location::Local(warehouse.to_path_buf()),
+    )
+    .await?
+    .heads;
     let (from_s, to_s, raised_at) = (ts(from), ts(to), ts(started));
     let ctx = RunContext {
         run_id: &run_id,
@@ -188,8 +189,7 @@ pub async fn run_window(
         finished_at: ts(finished),
         millis: clock.elapsed().as_millis() as u64,
         flowaudit_version: env!("CARGO_PKG_VERSION").into(),
-        manifest_seq,
-        manifest_head,
+        log_heads,
         policy_versions: catalog.policy_versions.clone(),
         geoip: catalog.geoip.clone(),
         rules: outcomes,

@@ -193,7 +193,7 @@ fn start_flight(
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::flight::FlightServerError>>> {
     let engine = rt
         .block_on(crate::sql::SqlEngine::open(
-            &opts.warehouse,
+            &flowaudit_ingest::warehouse::Location::Local(opts.warehouse.clone()),
             &opts.policy,
             opts.geoip.as_deref(),
             f.limits,

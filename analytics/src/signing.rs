@@ -1,5 +1,5 @@
 //! Signed reports: `report.sig.json` beside a report binds the SHA-256 of each report file, the
-//! window and the ingest manifest head to an Ed25519 signature by the auditor's key.
+//! window and the Delta log heads of the ingest tables to an Ed25519 signature by the auditor's key.
 //!
 //! The signed statement is a JSON object serialised with sorted keys and no whitespace; the
 //! signature is over those bytes. Keys are PKCS#8 PEM files, as `openssl genpkey -algorithm
@@ -48,7 +48,7 @@ pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf
         "schema": "flowaudit.signature/1",
         "window": report["window"],
         "generated_at": report["generated_at"],
-        "manifest_head": report["appendix"]["manifest_head"],
+        "log_heads": report["appendix"]["log_heads"],
         "files": files,
     });
     let bytes = serde_json::to_vec(&statement).expect("json");
@@ -71,7 +71,8 @@ pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf
 /// What checking a signed report found.
 #[derive(Debug, Default)]
 pub struct ReportCheck {
-    pub manifest_head: Option<(u64, String)>,
+    /// The Delta log heads the signed report was built on.
+    pub log_heads: Vec<flowaudit_ingest::warehouse::TableHead>,
     /// Empty when the signature is valid and every covered file is unchanged.
     pub problems: Vec<String>,
 }
@@ -146,9 +147,15 @@ pub fn check(report: &Path, public_key: &Path) -> Result<ReportCheck, String> {
             Err(e) => c.problems.push(format!("{name}: {e}")),
         }
     }
-    let head = &statement["manifest_head"];
-    if let (Some(seq), Some(hash)) = (head["seq"].as_u64(), head["hash"].as_str()) {
-        c.manifest_head = Some((seq, hash.to_string()));
+    if let Some(heads) = statement["log_heads"].as_array() {
+        for h in heads {
+            match serde_json::from_value(h.clone()) {
+                Ok(h) => c.log_heads.push(h),
+                Err(e) => c
+                    .problems
+                    .push(format!("a signed log head is malformed: {e}")),
+            }
+        }
     }
     Ok(c)
 }
@@ -163,7 +170,7 @@ mod tests {
             std::fs::write(dir.join(f), format!("{f} body\n")).unwrap();
         }
         let report = json!({"window": {"from": "2026-11-21", "to": "2026-11-21"},
-            "generated_at": "2026-11-22T00:00:00Z", "appendix": {"manifest_head": {"seq": 3, "hash": "ab"}}});
+            "generated_at": "2026-11-22T00:00:00Z", "appendix": {"log_heads": [{"table": "flows", "version": 3, "hash": "ab"}]}});
         let sk = SigningKey::from_bytes(&[7u8; 32]);
         let key = dir.join("auditor.pem");
         use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -204,7 +211,14 @@ mod tests {
             .unwrap();
         let c = check(dir.path(), &public_pem(dir.path(), pk)).unwrap();
         assert!(c.problems.is_empty(), "{:?}", c.problems);
-        assert_eq!(c.manifest_head, Some((3, "ab".into())));
+        assert_eq!(
+            c.log_heads,
+            vec![flowaudit_ingest::warehouse::TableHead {
+                table: "flows".into(),
+                version: 3,
+                hash: "ab".into()
+            }]
+        );
     }
 
     /// The identity point as public key, `R` = identity and `S` = 0: `[S]B = R + [k]A` holds for

@@ -42,6 +42,7 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr, Value};
+use flowaudit_ingest::warehouse::Location;
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::catalog::{Catalog, CatalogError};
@@ -427,7 +428,7 @@ impl std::fmt::Display for Checked {
 
 /// The read-only SQL engine.
 pub struct SqlEngine {
-    warehouse: PathBuf,
+    warehouse: Location,
     policy: PathBuf,
     geoip: Option<PathBuf>,
     pub limits: Limits,
@@ -438,20 +439,26 @@ pub struct SqlEngine {
     refresh: Duration,
 }
 
-const WAREHOUSE_TABLES: [&str; 4] = ["gateway_events", "flows", "quarantine", "alerts"];
+const WAREHOUSE_TABLES: [&str; 5] = [
+    "gateway_events",
+    "flows",
+    "quarantine",
+    "alerts",
+    "ingest_gaps",
+];
 
 impl SqlEngine {
     pub async fn open(
-        warehouse: &Path,
+        warehouse: &Location,
         policy: &Path,
         geoip: Option<&Path>,
         limits: Limits,
     ) -> Result<Self, SqlError> {
-        let catalog = Catalog::open(warehouse, policy, geoip).await?;
+        let catalog = Catalog::open_at(warehouse, policy, geoip).await?;
         let threads = QueryThreads::new(limits.threads)
             .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;
         Ok(Self {
-            warehouse: warehouse.into(),
+            warehouse: warehouse.clone(),
             policy: policy.into(),
             geoip: geoip.map(Into::into),
             limits,
@@ -472,7 +479,7 @@ impl SqlEngine {
             }
         }
         let fresh =
-            Arc::new(Catalog::open(&self.warehouse, &self.policy, self.geoip.as_deref()).await?);
+            Arc::new(Catalog::open_at(&self.warehouse, &self.policy, self.geoip.as_deref()).await?);
         *self.catalog.write().expect("catalog lock") = (fresh.clone(), std::time::Instant::now());
         Ok(fresh)
     }

@@ -220,7 +220,7 @@ impl ProvenanceCols {
     }
 }
 
-/// Buffered rows of one file, with the statistics the manifest records.
+/// Buffered rows of one file, with the statistics the warehouse records.
 pub struct Rows {
     pub table: Table,
     pub rows: usize,

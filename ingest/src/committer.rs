@@ -1,6 +1,6 @@
 //! The committer: a thread beside the consumer loop that turns a partition's buffered rows into
-//! Parquet files in staging and records them in the manifest, so that decoding, Parquet encoding
-//! and the fsyncs overlap.
+//! Parquet files and commits them to the warehouse's Delta tables (see [`crate::warehouse`] for
+//! the protocol), so that decoding, Parquet encoding and the uploads overlap.
 //!
 //! Jobs are processed in the order they were sent. A job whose offsets another writer already
 //! recorded comes back [`Outcome::Stale`]; every later job of the same partition *incarnation*
@@ -13,13 +13,16 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::batch::Rows;
 use crate::error::Result;
-use crate::manifest::{CommitOutcome, Covers, Manifest};
 use crate::schema::{Table, SCHEMA_VERSION};
+use crate::warehouse::{CommitMeta, TableCommit, Warehouse};
 use crate::writer::{write_parquet_batches, ParquetSettings, StagedFile};
 
 /// Per-commit counts, added to the run's summary once recorded.
@@ -30,10 +33,16 @@ pub struct Counts {
     pub flows: u64,
     pub quarantined: u64,
     pub reasons: BTreeMap<&'static str, u64>,
+    /// Messages whose only row was already in its table (a range read again after a writer
+    /// stopped between its commits to `quarantine` and to the primary table): not written again.
+    pub already_recorded: u64,
 }
 
 /// One partition's buffer, to be written and recorded as one commit.
 pub struct Job {
+    /// The table the topic feeds (`gateway_events` or `flows`): its `txn` is the partition's
+    /// recorded position.
+    pub primary: Table,
     pub topic: String,
     pub partition: i32,
     pub epoch: u64,
@@ -41,6 +50,8 @@ pub struct Job {
     pub first_offset: i64,
     pub last_offset: i64,
     pub counts: Counts,
+    /// A job with no rows that records `first_offset..=last_offset` as a gap, for this reason.
+    pub gap: Option<String>,
 }
 
 /// What became of a job.
@@ -51,6 +62,8 @@ pub enum Outcome {
         last_offset: i64,
         counts: Counts,
         files: usize,
+        /// The primary table's version after the commit.
+        version: i64,
     },
     Stale {
         topic: String,
@@ -65,15 +78,14 @@ pub enum Outcome {
 pub fn run(
     jobs: Receiver<Job>,
     outcomes: Sender<Result<Outcome>>,
-    manifest: Arc<Mutex<Manifest>>,
+    warehouse: Arc<Mutex<Warehouse>>,
     settings: ParquetSettings,
     geoip_sha: Option<String>,
 ) {
-    let staging = manifest
-        .lock()
-        .expect("manifest lock")
-        .staging_dir()
-        .to_path_buf();
+    let (staging, writer) = {
+        let w = warehouse.lock().expect("warehouse lock");
+        (w.staging_dir().to_path_buf(), w.writer_id().to_string())
+    };
     let mut stale: HashMap<(String, i32), u64> = HashMap::new();
     for job in jobs {
         let key = (job.topic.clone(), job.partition);
@@ -83,7 +95,14 @@ pub fn run(
             }
             continue;
         }
-        let out = commit(job, &staging, &manifest, &settings, geoip_sha.as_deref());
+        let out = commit(
+            job,
+            &staging,
+            &writer,
+            &warehouse,
+            &settings,
+            geoip_sha.as_deref(),
+        );
         if let Ok(Outcome::Stale { epoch, .. }) = &out {
             stale.insert(key, *epoch);
         }
@@ -94,20 +113,116 @@ pub fn run(
     }
 }
 
+/// Rows of a batch whose `kafka_offset` is above `recorded`; the reason codes of the others.
+fn drop_recorded(
+    batches: Vec<RecordBatch>,
+    recorded: i64,
+    dropped: &mut BTreeMap<String, u64>,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        let offsets = b
+            .column_by_name("kafka_offset")
+            .expect("every table has kafka_offset")
+            .as_primitive::<Int64Type>();
+        let keep: BooleanArray = offsets
+            .iter()
+            .map(|o| Some(o.is_some_and(|o| o > recorded)))
+            .collect();
+        if let Some(codes) = b.column_by_name("reason_code") {
+            let codes = codes.as_string::<i32>();
+            for i in 0..b.num_rows() {
+                if !keep.value(i) {
+                    *dropped.entry(codes.value(i).to_string()).or_default() += 1;
+                }
+            }
+        }
+        let f = arrow::compute::filter_record_batch(&b, &keep)?;
+        if f.num_rows() > 0 {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// (rows, min offset, max offset, min ts, max ts) of filtered batches.
+fn extent(batches: &[RecordBatch]) -> (usize, i64, i64, i64, i64) {
+    let (mut rows, mut lo, mut hi, mut tlo, mut thi) = (0, i64::MAX, i64::MIN, i64::MAX, i64::MIN);
+    for b in batches {
+        rows += b.num_rows();
+        let o = b
+            .column_by_name("kafka_offset")
+            .expect("kafka_offset")
+            .as_primitive::<Int64Type>();
+        let t = b
+            .column_by_name("ts")
+            .expect("ts")
+            .as_primitive::<TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            lo = lo.min(o.value(i));
+            hi = hi.max(o.value(i));
+            if t.is_valid(i) {
+                tlo = tlo.min(t.value(i));
+                thi = thi.max(t.value(i));
+            }
+        }
+    }
+    (rows, lo, hi, tlo, thi)
+}
+
 fn commit(
     mut job: Job,
     staging: &std::path::Path,
-    manifest: &Mutex<Manifest>,
+    writer: &str,
+    warehouse: &Mutex<Warehouse>,
     settings: &ParquetSettings,
     geoip_sha: Option<&str>,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    let (topic, partition) = (job.topic.as_str(), job.partition);
-    let mut staged = Vec::with_capacity(job.files.len());
+    let (topic, partition, primary) = (job.topic.clone(), job.partition, job.primary);
+    // What each table of this job has recorded of the partition already.
+    let mut recorded: BTreeMap<Table, Option<i64>> = BTreeMap::new();
+    {
+        let mut w = warehouse.lock().expect("warehouse lock");
+        let mut tables: Vec<Table> = job.files.keys().map(|k| k.0).collect();
+        tables.push(primary);
+        for t in tables {
+            if recorded.contains_key(&t) {
+                continue;
+            }
+            recorded.insert(t, w.recorded(t, &topic, partition)?);
+        }
+    }
+    if let Some(r) = recorded[&primary].filter(|r| *r >= job.first_offset) {
+        return Ok(Outcome::Stale {
+            topic: job.topic,
+            partition,
+            epoch: job.epoch,
+            recorded_last: r,
+        });
+    }
+    let mut staged: BTreeMap<Table, Vec<StagedFile>> = BTreeMap::new();
+    let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     for ((table, date, hour), rows) in job.files.iter_mut() {
-        let batches = rows.finish_batches()?;
+        let mut batches = rows.finish_batches()?;
+        let (mut n, mut lo, mut hi, mut tlo, mut thi) = (
+            rows.rows,
+            rows.min_offset,
+            rows.max_offset,
+            rows.min_ts_us,
+            rows.max_ts_us,
+        );
+        if let Some(r) = recorded[table].filter(|r| *r >= job.first_offset) {
+            // Already recorded in this table by a commit whose primary commit never happened.
+            batches = drop_recorded(batches, r, &mut dropped)?;
+            (n, lo, hi, tlo, thi) = extent(&batches);
+            if batches.is_empty() {
+                continue;
+            }
+        }
+        let tag: u64 = rand::random();
         let name = format!(
-            "{}-{date}-{hour:02}-{topic}-{partition}-{}.parquet",
+            "{}-{date}-{hour:02}-{topic}-{partition}-{}-{tag:016x}.parquet",
             table.name(),
             job.first_offset
         );
@@ -123,14 +238,8 @@ fn commit(
                 "flowaudit.kafka_partition".to_string(),
                 partition.to_string(),
             ),
-            (
-                "flowaudit.first_offset".to_string(),
-                rows.min_offset.to_string(),
-            ),
-            (
-                "flowaudit.last_offset".to_string(),
-                rows.max_offset.to_string(),
-            ),
+            ("flowaudit.first_offset".to_string(), lo.to_string()),
+            ("flowaudit.last_offset".to_string(), hi.to_string()),
             (
                 "flowaudit.geoip_sha256".to_string(),
                 geoip_sha.unwrap_or_default().to_string(),
@@ -139,58 +248,119 @@ fn commit(
         let (sha256, bytes) =
             write_parquet_batches(&staging_path, table.schema(), &batches, settings, meta)?;
         drop(batches);
-        staged.push(StagedFile {
+        staged.entry(*table).or_default().push(StagedFile {
             rel_path: format!("{}/date={date}/hour={hour:02}/{name}", table.name()),
             staging_path,
             table: table.name(),
             sha256,
             bytes,
-            rows: rows.rows as u64,
-            first_offset: rows.min_offset,
-            last_offset: rows.max_offset,
-            min_ts_us: rows.min_ts_us,
-            max_ts_us: rows.max_ts_us,
+            rows: n as u64,
+            first_offset: lo,
+            last_offset: hi,
+            min_ts_us: tlo,
+            max_ts_us: thi,
         });
     }
     drop(std::mem::take(&mut job.files));
-    let covers = Covers {
-        topic: topic.to_string(),
-        partition,
-        first_offset: job.first_offset,
-        last_offset: job.last_offset,
-    };
-    let outcome = manifest.lock().expect("manifest lock").commit(
-        &staged,
-        &covers,
-        geoip_sha,
-        SCHEMA_VERSION,
-    )?;
-    Ok(match outcome {
-        CommitOutcome::Committed { last_seq, .. } => {
-            info!(
-                topic,
-                partition,
-                first_offset = job.first_offset,
-                last_offset = job.last_offset,
-                messages = job.counts.msgs,
-                files = staged.len(),
-                seq = last_seq,
-                ms = started.elapsed().as_millis() as u64,
-                "committed"
-            );
-            Outcome::Committed {
-                topic: job.topic,
-                partition,
-                last_offset: job.last_offset,
-                counts: job.counts,
-                files: staged.len(),
+    let consumed = job.counts.msgs;
+    let skipped: u64 = dropped.values().sum();
+    if skipped > 0 {
+        warn!(
+            topic,
+            partition,
+            rows = skipped,
+            "rows already recorded by an interrupted earlier commit were not written again"
+        );
+        job.counts.msgs -= skipped;
+        job.counts.quarantined = job.counts.quarantined.saturating_sub(skipped);
+        job.counts.already_recorded += skipped;
+        for (code, n) in &dropped {
+            if let Some(c) = job
+                .counts
+                .reasons
+                .iter_mut()
+                .find(|(k, _)| **k == code.as_str())
+            {
+                *c.1 = c.1.saturating_sub(*n);
             }
         }
-        CommitOutcome::Stale { recorded_last } => Outcome::Stale {
-            topic: job.topic,
-            partition,
-            epoch: job.epoch,
-            recorded_last,
-        },
+        job.counts.reasons.retain(|_, n| *n > 0);
+    }
+    let meta = CommitMeta {
+        writer: writer.to_string(),
+        topic: topic.clone(),
+        partition,
+        covers_first_offset: job.first_offset,
+        covers_last_offset: job.last_offset,
+        messages: consumed,
+        schema_version: SCHEMA_VERSION,
+        geoip_sha256: geoip_sha.map(str::to_string),
+        gap: job.gap.clone(),
+        commit_id: format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        ),
+        detected_at: job.gap.as_ref().map(|_| crate::warehouse::now_rfc3339()),
+    };
+    let mut w = warehouse.lock().expect("warehouse lock");
+    let files: usize = staged.values().map(Vec::len).sum();
+    for f in staged.values().flatten() {
+        w.publish(f)?;
+    }
+    // The primary table last: its txn is the partition's position.
+    let mut order: Vec<Table> = staged.keys().copied().filter(|t| *t != primary).collect();
+    order.push(primary);
+    let mut version = -1;
+    let mut committed: Vec<&'static str> = Vec::new();
+    for t in order {
+        let fs = staged.get(&t).map(Vec::as_slice).unwrap_or(&[]);
+        let expect_below = if t == primary {
+            job.first_offset
+        } else {
+            recorded[&t].map_or(i64::MIN, |r| r.saturating_add(1))
+        };
+        match w.commit_table(t, fs, &meta, expect_below)? {
+            TableCommit::Committed { version: v } => {
+                version = v;
+                committed.push(t.name());
+            }
+            TableCommit::Stale { .. } => {
+                // Files of the tables not committed are referenced by nothing: remove them.
+                for f in staged.values().flatten() {
+                    if !committed.contains(&f.table) {
+                        w.unpublish(f);
+                    }
+                }
+                let recorded_last = w
+                    .recorded(primary, &topic, partition)?
+                    .unwrap_or(job.first_offset - 1);
+                return Ok(Outcome::Stale {
+                    topic: job.topic,
+                    partition,
+                    epoch: job.epoch,
+                    recorded_last,
+                });
+            }
+        }
+    }
+    info!(
+        topic,
+        partition,
+        first_offset = job.first_offset,
+        last_offset = job.last_offset,
+        messages = job.counts.msgs,
+        files,
+        version,
+        ms = started.elapsed().as_millis() as u64,
+        "committed"
+    );
+    Ok(Outcome::Committed {
+        topic: job.topic,
+        partition,
+        last_offset: job.last_offset,
+        counts: job.counts,
+        files,
+        version,
     })
 }

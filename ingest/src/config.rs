@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::warehouse::Location;
 use crate::writer::ParquetSettings;
 
 /// Settings as given by one source (file, environment, flags); `None` means "not given here".
@@ -20,7 +21,7 @@ pub struct IngestSettings {
     pub gateway_topic: Option<String>,
     /// Topic of network flow records.
     pub flow_topic: Option<String>,
-    /// Warehouse directory (Parquet tables, manifest).
+    /// Warehouse directory (Delta tables).
     pub warehouse: Option<PathBuf>,
     /// Policy folder (`networks.toml` is read by ingest).
     pub policy: Option<PathBuf>,
@@ -110,7 +111,7 @@ impl IngestSettings {
             group: self.group.unwrap_or_else(|| "flowaudit-ingest".into()),
             gateway_topic: self.gateway_topic.unwrap_or_else(|| "gateway.access".into()),
             flow_topic: self.flow_topic.unwrap_or_else(|| "network.flows".into()),
-            warehouse: local_warehouse(need(self.warehouse, "the warehouse directory", "--warehouse DIR", "FLOWAUDIT_WAREHOUSE")?)?,
+            warehouse: Location::parse(&need(self.warehouse, "the warehouse", "--warehouse DIR|s3://BUCKET/PREFIX", "FLOWAUDIT_WAREHOUSE")?.to_string_lossy())?,
             policy: need(self.policy, "the policy folder", "--policy DIR", "FLOWAUDIT_POLICY")?,
             geoip: self.geoip,
             until_caught_up: self.until_caught_up.unwrap_or(false),
@@ -157,7 +158,8 @@ pub struct IngestConfig {
     pub group: String,
     pub gateway_topic: String,
     pub flow_topic: String,
-    pub warehouse: PathBuf,
+    /// A local directory or `s3://bucket/prefix`.
+    pub warehouse: Location,
     pub policy: PathBuf,
     pub geoip: Option<PathBuf>,
     pub until_caught_up: bool,
@@ -190,9 +192,10 @@ impl IngestConfig {
     }
 }
 
-/// The warehouse as a local directory. A URL (`s3://bucket/prefix`, `file://…`, any
-/// `scheme://`) is refused rather than taken as a relative path, which would silently write a
-/// local directory named after the scheme: object storage is not supported yet.
+/// The warehouse as a local directory, for the commands that read it as one (rules, report, sql,
+/// serve). A URL (`s3://bucket/prefix`, `file://…`, any `scheme://`) is refused rather than
+/// taken as a relative path, which would silently write a local directory named after the
+/// scheme: ingest, verify and sql take an `s3://` warehouse, the other readers do not yet.
 pub fn local_warehouse(path: PathBuf) -> Result<PathBuf> {
     let s = path.to_string_lossy();
     if let Some((scheme, _)) = s.split_once("://") {
@@ -202,7 +205,7 @@ pub fn local_warehouse(path: PathBuf) -> Result<PathBuf> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         {
             return Err(Error::Config(format!(
-                "warehouse {s}: a {scheme}:// URL is not supported; the warehouse is a local directory (pass a path)"
+                "warehouse {s}: a {scheme}:// URL is not supported here yet (ingest, verify and sql take s3://; rules, report, serve and demo read a local directory)"
             )));
         }
     }

@@ -1,10 +1,10 @@
 //! The ingest loop: poll Kafka, decode, buffer per partition, hand full buffers to the
 //! [committer](crate::committer) (write, record), then let offsets advance.
 //!
-//! Offsets come from the manifest, never from Kafka: on assignment each partition starts at the
-//! manifest's next offset for it (the earliest offset Kafka holds if the warehouse has recorded
+//! Offsets come from the warehouse, never from Kafka: on assignment each partition starts at the
+//! warehouse's next offset for it (the earliest offset Kafka holds if the warehouse has recorded
 //! nothing of it), and messages below the next offset are skipped (they are already recorded).
-//! Kafka's committed offsets follow the manifest only so that consumer lag can be monitored with
+//! Kafka's committed offsets follow the warehouse only so that consumer lag can be monitored with
 //! the usual tools.
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,9 +25,9 @@ use crate::committer::{self, Counts, Job, Outcome};
 use crate::config::IngestConfig;
 use crate::error::{Error, Result};
 use crate::geoip::GeoIp;
-use crate::manifest::{Manifest, Repair};
 use crate::networks::Networks;
 use crate::schema::Table;
+use crate::warehouse::Warehouse;
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
 /// for what was recorded; `skipped_recorded` counts re-delivered messages already recorded.
@@ -43,9 +43,11 @@ pub struct IngestSummary {
     pub commits: u64,
     pub stale_commits: u64,
     pub discarded_on_revoke: u64,
-    pub manifest_seq: u64,
-    pub manifest_head: String,
-    pub repairs: Vec<Repair>,
+    /// Ranges recorded as gaps (offsets no longer in Kafka when read), and their offsets.
+    pub gaps: u64,
+    pub gap_offsets: u64,
+    /// Each table's Delta version at the end of the run (`-1`: no commit yet).
+    pub table_versions: BTreeMap<String, i64>,
     /// Seconds from the first message received to the last, plus the final write-and-record
     /// (excludes group join and the quiet wait that detects "caught up"): the basis of
     /// throughput figures.
@@ -72,7 +74,9 @@ struct Ctx {
     /// When a client error was last logged (errors repeat every few ms while a broker is down).
     last_logged: Mutex<Option<Instant>>,
     /// Where each assigned partition starts: the warehouse's recorded position.
-    manifest: Option<Arc<Mutex<Manifest>>>,
+    warehouse: Option<Arc<Mutex<Warehouse>>>,
+    /// The topic that feeds `gateway_events` (every other feeds `flows`).
+    gateway_topic: String,
 }
 
 /// How often a repeating Kafka error is logged again.
@@ -209,6 +213,46 @@ fn probe(consumer: &BaseConsumer<Ctx>, topics: &[&str]) -> std::result::Result<(
     Ok(())
 }
 
+/// Why a gap was recorded: the offsets were below the earliest Kafka still held when the
+/// partition was read.
+pub const GAP_NOT_IN_KAFKA: &str = "not_in_kafka";
+
+/// The earliest offset Kafka holds of a partition (one ListOffsets request; made only when the
+/// offsets jump, so once per transaction with transactional producers).
+fn low_watermark(c: &BaseConsumer<Ctx>, topic: &str, partition: i32) -> Result<i64> {
+    // A jump in offsets is either holes (transaction markers, compaction) or a range Kafka no
+    // longer holds: which one cannot be guessed, so a failed query is retried and then fatal,
+    // never taken as holes (that would skip a gap silently).
+    let mut last = None;
+    for attempt in 1..=LOW_WATERMARK_ATTEMPTS {
+        match c.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((low, _)) => return Ok(low.max(0)),
+            Err(e) => {
+                warn!(topic, partition, attempt, error = %e, "cannot read the earliest offset Kafka holds; retrying");
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(500 * attempt as u64));
+            }
+        }
+    }
+    Err(Error::Unrecoverable(format!(
+        "{topic}/{partition}: offsets jump and the earliest offset Kafka holds cannot be read \
+         ({}), so a lost range cannot be told from holes; stopping before anything is skipped",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// How often [`low_watermark`] asks before giving up.
+const LOW_WATERMARK_ATTEMPTS: u32 = 5;
+
+/// The table a topic feeds: `gateway_events` for the gateway topic, `flows` for every other.
+fn primary_table(gateway_topic: &str, topic: &str) -> Table {
+    if topic == gateway_topic {
+        Table::GatewayEvents
+    } else {
+        Table::Flows
+    }
+}
+
 impl Ctx {
     /// Set where each newly assigned partition starts: the first offset the warehouse has not
     /// recorded, or the earliest offset Kafka still holds when it has recorded nothing of that
@@ -222,11 +266,12 @@ impl Ctx {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         for (topic, partition) in parts {
-            let recorded = match &self.manifest {
-                Some(m) => m
-                    .lock()
-                    .expect("manifest lock")
-                    .next_offset(&topic, partition),
+            let recorded = match &self.warehouse {
+                Some(m) => m.lock().expect("warehouse lock").next_offset(
+                    primary_table(&self.gateway_topic, &topic),
+                    &topic,
+                    partition,
+                ),
                 None => Ok(None),
             };
             let start = match recorded {
@@ -335,7 +380,7 @@ struct PartState {
 struct Ingestor<'c> {
     cfg: &'c IngestConfig,
     enricher: Enricher,
-    manifest: Arc<Mutex<Manifest>>,
+    warehouse: Arc<Mutex<Warehouse>>,
     jobs: SyncSender<Job>,
     outcomes: Receiver<Result<Outcome>>,
     in_flight: usize,
@@ -387,7 +432,7 @@ fn cached_watermarks(
         .then_some((low, high))
 }
 
-/// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the manifest).
+/// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the warehouse's Delta logs).
 ///
 /// The prefetch is held to `cfg.prefetch_bytes()`, an eighth of `max_buffer_bytes`. librdkafka
 /// holds each queued message with a few hundred bytes of its own beside the payload, and
@@ -455,15 +500,13 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         );
     }
     let geoip_sha = geoip.as_ref().map(|g| g.identity().sha256.clone());
-    let manifest = Manifest::open(&cfg.warehouse)?;
-    {
-        let (seq, head) = manifest.head();
-        info!(warehouse = %cfg.warehouse.display(), seq, head = %head, writer = manifest.writer_id(), "manifest opened");
-    }
-    let manifest = Arc::new(Mutex::new(manifest));
+    let warehouse = Warehouse::open(&cfg.warehouse)?;
+    info!(warehouse = %warehouse.location(), versions = ?warehouse.versions(), writer = warehouse.writer_id(), "warehouse opened");
+    let warehouse = Arc::new(Mutex::new(warehouse));
 
     let ctx = Ctx {
-        manifest: Some(manifest.clone()),
+        warehouse: Some(warehouse.clone()),
+        gateway_topic: cfg.gateway_topic.clone(),
         ..Ctx::default()
     };
     let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(ctx)?;
@@ -474,14 +517,14 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     let (job_tx, job_rx) = sync_channel::<Job>(1);
     let (out_tx, out_rx) = channel();
     std::thread::scope(|scope| {
-        let m = manifest.clone();
+        let m = warehouse.clone();
         let settings = cfg.parquet.clone();
         let committer = scope.spawn(move || committer::run(job_rx, out_tx, m, settings, geoip_sha));
         let now = Instant::now();
         let mut ing = Ingestor {
             cfg,
             enricher: Enricher { geoip, networks },
-            manifest: manifest.clone(),
+            warehouse: warehouse.clone(),
             jobs: job_tx,
             outcomes: out_rx,
             in_flight: 0,
@@ -519,7 +562,7 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
         let (final_flush, stop) = result?;
         let mut summary = summary;
         if let Stop::Unrecoverable(reason) = stop {
-            // No Kafka commit: the broker cannot be used, and the manifest is authoritative.
+            // No Kafka commit: the broker cannot be used, and the warehouse is authoritative.
             warn!(
                 recorded = summary.consumed,
                 files = summary.files,
@@ -533,11 +576,12 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             )));
         }
         commit_kafka_offsets(&consumer, &parts, CommitMode::Sync);
-        let mut m = manifest.lock().expect("manifest lock");
-        summary.repairs.extend(m.take_repairs());
-        let (seq, head) = m.head();
-        summary.manifest_seq = seq;
-        summary.manifest_head = head.to_string();
+        let w = warehouse.lock().expect("warehouse lock");
+        summary.table_versions = w
+            .versions()
+            .into_iter()
+            .map(|(t, v)| (t.to_string(), v))
+            .collect();
         if let Some(first) = first_msg {
             summary.busy_secs =
                 (last_msg.saturating_duration_since(first) + final_flush).as_secs_f64();
@@ -562,7 +606,7 @@ fn commit_partition(
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
-                debug!(error = %e, topic, partition, "kafka offset commit failed (the manifest is authoritative)")
+                debug!(error = %e, topic, partition, "kafka offset commit failed (the warehouse is authoritative)")
             }
         }
     }
@@ -599,7 +643,7 @@ impl Ingestor<'_> {
             match polled {
                 None => queue_drained = true,
                 Some(Ok(msg)) => {
-                    self.handle(&msg)?;
+                    self.handle(consumer, &msg)?;
                     if self.buffered_bytes + self.in_flight_bytes > cfg.row_bytes()
                         && self.since_recount >= cfg.row_bytes() / 64
                     {
@@ -644,9 +688,21 @@ impl Ingestor<'_> {
             if cfg.until_caught_up {
                 let assigned = consumer.context().assigned.lock().expect("lock").clone();
                 if assigned.is_empty() {
-                    if !warned_unassigned && self.last_assign.elapsed() > Duration::from_secs(30) {
+                    let unassigned = self.last_assign.elapsed();
+                    if !warned_unassigned && unassigned > Duration::from_secs(30) {
                         warn!("no partitions assigned yet: is the broker reachable and do the topics exist?");
                         warned_unassigned = true;
+                    }
+                    // A batch run never waits forever: other members of the group may hold
+                    // every partition (more processes than partitions), or the group may not
+                    // settle. The broker being unreachable is reported by the health check.
+                    let limit = Duration::from_millis(cfg.give_up_after_ms.max(cfg.idle_ms));
+                    if unassigned > limit {
+                        warn!(
+                            waited_ms = unassigned.as_millis() as u64,
+                            "no partition was assigned to this process within give_up_after_ms: stopping with nothing to read"
+                        );
+                        return Ok(Stop::Done);
                     }
                 } else if queue_drained {
                     if let Some(why) = self.caught_up(consumer, &assigned)? {
@@ -659,7 +715,7 @@ impl Ingestor<'_> {
     }
 
     /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
-    /// owner reads them again) and reload the next offset from the manifest when they return.
+    /// owner reads them again) and reload the next offset from the warehouse when they return.
     fn apply_rebalance(&mut self, consumer: &BaseConsumer<Ctx>) {
         let changed: Vec<_> =
             std::mem::take(&mut *consumer.context().changed.lock().expect("lock"));
@@ -811,16 +867,20 @@ impl Ingestor<'_> {
             return Ok(i);
         }
         let next = self
-            .manifest
+            .warehouse
             .lock()
-            .expect("manifest lock")
-            .next_offset(topic, partition)?
+            .expect("warehouse lock")
+            .next_offset(
+                primary_table(&self.cfg.gateway_topic, topic),
+                topic,
+                partition,
+            )?
             .unwrap_or(i64::MIN);
         debug!(
             topic,
             partition,
             next_offset = next,
-            "resuming partition from the manifest"
+            "resuming partition from the warehouse"
         );
         self.next_epoch += 1;
         self.parts.push(PartState {
@@ -834,22 +894,27 @@ impl Ingestor<'_> {
         Ok(self.parts.len() - 1)
     }
 
-    fn handle(&mut self, msg: &BorrowedMessage<'_>) -> Result<()> {
+    fn handle(&mut self, consumer: &BaseConsumer<Ctx>, msg: &BorrowedMessage<'_>) -> Result<()> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         self.last_msg = Instant::now();
         self.first_msg.get_or_insert(self.last_msg);
         let idx = self.state_index(topic, partition)?;
+        let expected = self.parts[idx].next_offset;
+        if offset > expected && expected != i64::MIN {
+            // Offsets can have holes (transaction markers, compaction); a jump past the earliest
+            // offset Kafka still holds is a range lost to retention or an offset reset.
+            let low = low_watermark(consumer, topic, partition)?;
+            if low > expected {
+                self.record_gap(idx, expected, low.min(offset) - 1)?;
+            }
+        }
         let st = &mut self.parts[idx];
         st.seen = st.seen.max(offset.saturating_add(1));
         if offset < st.next_offset {
             self.summary.skipped_recorded += 1;
             return Ok(());
         }
-        let target = if topic == self.cfg.gateway_topic {
-            Table::GatewayEvents
-        } else {
-            Table::Flows
-        };
+        let target = primary_table(&self.cfg.gateway_topic, topic);
         let payload = msg.payload().unwrap_or(&[]);
         let prov = Provenance {
             topic,
@@ -976,6 +1041,7 @@ impl Ingestor<'_> {
         self.in_flight_sizes.push_back(buf.bytes);
         self.in_flight_bytes += buf.bytes;
         let job = Job {
+            primary: primary_table(&self.cfg.gateway_topic, &st.topic),
             topic: st.topic.clone(),
             partition: st.partition,
             epoch: st.epoch,
@@ -983,7 +1049,41 @@ impl Ingestor<'_> {
             first_offset: buf.first_offset,
             last_offset: buf.last_offset,
             counts: buf.counts,
+            gap: None,
         };
+        self.in_flight += 1;
+        self.jobs.send(job).map_err(|_| self.committer_gone())?;
+        Ok(())
+    }
+
+    /// Record `first..=last` of a partition as a gap: its buffer is handed to the committer
+    /// first, then a job with no rows whose commit advances the partition's position over the
+    /// range and says why (docs/DESIGN.md, "Gaps").
+    fn record_gap(&mut self, idx: usize, first: i64, last: i64) -> Result<()> {
+        self.flush(idx)?;
+        let st = &mut self.parts[idx];
+        warn!(
+            topic = %st.topic,
+            partition = st.partition,
+            first,
+            last,
+            "gap: these offsets are no longer in Kafka; recording the range as missing"
+        );
+        self.summary.gaps += 1;
+        self.summary.gap_offsets += (last - first + 1) as u64;
+        let job = Job {
+            primary: primary_table(&self.cfg.gateway_topic, &st.topic),
+            topic: st.topic.clone(),
+            partition: st.partition,
+            epoch: st.epoch,
+            files: BTreeMap::new(),
+            first_offset: first,
+            last_offset: last,
+            counts: Counts::default(),
+            gap: Some(GAP_NOT_IN_KAFKA.into()),
+        };
+        st.next_offset = last.saturating_add(1);
+        self.in_flight_sizes.push_back(0);
         self.in_flight += 1;
         self.jobs.send(job).map_err(|_| self.committer_gone())?;
         Ok(())
@@ -1040,9 +1140,11 @@ impl Ingestor<'_> {
                     last_offset,
                     counts,
                     files,
+                    ..
                 } => {
                     let s = &mut self.summary;
                     s.consumed += counts.msgs;
+                    s.skipped_recorded += counts.already_recorded;
                     s.written_gateway += counts.gateway;
                     s.written_flows += counts.flows;
                     s.quarantined += counts.quarantined;
@@ -1080,14 +1182,17 @@ impl Ingestor<'_> {
                         self.buffered_bytes -= b.bytes;
                     }
                     st.next_offset = recorded_last.saturating_add(1);
-                    if let Err(e) = consumer.seek(
-                        &topic,
-                        partition,
-                        Offset::Offset(st.next_offset),
-                        Duration::from_secs(5),
-                    ) {
-                        warn!(error = %e, topic, partition, "seek after a stale commit failed");
-                    }
+                    // Without the seek, the next messages would start past the recorded
+                    // position and the range between would be skipped: stop instead (a restart
+                    // starts at the recorded position).
+                    consumer
+                        .seek(&topic, partition, Offset::Offset(st.next_offset), Duration::from_secs(10))
+                        .map_err(|e| {
+                            Error::Unrecoverable(format!(
+                                "{topic}/{partition}: cannot seek back to offset {} after another writer's commit: {e}",
+                                st.next_offset
+                            ))
+                        })?;
                 }
                 Outcome::Discarded => {}
             }

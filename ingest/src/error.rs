@@ -22,9 +22,9 @@ pub enum Error {
     /// The GeoIP database could not be loaded.
     #[error("GeoIP database {path}: {msg}")]
     GeoIp { path: PathBuf, msg: String },
-    /// The manifest is unreadable or its hash chain is broken.
-    #[error("manifest {path}: {msg}")]
-    Manifest { path: PathBuf, msg: String },
+    /// The warehouse's tables or their Delta logs could not be read or written.
+    #[error("warehouse: {0}")]
+    Warehouse(String),
     /// Kafka client error (usually retryable: the broker may come back).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

@@ -23,9 +23,9 @@ use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use crate::batch::{buffer_message, Enricher, HourFiles, MessageLimits, Provenance};
 use crate::decode::{self, MAX_EVENT_TIME_US, MIN_EVENT_TIME_US};
 use crate::geoip::GeoIp;
-use crate::manifest::{self, ManifestEntry, GENESIS_HASH};
 use crate::networks::Networks;
 use crate::schema::Table;
+use crate::warehouse;
 
 /// The consumer's default `max_message_bytes` and `quarantine_raw_max_bytes`.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -315,59 +315,47 @@ fn geoip(path: &Path, data: &[u8]) {
     }
 }
 
-/// A warehouse manifest (`_manifest/manifest.jsonl`) read by [`manifest::read_entries`]: an error,
-/// or entries whose hash chain holds, in whole commits.
-pub fn manifest(data: &[u8]) {
+/// A Delta log commit file (`gateway_events/_delta_log/00000000000000000000.json`) read by
+/// [`warehouse::read_log_from`], the evidence path of `verify` and the report: an error naming
+/// the file, or a log whose chain is the SHA-256 chain of the bytes given and whose live files
+/// are all in the table, each once, with the partition values of their path.
+pub fn delta_log(data: &[u8]) {
+    use object_store::{memory::InMemory, path::Path as ObjectPath, ObjectStoreExt as _};
+    use sha2::{Digest, Sha256};
     thread_local! {
-        static DIR: std::path::PathBuf = {
-            let d = std::env::temp_dir().join(format!(
-                "flowaudit-fuzz-manifest-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            std::fs::create_dir_all(d.join(manifest::MANIFEST_DIR)).expect("create fuzz dir");
-            d
-        };
+        static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("fuzz runtime");
     }
-    let warehouse = DIR.with(|d| d.clone());
-    std::fs::write(
-        warehouse
-            .join(manifest::MANIFEST_DIR)
-            .join("manifest.jsonl"),
-        data,
-    )
-    .expect("write manifest");
-    let Ok(entries) = manifest::read_entries(&warehouse) else {
+    let store = InMemory::new();
+    let prefix = ObjectPath::from("wh");
+    let path = prefix
+        .clone()
+        .join("gateway_events")
+        .join(warehouse::LOG_DIR)
+        .join("00000000000000000000.json");
+    let read = RT.with(|rt| {
+        rt.block_on(async {
+            store
+                .put(&path, bytes::Bytes::copy_from_slice(data).into())
+                .await
+                .expect("in-memory put");
+            warehouse::read_log_from(&store, &prefix).await
+        })
+    });
+    let Ok(log) = read else {
         return;
     };
-    check_chain(&entries);
-}
-
-fn check_chain(entries: &[ManifestEntry]) {
-    let mut head = GENESIS_HASH.to_string();
-    for e in entries {
-        assert_eq!(e.prev_hash, head, "chain broken at seq {}", e.seq);
-        assert_eq!(e.compute_hash(), e.hash, "hash of seq {}", e.seq);
-        head = e.hash.clone();
-    }
-    // Whole commits only, each one's lines contiguous and in order.
-    let mut i = 0;
-    while i < entries.len() {
-        let first = &entries[i];
-        let n = first.commit_files as usize;
-        assert!(
-            n > 0 && i + n <= entries.len(),
-            "an incomplete commit was returned"
-        );
-        for (k, e) in entries[i..i + n].iter().enumerate() {
-            assert_eq!(
-                (e.commit_id.as_str(), e.commit_index as usize),
-                (first.commit_id.as_str(), k),
-                "commits interleave at seq {}",
-                e.seq
-            );
-        }
-        i += n;
+    assert_eq!(log.heads.len(), 1, "one table has a log");
+    let want = warehouse::chain(warehouse::GENESIS_HASH, &hex::encode(Sha256::digest(data)));
+    assert_eq!(log.heads[0].hash, want, "chain of the commit's bytes");
+    assert_eq!(log.heads[0].version, 0);
+    let mut seen = std::collections::HashSet::new();
+    for f in &log.files {
+        assert_eq!(f.table, "gateway_events");
+        assert!(f.path.starts_with("gateway_events/"), "{}", f.path);
+        assert!(seen.insert(f.path.clone()), "{} listed twice", f.path);
+        assert_eq!(f.version, 0);
     }
 }
 

@@ -25,7 +25,7 @@ impl GeoInfo {
     }
 }
 
-/// The identity of the database in use, recorded in the manifest and Parquet metadata.
+/// The identity of the database in use, recorded in every commit and Parquet metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeoIpIdentity {
     pub path: PathBuf,

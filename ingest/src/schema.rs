@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// Version of the table schemas, recorded in the manifest and the Parquet metadata.
+/// Version of the table schemas, recorded in every commit and the Parquet metadata.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A warehouse table written by ingest.

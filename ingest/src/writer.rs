@@ -1,6 +1,6 @@
 //! Parquet files: zstd, large row groups, provenance in the key-value metadata. A file is written
-//! to the writer's staging directory, hashed while it is written, and fsynced; the manifest then
-//! records it and renames it into its Hive partition (see [`crate::manifest`]).
+//! to the writer's staging directory, hashed while it is written, and fsynced; the committer then
+//! publishes it to its table and commits it (see [`crate::warehouse`]).
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -42,8 +42,7 @@ fn two_processes_split_the_partitions_and_write_everything_once() {
     let mut b = start(1);
     let t = Instant::now();
     let want = (gw.len() + gen.flows.len()) as u64;
-    while manifest_rows(&s.warehouse(), "gateway_events") + manifest_rows(&s.warehouse(), "flows")
-        < want
+    while table_rows(&s.warehouse(), "gateway_events") + table_rows(&s.warehouse(), "flows") < want
     {
         assert!(
             t.elapsed() < Duration::from_secs(90),
@@ -63,7 +62,7 @@ fn two_processes_split_the_partitions_and_write_everything_once() {
         "both processes got partitions"
     );
 
-    let entries = flowaudit_ingest::manifest::read_entries(&s.warehouse()).unwrap();
+    let entries = crate::support::log(&s.warehouse()).files;
     let writers: BTreeSet<_> = entries.iter().map(|e| e.writer.clone()).collect();
     assert_eq!(writers.len(), 2, "both processes recorded files");
     let facts = pyarrow(&s.warehouse());
@@ -77,5 +76,5 @@ fn two_processes_split_the_partitions_and_write_everything_once() {
     );
     assert_eq!(facts["flows"]["rows"], gen.flows.len() as u64);
     assert_eq!(facts["flows"]["provenance_unique"], true);
-    assert_manifest_matches_files(&s.warehouse());
+    assert_log_matches_files(&s.warehouse());
 }

@@ -252,7 +252,7 @@ fn messages_over_2000_hours_respect_the_memory_bound() {
         files <= commits * HOURS as u64 && files <= N as u64,
         "at most one file per hour per commit, at most one per message: {stdout}"
     );
-    let entries = flowaudit_ingest::manifest::read_entries(&wh2).unwrap();
+    let entries = crate::support::log(&wh2).files;
     assert_eq!(entries.len() as u64, files);
     let facts = pyarrow(&wh2);
     let ids: Vec<String> =
@@ -401,8 +401,8 @@ fn a_broker_that_goes_away_ends_ingest_after_writing_what_it_holds() {
             "{log}"
         );
         assert_eq!(pyarrow(&wh)["gateway_events"]["rows"], 50);
-        assert_eq!(manifest_rows(&wh, "gateway_events"), 50);
-        assert_manifest_matches_files(&wh);
+        assert_eq!(table_rows(&wh, "gateway_events"), 50);
+        assert_log_matches_files(&wh);
     }));
     let _ = broker.kill();
     let _ = broker.wait();
@@ -443,7 +443,7 @@ fn until_caught_up_ends_on_a_transactional_topic() {
     assert!(st.success(), "{log}");
     // stdout is read by a thread: give it the summary's last line.
     for _ in 0..100 {
-        if p.stdout().contains("manifest head") {
+        if p.stdout().contains("table versions") {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -526,7 +526,7 @@ fn a_fresh_warehouse_with_a_used_group_ingests_the_whole_topic() {
     c.arg("--until-caught-up");
     let (stdout, _) = run_ok(c);
     assert_eq!(consumed_and_skipped(&stdout), (0, 0), "{stdout}");
-    assert_eq!(manifest_rows(&wh1, "gateway_events"), N as u64);
+    assert_eq!(table_rows(&wh1, "gateway_events"), N as u64);
 }
 
 /// Issue 11: `--warehouse s3://bucket/wh` was taken as a relative path and wrote a local
@@ -552,21 +552,33 @@ fn a_warehouse_url_is_refused_not_written_locally() {
             "-c".as_ref(),
             "SELECT 1".as_ref(),
         ],
+        vec![
+            "rules".as_ref(),
+            "run".as_ref(),
+            "--date".as_ref(),
+            "2026-11-21".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+        ],
     ];
-    for args in commands {
+    for (i, args) in commands.into_iter().enumerate() {
+        // ingest, verify and sql take s3:// (tests in s3.rs) but no other scheme; the rule
+        // runner not s3:// yet.
+        let (url, refusal) = if i < 3 {
+            ("gs://bucket/wh", "the scheme \"gs\" is not supported")
+        } else {
+            ("s3://bucket/wh", "s3:// URL is not supported here yet")
+        };
         let out = Command::new(bin())
             .args(&args)
-            .args(["--warehouse", "s3://bucket/wh"])
+            .args(["--warehouse", url])
             .current_dir(dir.path())
             .env_remove("FLOWAUDIT_CONFIG")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} accepted a URL: {stderr}");
-        assert!(
-            stderr.contains("s3:// URL is not supported"),
-            "{args:?}: {stderr}"
-        );
+        assert!(stderr.contains(refusal), "{args:?}: {stderr}");
         let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(created.is_empty(), "{args:?} created {created:?}");
     }

@@ -1,5 +1,5 @@
-//! A generated day goes through Kafka into Parquet exactly once, enriched, with the manifest and
-//! Kafka's committed offsets agreeing.
+//! A generated day goes through Kafka into the Delta tables exactly once, enriched, with the
+//! offsets in the tables' logs and Kafka's committed offsets agreeing.
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -136,15 +136,15 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
         "no legal basis for the planted transfer to Russia"
     );
 
-    // The manifest matches the files, and records the GeoIP database's identity.
-    assert_manifest_matches_files(&s.warehouse());
-    let entries = flowaudit_ingest::manifest::read_entries(&s.warehouse()).unwrap();
+    // The logs match the files, and record the GeoIP database's identity.
+    assert_log_matches_files(&s.warehouse());
+    let entries = crate::support::log(&s.warehouse()).files;
     let geo = flowaudit_ingest::writer::sha256_file(&repo("fixtures/geoip/ranges.csv")).unwrap();
     assert!(entries
         .iter()
         .all(|e| e.geoip_sha256.as_deref() == Some(geo.as_str())));
 
-    // Kafka's committed offsets follow the manifest.
+    // Kafka's committed offsets follow the logs.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", &s.group)
@@ -184,10 +184,5 @@ fn a_generated_day_lands_exactly_once_enriched_and_reconciled() {
     c.arg("--until-caught-up");
     let (stdout, _) = run_ok(c);
     assert!(stdout.contains("consumed 0 ="), "{stdout}");
-    assert_eq!(
-        flowaudit_ingest::manifest::read_entries(&s.warehouse())
-            .unwrap()
-            .len(),
-        before
-    );
+    assert_eq!(crate::support::log(&s.warehouse()).files.len(), before);
 }

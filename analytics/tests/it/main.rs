@@ -1,5 +1,6 @@
 //! End-to-end tests of the `flowaudit` binary against a real Kafka-protocol broker process (Tansu,
-//! started by `make test`), with Parquet checked by an independent reader (pyarrow).
+//! started by `make test`) and an S3-API server process (moto), with the Delta tables checked by an
+//! independent reader (pyarrow over the JSON log).
 mod support;
 
 mod cli;
@@ -11,6 +12,7 @@ mod hostile_ingest;
 mod ingest_e2e;
 mod malformed;
 mod rules;
+mod s3;
 mod signals;
 mod sql;
 mod verify;

@@ -36,14 +36,15 @@ pub fn day_warehouse(dir: &Path, seed: u64) -> (PathBuf, Value) {
         ("gateway_events", "gateway.jsonl"),
         ("flows", "flows.jsonl"),
     ] {
-        let out = wh.join(table).join(format!("date={DATE}")).join("hour=00");
-        std::fs::create_dir_all(&out).unwrap();
         let mut c = Command::new(bin());
         c.args(["convert", "--table", table])
             .arg("--input")
             .arg(input.join(file))
             .arg("--out")
-            .arg(out.join("day.parquet"))
+            .arg(input.join(format!("{table}.parquet")))
+            .arg("--into-warehouse")
+            .arg(&wh)
+            .args(["--partition", &format!("{DATE}/00")])
             .arg("--policy")
             .arg(repo("fixtures/policy"))
             .arg("--geoip")
@@ -84,7 +85,7 @@ fn every_rule_passes_its_cases_and_a_wrong_case_fails() {
     let mut c = Command::new(bin());
     c.current_dir(repo("")).args(["rules", "test"]);
     let (out, _) = run_ok(c);
-    assert!(out.contains("all 12 rules pass their cases"), "{out}");
+    assert!(out.contains("all 13 rules pass their cases"), "{out}");
 
     // Expecting less than the rule finds, or a near miss it does fire for, fails.
     let dir = tempfile::tempdir().unwrap();
@@ -184,7 +185,7 @@ fn planted_violations_are_all_found_and_nothing_else_is_high() {
         // The run record names its inputs.
         let runs = flowaudit_analytics::runner::read_runs(&wh).unwrap();
         let r = &runs[0];
-        assert_eq!(r["rules"].as_array().unwrap().len(), 12);
+        assert_eq!(r["rules"].as_array().unwrap().len(), 13);
         assert_eq!(r["policy_versions"].as_object().unwrap().len(), 6);
         assert_eq!(r["raised"].as_array().unwrap().len(), alerts.len());
         assert!(r["geoip"]["sha256"].as_str().unwrap().len() == 64);
@@ -255,16 +256,14 @@ fn reruns_and_late_data_raise_nothing_twice_and_suppressions_silence_until_expir
         ),
     )
     .unwrap();
-    let out_dir = wh
-        .join("flows")
-        .join(format!("date={DATE}"))
-        .join("hour=23");
-    std::fs::create_dir_all(&out_dir).unwrap();
     let mut c = Command::new(bin());
     c.args(["convert", "--table", "flows", "--input"])
         .arg(&late)
         .arg("--out")
-        .arg(out_dir.join("late.parquet"))
+        .arg(late.with_extension("parquet"))
+        .arg("--into-warehouse")
+        .arg(&wh)
+        .args(["--partition", &format!("{DATE}/23")])
         .arg("--policy")
         .arg(&policy)
         .arg("--geoip")
@@ -659,7 +658,7 @@ fn serve_runs_ingest_alongside_and_both_stop_on_sigterm() {
         Duration::from_secs(30),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while crate::support::manifest_rows(&s.warehouse(), "gateway_events") < 50 {
+    while crate::support::table_rows(&s.warehouse(), "gateway_events") < 50 {
         assert!(
             std::time::Instant::now() < deadline,
             "not ingested:\n{}",
@@ -671,7 +670,7 @@ fn serve_runs_ingest_alongside_and_both_stop_on_sigterm() {
     let st = p.wait(Duration::from_secs(30));
     assert!(st.success(), "{st:?}\n{}", p.log());
     assert_eq!(
-        crate::support::manifest_rows(&s.warehouse(), "gateway_events"),
+        crate::support::table_rows(&s.warehouse(), "gateway_events"),
         50
     );
     assert!(
@@ -831,8 +830,6 @@ fn alerts_wait_for_a_kafka_broker_that_is_down_and_go_out_when_it_is_back() {
 /// Put JSON lines (flowaudit's formats) into `wh` through ingest's decoders and writer
 /// (`flowaudit convert`), with or without the GeoIP fixture.
 pub fn convert_into(wh: &Path, table: &str, date: &str, lines: &[String], geoip: bool) {
-    let dir = wh.join(table).join(format!("date={date}")).join("hour=00");
-    std::fs::create_dir_all(&dir).unwrap();
     let input = wh.with_file_name(format!("{table}-{}.jsonl", unique("in")));
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let mut c = Command::new(bin());
@@ -840,7 +837,10 @@ pub fn convert_into(wh: &Path, table: &str, date: &str, lines: &[String], geoip:
         .arg("--input")
         .arg(&input)
         .arg("--out")
-        .arg(dir.join(format!("{}.parquet", unique("part"))))
+        .arg(input.with_extension("parquet"))
+        .arg("--into-warehouse")
+        .arg(wh)
+        .args(["--partition", &format!("{date}/00")])
         .arg("--policy")
         .arg(repo("fixtures/policy"))
         .env_remove("FLOWAUDIT_CONFIG");

@@ -1048,7 +1048,7 @@ fn passwords_are_argon2id_and_brute_force_is_throttled() {
 /// same process goes on committing what is produced (rows in the warehouse, read by DuckDB).
 #[test]
 fn ingest_keeps_committing_while_hostile_queries_run() {
-    use crate::support::{brokers, manifest_rows, Setup};
+    use crate::support::{brokers, table_rows, Setup};
     let s = Setup::new(1);
     let events = |from: usize| -> Vec<flowaudit_ingest::generate::Message> {
         (from..from + 50)
@@ -1104,7 +1104,7 @@ fn ingest_keeps_committing_while_hostile_queries_run() {
     server.wait_for("Flight SQL listening", Duration::from_secs(30));
     let wait_rows = |server: &Running, n: u64| {
         let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while manifest_rows(&s.warehouse(), "gateway_events") < n {
+        while table_rows(&s.warehouse(), "gateway_events") < n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{n} rows not committed:\n{}",

@@ -252,19 +252,36 @@ pub fn pyarrow(warehouse: &Path) -> Value {
     serde_json::from_slice(&out).expect("json from check_parquet.py")
 }
 
-/// Rows recorded in the manifest, per table.
-pub fn manifest_rows(warehouse: &Path, table: &str) -> u64 {
-    flowaudit_ingest::manifest::read_entries(warehouse)
-        .unwrap()
+/// [`pyarrow`] for a warehouse URL (`s3://…`, through pyarrow's own S3 client).
+pub fn pyarrow_at(warehouse: &str) -> Value {
+    let out = python_script("check_parquet.py", &[std::ffi::OsStr::new(warehouse)]);
+    serde_json::from_slice(&out).expect("json from check_parquet.py")
+}
+
+/// The warehouse's Delta logs, read as `verify` reads them.
+pub fn log(warehouse: &Path) -> flowaudit_ingest::warehouse::WarehouseLog {
+    flowaudit_ingest::warehouse::read_log_blocking(&flowaudit_ingest::warehouse::Location::Local(
+        warehouse.to_path_buf(),
+    ))
+    .unwrap()
+}
+
+/// Rows recorded in a table's Delta log (0 before the warehouse exists).
+pub fn table_rows(warehouse: &Path, table: &str) -> u64 {
+    if !warehouse.join(table).join("_delta_log").is_dir() {
+        return 0;
+    }
+    log(warehouse)
+        .files
         .iter()
         .filter(|e| e.table == table)
         .map(|e| e.rows)
         .sum()
 }
 
-/// Assert that every manifest entry's file exists with the recorded SHA-256.
-pub fn assert_manifest_matches_files(warehouse: &Path) {
-    for e in flowaudit_ingest::manifest::read_entries(warehouse).unwrap() {
+/// Assert that every live file of the logs exists with the recorded SHA-256.
+pub fn assert_log_matches_files(warehouse: &Path) {
+    for e in log(warehouse).files {
         let p = warehouse.join(&e.path);
         assert_eq!(
             flowaudit_ingest::writer::sha256_file(&p).unwrap(),

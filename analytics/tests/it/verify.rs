@@ -1,5 +1,5 @@
 //! `flowaudit verify` over a warehouse ingested by the demo: clean in one line, and each kind of
-//! tampering caught with a message naming the file or manifest line.
+//! tampering caught with a message naming the file or the commit.
 use std::path::Path;
 use std::process::Command;
 
@@ -140,6 +140,57 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Replace the `add` of `rel` (a path relative to the warehouse) in every commit file of its
+/// table's log with `edit` applied, as someone who can write the log would.
+fn rewrite_add(wh: &Path, rel: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let (table, in_table) = rel.split_once('/').unwrap();
+    let log = wh.join(table).join("_delta_log");
+    for e in std::fs::read_dir(&log).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut changed = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                if v["add"]["path"] == in_table {
+                    edit(&mut v["add"]);
+                    changed = true;
+                }
+                serde_json::to_string(&v).unwrap()
+            })
+            .collect();
+        if changed {
+            std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        }
+    }
+}
+
+/// Rewrite a Parquet file without its first row; its new SHA-256, size and rows.
+fn drop_first_row(path: &Path) -> (String, u64, u64) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    let f = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+    let schema = reader.schema().clone();
+    let batches: Vec<_> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+    let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    let rest = all.slice(1, all.num_rows() - 1);
+    let out = std::fs::File::create(path).unwrap();
+    let mut w = ArrowWriter::try_new(out, schema, None).unwrap();
+    w.write(&rest).unwrap();
+    w.close().unwrap();
+    let sha = flowaudit_ingest::writer::sha256_file(path).unwrap();
+    (
+        sha,
+        std::fs::metadata(path).unwrap().len(),
+        rest.num_rows() as u64,
+    )
+}
+
 #[test]
 fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,7 +198,7 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
     let (ok, out) = verify(&wh);
     assert!(ok, "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
-    let entries = flowaudit_ingest::manifest::read_entries(&wh).unwrap();
+    let entries = crate::support::log(&wh).files;
     assert!(out.contains(&format!("{} files", entries.len())), "{out}");
 
     let fresh = |name: &str| {
@@ -155,8 +206,14 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
         copy_dir(&wh, &w);
         w
     };
-    let first = &entries[0].path;
-    let second = &entries[1].path;
+    let gw: Vec<_> = entries
+        .iter()
+        .filter(|e| e.table == "gateway_events" && e.rows >= 2)
+        .collect();
+    let first = &gw[0].path;
+    let second = &gw[1].path;
+    let at =
+        |e: &flowaudit_ingest::warehouse::FileEntry| format!("{} version {}", e.table, e.version);
 
     // One byte of a Parquet file changed.
     let w = fresh("modified");
@@ -168,7 +225,10 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
     let (ok, out) = verify(&w);
     assert!(!ok);
     assert!(
-        out.contains(&format!("modified: {first} (SHA-256 recorded at seq 1")),
+        out.contains(&format!(
+            "modified: {first} (SHA-256 recorded at {}",
+            at(gw[0])
+        )),
         "{out}"
     );
 
@@ -178,57 +238,154 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
     let (ok, out) = verify(&w);
     assert!(!ok);
     assert!(
-        out.contains(&format!("deleted: {second} (recorded at manifest seq 2)")),
+        out.contains(&format!("deleted: {second} (added at {})", at(gw[1]))),
         "{out}"
     );
 
-    // A stray file added.
+    // A file added that no commit lists: no reader sees it, so it is a note, not a problem.
     let w = fresh("added");
     let stray = Path::new(first).parent().unwrap().join("stray.parquet");
     std::fs::copy(w.join(first), w.join(&stray)).unwrap();
     let (ok, out) = verify(&w);
-    assert!(!ok);
+    assert!(ok, "{out}");
     assert!(
-        out.contains(&format!("added outside the manifest: {}", stray.display())),
+        out.contains(&format!(
+            "not in the log (no reader sees it; a stopped writer's leftover or an addition): {}",
+            stray.display()
+        )),
         "{out}"
     );
-    assert!(out.contains("1 problem(s)"), "{out}");
 
-    // A manifest line rewritten (its row count changed).
+    // A commit's recorded row count rewritten.
     let w = fresh("rewritten");
-    let m = w.join("_manifest/manifest.jsonl");
-    let text = std::fs::read_to_string(&m).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let mut e: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
-    e["rows"] = serde_json::json!(e["rows"].as_u64().unwrap() + 1);
-    lines[2] = serde_json::to_string(&e).unwrap();
-    std::fs::write(&m, lines.join("\n") + "\n").unwrap();
+    rewrite_add(&w, first, |a| {
+        let n: u64 = a["tags"]["flowaudit.rows"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        a["tags"]["flowaudit.rows"] = serde_json::json!((n + 1).to_string());
+    });
     let (ok, out) = verify(&w);
     assert!(!ok);
-    assert!(out.contains("manifest line 3 (seq 3"), "{out}");
-    assert!(out.contains("does not match its hash"), "{out}");
+    assert!(out.contains(&format!("row count: {first} has")), "{out}");
 
-    // Rewritten and re-chained (as someone who knows the format would): the row count is caught.
-    let w = fresh("rechained");
-    let m = w.join("_manifest/manifest.jsonl");
-    let mut all = flowaudit_ingest::manifest::read_entries(&w).unwrap();
-    all[2].rows += 1;
-    let mut prev = flowaudit_ingest::manifest::GENESIS_HASH.to_string();
-    let mut out_text = String::new();
-    for e in &mut all {
-        e.prev_hash = prev.clone();
-        e.hash = e.compute_hash();
-        prev = e.hash.clone();
-        out_text.push_str(&serde_json::to_string(e).unwrap());
-        out_text.push('\n');
-    }
-    std::fs::write(&m, out_text).unwrap();
+    // A row deleted from a file, and the file's add rewritten to match (as someone who can write
+    // both the files and the log would): every hash and count agrees, but the commit consumed
+    // more messages than the tables now hold.
+    let w = fresh("row-deleted");
+    let (sha, size, rows) = drop_first_row(&w.join(first));
+    rewrite_add(&w, first, |a| {
+        a["size"] = serde_json::json!(size);
+        a["tags"]["flowaudit.sha256"] = serde_json::json!(sha);
+        a["tags"]["flowaudit.rows"] = serde_json::json!(rows.to_string());
+        a["stats"] = serde_json::json!(format!("{{\"numRecords\":{rows}}}"));
+    });
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(out.contains("rows deleted or added"), "{out}");
+    assert!(
+        !out.contains("modified:") && !out.contains("row count:"),
+        "{out}"
+    );
+
+    // A commit file removed from the log.
+    let w = fresh("commit-removed");
+    std::fs::remove_file(w.join("gateway_events/_delta_log/00000000000000000001.json")).unwrap();
     let (ok, out) = verify(&w);
     assert!(!ok);
     assert!(
-        out.contains(&format!("row count: {} has", all[2].path)),
+        out.contains("gateway_events: the log jumps from version 0 to 2"),
         "{out}"
     );
+
+    // Commits appended after the last one (a signed head still matches its prefix):
+    let append = |w: &Path, table: &str, lines: &[serde_json::Value]| {
+        let log = w.join(table).join("_delta_log");
+        let next = std::fs::read_dir(&log)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count();
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(log.join(format!("{next:020}.json")), text).unwrap();
+        next
+    };
+    let meta_of = |w: &Path, table: &str| {
+        let log = crate::support::log(w);
+        log.commits
+            .iter()
+            .rev()
+            .find(|c| c.table == table && c.meta.is_some())
+            .map(|c| (c.meta.clone().unwrap(), c.txns.clone()))
+            .unwrap()
+    };
+    // … one that moves a partition's position far ahead with no flowaudit record of why (ingest
+    // would then skip everything below it);
+    let w = fresh("txn-forward");
+    let (m, txns) = meta_of(&w, "flows");
+    let v = append(
+        &w,
+        "flows",
+        &[
+            serde_json::json!({"txn": {"appId": txns[0].0, "version": m.covers_last_offset + 1_000_000}}),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("flows version {v} has no flowaudit commit info")),
+        "{out}"
+    );
+    // … one that removes a file and adds it again with other content, its range empty and far
+    // away (every count still agrees);
+    let w = fresh("swap");
+    let (mut m, txns) = meta_of(&w, "gateway_events");
+    let in_table = first.strip_prefix("gateway_events/").unwrap();
+    let add = crate::support::log(&w)
+        .files
+        .iter()
+        .find(|e| e.path == *first)
+        .cloned()
+        .unwrap();
+    m.covers_first_offset = m.covers_last_offset + 1000;
+    m.covers_last_offset += 1001;
+    m.messages = 0;
+    let v = append(
+        &w,
+        "gateway_events",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit": m}}),
+            serde_json::json!({"txn": {"appId": txns[0].0, "version": m.covers_last_offset}}),
+            serde_json::json!({"remove": {"path": in_table, "dataChange": true}}),
+            serde_json::json!({"add": {"path": in_table, "partitionValues": {"date": add.date, "hour": add.hour},
+                "size": add.bytes, "modificationTime": 1, "dataChange": true,
+                "tags": {"flowaudit.sha256": add.sha256, "flowaudit.rows": add.rows.to_string(),
+                         "flowaudit.first_offset": add.first_offset.to_string(),
+                         "flowaudit.last_offset": add.last_offset.to_string()}}}),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("gateway_events version {v} removes 1 files")),
+        "{out}"
+    );
+    // … and a checkpoint, which delta-rs readers would trust over the commits.
+    let w = fresh("checkpoint");
+    std::fs::write(
+        w.join("flows/_delta_log/_last_checkpoint"),
+        b"{\"version\":1,\"size\":1}",
+    )
+    .unwrap();
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(out.contains("_last_checkpoint: not a commit file"), "{out}");
 }
 
 #[test]
@@ -276,16 +433,16 @@ fn the_report_is_self_contained_complete_and_byte_identical_when_reproducible() 
     assert_eq!(r["summary"]["verdict"], "violations found");
     assert_eq!(r["generated_at"], "2026-11-22T00:00:00Z");
     assert_eq!(r["summary"]["totals"]["quarantined"], 24);
-    let entries = flowaudit_ingest::manifest::read_entries(&wh).unwrap();
+    let log = crate::support::log(&wh);
     assert_eq!(
         r["appendix"]["files"].as_array().unwrap().len(),
-        entries.len()
+        log.files.len()
     );
     assert_eq!(
-        r["appendix"]["manifest_head"]["hash"],
-        entries.last().unwrap().hash.as_str()
+        r["appendix"]["log_heads"],
+        serde_json::to_value(&log.heads).unwrap()
     );
-    assert_eq!(r["appendix"]["rules"].as_array().unwrap().len(), 12);
+    assert_eq!(r["appendix"]["rules"].as_array().unwrap().len(), 13);
     assert!(r["egress"]
         .as_array()
         .unwrap()

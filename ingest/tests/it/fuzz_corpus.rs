@@ -38,6 +38,6 @@ fn geoip_mmdb() {
 }
 
 #[test]
-fn manifest() {
-    run("manifest", fuzz::manifest);
+fn delta_log() {
+    run("delta_log", fuzz::delta_log);
 }

@@ -2,9 +2,10 @@
 mod convert;
 mod formats;
 mod fuzz_corpus;
+mod gaps;
 mod geoip;
 mod kafka_config;
-mod manifest;
+mod warehouse;
 
 use std::path::PathBuf;
 

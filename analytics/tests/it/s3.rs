@@ -1,0 +1,168 @@
+//! The warehouse on an S3-API server (moto, a real HTTP server process that `make test` starts):
+//! two ingest processes of one group write the Delta tables there, an independent reader
+//! (pyarrow's own S3 client over the JSON log) sees every event exactly once with the offsets
+//! in the tables' transactions, the SQL shell reads the tables from the bucket, and `verify`
+//! checks the warehouse and catches a deleted file.
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use flowaudit_ingest::generate::Message;
+use flowaudit_ingest::warehouse::{self, Location};
+
+use crate::support::*;
+
+fn s3_warehouse(name: &str) -> String {
+    let bucket = std::env::var("FLOWAUDIT_TEST_S3").expect(
+        "FLOWAUDIT_TEST_S3 is not set: run the tests with `make test` (it starts the S3 server)",
+    );
+    let n: u64 = rand::random();
+    format!("{bucket}/{name}-{n:016x}")
+}
+
+fn event(i: u64) -> Message {
+    let ts_us = 1_795_255_200_000_000 + (i as i64) * 61_000_000;
+    let payload = serde_json::json!({
+        "event_id": format!("s3-{i:06}"), "ts": flowaudit_ingest::decode::fmt_us(ts_us),
+        "gateway_id": "gw-fra-1", "employee_id": format!("e{}", 1000 + i % 40),
+        "employee_country": "DE", "role": "analyst", "data_category": "public", "action": "read",
+        "decision": "allow", "session_id": format!("s-{}", i / 5), "records": 1, "bytes": 10
+    });
+    Message {
+        key: format!("k{}", i % 7),
+        payload: if i % 50 == 49 {
+            b"not json".to_vec()
+        } else {
+            serde_json::to_vec(&payload).unwrap()
+        },
+        ts_us,
+    }
+}
+
+fn verify(wh: &str) -> (bool, String) {
+    let out = std::process::Command::new(bin())
+        .args(["verify", "--warehouse", wh])
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn two_ingest_processes_write_delta_tables_to_s3_exactly_once_and_verify_checks_them() {
+    let s = Setup::new(4);
+    let wh = s3_warehouse("e2e");
+    const N: u64 = 2000;
+    let msgs: Vec<Message> = (0..N).map(event).collect();
+    s.produce_gateway(&msgs);
+    let ingest = || {
+        let mut c = std::process::Command::new(bin());
+        c.args(["ingest", "--brokers", &brokers(), "--group", &s.group])
+            .args([
+                "--gateway-topic",
+                &s.gateway_topic,
+                "--flow-topic",
+                &s.flow_topic,
+            ])
+            .args([
+                "--warehouse",
+                &wh,
+                "--until-caught-up",
+                "--max-file-rows",
+                "150",
+            ])
+            .arg("--policy")
+            .arg(repo("fixtures/policy"))
+            .args(["--session-timeout-ms", "6000", "--idle-ms", "4000"])
+            .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+            .env_remove("FLOWAUDIT_CONFIG");
+        c
+    };
+    let mut a = Running::spawn(ingest());
+    let mut b = Running::spawn(ingest());
+    assert!(a.wait(Duration::from_secs(120)).success(), "{}", a.log());
+    assert!(b.wait(Duration::from_secs(120)).success(), "{}", b.log());
+    // Anything either left for the other (a rebalance at the end): a last run completes it.
+    let mut last = Running::spawn(ingest());
+    assert!(
+        last.wait(Duration::from_secs(120)).success(),
+        "{}",
+        last.log()
+    );
+
+    let loc = Location::parse(&wh).unwrap();
+    let log = warehouse::read_log_blocking(&loc).unwrap();
+    let writers: BTreeSet<_> = log
+        .commits
+        .iter()
+        .filter_map(|c| c.meta.as_ref())
+        .map(|m| m.writer.clone())
+        .collect();
+    assert!(writers.len() >= 2, "both processes committed: {writers:?}");
+    let rows: u64 = log.files.iter().map(|f| f.rows).sum();
+    assert_eq!(rows, N, "every message is one row");
+
+    // The independent reader: pyarrow's S3 client, the JSON log replayed by the script.
+    let facts = pyarrow_at(&wh);
+    let ids: Vec<String> =
+        serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
+    let unique: BTreeSet<_> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique.len(), "no duplicates");
+    let expected: BTreeSet<String> = (0..N)
+        .filter(|i| i % 50 != 49)
+        .map(|i| format!("s3-{i:06}"))
+        .collect();
+    assert_eq!(unique, expected);
+    assert_eq!(facts["quarantine"]["rows"], N / 50);
+    assert_eq!(facts["gateway_events"]["provenance_unique"], true);
+    // The tables' transactions hold the offsets: each partition's position is its last offset.
+    let txns = &facts["txns"]["gateway_events"];
+    let mut total = 0;
+    for p in 0..4 {
+        let id = format!("flowaudit:gateway_events:{}:{p}", s.gateway_topic);
+        if let Some(v) = txns[&id].as_i64() {
+            total += v + 1;
+        }
+    }
+    assert_eq!(total as u64, N, "the positions cover every message: {txns}");
+
+    let (ok, out) = verify(&wh);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("{} files", log.files.len())), "{out}");
+
+    // The SQL shell reads the same tables from the bucket, through delta-rs's provider.
+    let out = std::process::Command::new(bin())
+        .args(["sql", "--warehouse", &wh, "--format", "csv", "-c"])
+        .arg(
+            "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM gateway_events; \
+              SELECT count(*) AS q FROM quarantine WHERE date >= '2020-01-01'",
+        )
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{so}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let good = N - N / 50;
+    assert!(so.contains(&format!("n,ids\n{good},{good}\n")), "{so}");
+    assert!(so.contains(&format!("q\n{}\n", N / 50)), "{so}");
+
+    // A data file deleted from the bucket is named.
+    let victim = &log.files[0].path;
+    let (store, prefix) = loc.store().unwrap();
+    let path = victim.split('/').fold(prefix, |p, x| p.join(x));
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(object_store::ObjectStoreExt::delete(store.as_ref(), &path))
+        .unwrap();
+    let (ok, out) = verify(&wh);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("deleted: {victim}")), "{out}");
+}

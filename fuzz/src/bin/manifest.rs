@@ -1,4 +1,0 @@
-//! Fuzz target `manifest`: see docs/fuzzing.md.
-fn main() {
-    afl::fuzz!(|data: &[u8]| flowaudit_ingest::fuzz::manifest(data));
-}

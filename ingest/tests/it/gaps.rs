@@ -1,0 +1,103 @@
+//! Gaps are evidence, never silence: a range of a partition that Kafka no longer holds when ingest
+//! reads it (retention, an offset reset) is recorded in the warehouse as a gap, and reading goes
+//! on from the earliest offset Kafka holds. The broker is librdkafka's in-process mock cluster,
+//! which keeps at most 5 MiB per partition and drops the oldest data beyond that by moving the
+//! partition's low watermark, as retention does.
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use flowaudit_ingest::config::IngestSettings;
+use flowaudit_ingest::generate::Message;
+use flowaudit_ingest::warehouse::{self, Location};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::ClientConfig;
+
+/// `n` messages of 1 KiB that do not compress (they are quarantined: not JSON).
+fn noise(from: u64, n: u64) -> Vec<Message> {
+    (from..from + n)
+        .map(|i| Message {
+            key: format!("k{i}"),
+            payload: (0..1024).map(|_| rand::random::<u8>()).collect(),
+            ts_us: 1_795_255_200_000_000 + i as i64,
+        })
+        .collect()
+}
+
+fn low_watermark(brokers: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    c.fetch_watermarks(topic, 0, std::time::Duration::from_secs(5))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn a_range_lost_to_retention_is_recorded_as_a_gap_and_reading_goes_on() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    for t in ["gw", "fl"] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let cfg = IngestSettings {
+            brokers: Some(brokers.clone()),
+            group: Some("gaps".into()),
+            gateway_topic: Some("gw".into()),
+            flow_topic: Some("fl".into()),
+            warehouse: Some(dir.path().to_path_buf()),
+            policy: Some(crate::repo("fixtures/policy")),
+            until_caught_up: Some(true),
+            session_timeout_ms: Some(6000),
+            idle_ms: Some(3000),
+            flush_interval_ms: Some(1000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        flowaudit_ingest::consumer::run(&cfg, Arc::new(AtomicBool::new(false))).unwrap()
+    };
+    flowaudit_ingest::produce::produce(&brokers, "gw", &noise(0, 100)).unwrap();
+    let first = run();
+    assert_eq!(first.consumed, 100);
+    assert_eq!(first.gaps, 0);
+    // More than the partition keeps: the oldest data goes, past what the warehouse recorded.
+    flowaudit_ingest::produce::produce(&brokers, "gw", &noise(100, 7000)).unwrap();
+    let low = low_watermark(&brokers, "gw");
+    assert!(low > 100, "the mock cluster moved the low watermark: {low}");
+    let second = run();
+    assert_eq!(second.gaps, 1, "{second:?}");
+    assert_eq!(second.gap_offsets, (low - 100) as u64);
+    assert_eq!(second.consumed, (7100 - low) as u64);
+
+    let log = warehouse::read_log_blocking(&Location::Local(dir.path().to_path_buf())).unwrap();
+    let gaps = log.gaps();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let g = &gaps[0];
+    assert_eq!(
+        (g.table.as_str(), g.topic.as_str(), g.partition),
+        ("gateway_events", "gw", 0)
+    );
+    assert_eq!((g.first_offset, g.last_offset), (100, low - 1));
+    assert_eq!(g.reason, "not_in_kafka");
+    // The gap's commit moved the partition's position over the range, with no files.
+    let c = log
+        .commits
+        .iter()
+        .find(|c| c.table == "gateway_events" && c.version == g.version)
+        .unwrap();
+    assert_eq!(c.adds, 0);
+    assert_eq!(
+        c.txns,
+        vec![("flowaudit:gateway_events:gw:0".to_string(), low - 1)]
+    );
+    // Every offset is in a row or in the gap, once.
+    let rows: u64 = log.files.iter().map(|f| f.rows).sum();
+    assert_eq!(rows, 100 + (7100 - low) as u64);
+    // A third run finds nothing new and records no second gap.
+    let third = run();
+    assert_eq!((third.consumed, third.gaps), (0, 0));
+}
