@@ -912,8 +912,11 @@ fn a_join_that_finds_nothing_stops_at_the_time_limit_and_frees_its_thread() {
         let e = out[0]["error"]
             .as_str()
             .unwrap_or_else(|| panic!("the join completed: {out}"));
+        // The hash join may reach the memory limit before the time limit (how fast its build
+        // side grows depends on how the scan splits the files): either way it stops.
         assert!(
-            e.contains("query stopped: it ran longer than the time limit of 3 s"),
+            e.contains("query stopped: it ran longer than the time limit of 3 s")
+                || e.contains("query stopped: it needs more than the memory limit"),
             "{sql}: {e}"
         );
         // The one query thread is free again: an ordinary query does not wait behind the join.
