@@ -11,6 +11,7 @@ application transactions (`txn`: app id -> last version).
 import json
 import os
 import sys
+from collections import Counter
 from urllib.parse import unquote
 
 import pyarrow.dataset as ds
@@ -88,6 +89,8 @@ def main(wh):
             "dst_country_by_event": {e: c for e, c in zip(g.column("event_id").to_pylist(),
                                                           g.column("dst_country").to_pylist())},
             "dates": sorted(set(str(d) for d in g.column("date").to_pylist())),
+            "by_gateway": [{"gateway_id": k, "n": v} for k, v in
+                           sorted(Counter(g.column("gateway_id").to_pylist()).items())],
         }
     f = table(wh, "flows")
     if f is not None:

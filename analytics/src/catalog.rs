@@ -33,6 +33,8 @@ use flowaudit_ingest::geoip::GeoIp;
 use flowaudit_ingest::networks::{Cidr, Networks};
 use flowaudit_ingest::schema::Table;
 use flowaudit_ingest::warehouse::Location;
+
+use crate::site::Site;
 use sha2::{Digest, Sha256};
 
 /// Errors opening the catalog.
@@ -151,13 +153,13 @@ impl Catalog {
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
-        Self::open_at(&Location::Local(warehouse.to_path_buf()), policy, geoip).await
+        Self::open_at(&Site::local(warehouse), policy, geoip).await
     }
 
-    /// Open the catalog over the warehouse at `warehouse` (a local directory or `s3://`). On
-    /// S3, `alerts` is empty: the rule runner keeps its alerts in a local warehouse only.
+    /// Open the catalog over `site`: its Delta tables (a local directory or `s3://`) and the
+    /// `alerts` table in its state directory.
     pub async fn open_at(
-        warehouse: &Location,
+        site: &Site,
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
@@ -165,7 +167,7 @@ impl Catalog {
         let ctx = SessionContext::new_with_config(
             datafusion::prelude::SessionConfig::new().with_information_schema(true),
         );
-        register_warehouse(&ctx, warehouse).await?;
+        register_warehouse(&ctx, site).await?;
         let mut policy_versions = BTreeMap::new();
         for (name, schema) in policy_csv_tables() {
             let path = policy.join(format!("{name}.csv"));
@@ -295,7 +297,8 @@ async fn ingest_gaps(location: &Location) -> Result<MemTable, CatalogError> {
     Ok(MemTable::try_new(ingest_gaps_schema(), vec![vec![batch]])?)
 }
 
-async fn register_warehouse(ctx: &SessionContext, location: &Location) -> Result<(), CatalogError> {
+async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), CatalogError> {
+    let location = &site.tables;
     for t in Table::ALL {
         match crate::tables::DeltaWarehouseTable::open(location, t).await? {
             Some(table) => {
@@ -315,8 +318,12 @@ async fn register_warehouse(ctx: &SessionContext, location: &Location) -> Result
         crate::alerts::table_schema(),
         vec![("date".to_string(), DataType::Utf8)],
     );
-    let dir = location.local().map(|w| w.join(name));
-    if let Some(dir) = dir.filter(|d| d.is_dir()) {
+    if let Some(dir) = site
+        .state
+        .as_ref()
+        .map(|s| s.join(name))
+        .filter(|d| d.is_dir())
+    {
         let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
             what: "open",
             path: dir.clone(),

@@ -13,6 +13,8 @@ use flowaudit_ingest::generate::{self, GenerateOptions};
 use flowaudit_ingest::produce;
 use flowaudit_ingest::warehouse::Location;
 
+use crate::site::Site;
+
 use crate::config::FileConfig;
 
 /// flowaudit: an independent auditor's data-flow monitoring pipeline.
@@ -154,12 +156,17 @@ pub struct RulesTestArgs {
     pub geoip: Option<PathBuf>,
 }
 
-/// What a reader of the warehouse needs (`report`, `sql`).
+/// What a reader of the warehouse needs (`report`, `sql`, `rules run`, `serve`).
 #[derive(Debug, Args, Clone)]
 pub struct ReaderArgs {
-    /// Warehouse directory (Delta tables, alerts, run records). [config: warehouse]
+    /// Warehouse: a directory (Delta tables, alerts, run records) or s3://BUCKET/PREFIX (the
+    /// Delta tables; alerts and run records in --state-dir). [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
+    /// Local directory for the alert store, the alerts table and the run records (default: the
+    /// warehouse directory; needed with an s3:// warehouse). [config: state_dir]
+    #[arg(long, env = "FLOWAUDIT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Policy folder. [config: policy]
     #[arg(long, env = "FLOWAUDIT_POLICY")]
     pub policy: Option<PathBuf>,
@@ -169,26 +176,22 @@ pub struct ReaderArgs {
 }
 
 impl ReaderArgs {
-    /// Warehouse, policy folder (both must exist) and GeoIP database, from flags and the file.
-    pub fn resolve(self, file: &FileConfig) -> anyhow::Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-        let (w, p) = reader_paths(self.warehouse, self.policy, file)?;
-        Ok((w, p, self.geoip.or(file.geoip.clone())))
-    }
-
-    /// As [`Self::resolve`], for the readers that also take an `s3://` warehouse (`sql`).
-    pub fn resolve_location(
-        self,
-        file: &FileConfig,
-    ) -> anyhow::Result<(Location, PathBuf, Option<PathBuf>)> {
+    /// The warehouse (a local directory, which must exist, or `s3://`) with its state
+    /// directory, the policy folder (which must exist) and the GeoIP database, from flags and
+    /// the file.
+    pub fn resolve(self, file: &FileConfig) -> anyhow::Result<(Site, PathBuf, Option<PathBuf>)> {
         let geoip = self.geoip.or(file.geoip.clone());
+        let state = self.state_dir.or(file.state_dir.clone());
         let Some(w) = self.warehouse.clone().or(file.warehouse.clone()) else {
             bail!("no warehouse: pass --warehouse DIR or s3://BUCKET/PREFIX (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
         };
         let location = Location::parse(&w.to_string_lossy())?;
         if location.local().is_some() {
             let (w, p) = reader_paths(Some(w), self.policy, file)?;
-            return Ok((Location::Local(w), p, geoip));
+            let site = Site::reader(Location::Local(w), state);
+            return Ok((site, p, geoip));
         }
+        let site = Site::reader(location, state);
         let Some(policy) = self.policy.or(file.policy.clone()) else {
             bail!("no policy folder: pass --policy DIR (or FLOWAUDIT_POLICY, or policy in flowaudit.toml)");
         };
@@ -198,7 +201,7 @@ impl ReaderArgs {
                 policy.display()
             );
         }
-        Ok((location, policy, geoip))
+        Ok((site, policy, geoip))
     }
 }
 
@@ -452,6 +455,10 @@ pub struct DemoArgs {
     /// Folder of rule files.
     #[arg(long, default_value = "queries")]
     pub rules: PathBuf,
+    /// Write the Delta tables to s3://BUCKET/PREFIX (an empty prefix; AWS_* variables configure
+    /// the client) instead of <out>/warehouse; the alerts and run records go to <out>/state.
+    #[arg(long)]
+    pub warehouse: Option<String>,
 }
 
 impl IngestArgs {
@@ -602,7 +609,7 @@ fn reader_paths(
 
 fn run_sql(a: SqlArgs, file: &FileConfig) -> anyhow::Result<()> {
     use clap::ValueEnum;
-    let (warehouse, policy, geoip) = a.reader.resolve_location(file)?;
+    let (site, policy, geoip) = a.reader.resolve(file)?;
     let limits = sql_limits(a.memory_limit, a.timeout, file)?;
     let format = match (a.format, &file.sql.format) {
         (Some(f), _) => f,
@@ -623,7 +630,7 @@ fn run_sql(a: SqlArgs, file: &FileConfig) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let engine = rt
         .block_on(crate::sql::SqlEngine::open(
-            &warehouse,
+            &site,
             &policy,
             geoip.as_deref(),
             limits,
@@ -750,9 +757,10 @@ pub fn flight_options(
 
 fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
     let (from, to) = a.days.range()?;
-    let (warehouse, policy, geoip) = a.reader.resolve(file)?;
+    let (site, policy, geoip) = a.reader.resolve(file)?;
+    site.state_dir().map_err(anyhow::Error::msg)?;
     let opts = crate::report::ReportOptions {
-        warehouse,
+        site,
         policy,
         geoip,
         rules_dir: a
@@ -848,7 +856,7 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
 
 /// Settings resolved from flags, environment and file, for `rules run` and `serve`.
 pub struct Resolved {
-    pub warehouse: PathBuf,
+    pub site: Site,
     pub policy: PathBuf,
     pub geoip: Option<PathBuf>,
     pub rules_dir: PathBuf,
@@ -860,7 +868,7 @@ impl WarehouseArgs {
     pub fn resolve(self, file: &FileConfig) -> anyhow::Result<Resolved> {
         use crate::sinks::Sink;
         use std::time::Duration;
-        let (warehouse, policy, geoip) = self.reader.resolve(file)?;
+        let (site, policy, geoip) = self.reader.resolve(file)?;
         let a = &file.alerts;
         let mut sinks = Vec::new();
         if let Some(brokers) = self.brokers.or(file.brokers.clone()) {
@@ -905,7 +913,7 @@ impl WarehouseArgs {
             });
         }
         Ok(Resolved {
-            warehouse,
+            site,
             policy,
             geoip,
             rules_dir: self
@@ -948,6 +956,7 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
     let (first, last) = a.days.range()?;
     let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
     let r = a.common.resolve(file)?;
+    r.site.state_dir().map_err(anyhow::Error::msg)?;
     let rules = select_rules(&r.rules_dir, &r.only)?;
     let rt = tokio::runtime::Runtime::new()?;
     let suppressions = crate::alerts::load_suppressions(&r.policy.join("suppressions.csv"))?;
@@ -957,18 +966,19 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
         let from = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
         let to = from + chrono::Duration::days(1);
         let catalog = rt
-            .block_on(crate::catalog::Catalog::open(
-                &r.warehouse,
+            .block_on(crate::catalog::Catalog::open_at(
+                &r.site,
                 &r.policy,
                 r.geoip.as_deref(),
             ))
             .context("opening the catalog")?;
-        let mut store = crate::alerts::AlertStore::open(&r.warehouse)?;
+        let mut store =
+            crate::alerts::AlertStore::open(r.site.state_dir().map_err(anyhow::Error::msg)?)?;
         let before = store.len();
         let res = rt
             .block_on(crate::runner::run_window(
                 &catalog,
-                &r.warehouse,
+                &r.site,
                 &rules,
                 &mut store,
                 &suppressions,
@@ -1212,13 +1222,14 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
     }
     let r = a.common.resolve(file)?;
     if scheduler {
+        r.site.state_dir().map_err(anyhow::Error::msg)?;
         select_rules(&r.rules_dir, &r.only)?;
     }
     let opts = crate::serve::ServeOptions {
         scheduler,
         flight,
         report,
-        warehouse: r.warehouse,
+        site: r.site,
         policy: r.policy,
         geoip: r.geoip,
         rules_dir: r.rules_dir,

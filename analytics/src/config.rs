@@ -13,6 +13,9 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub brokers: Option<String>,
     pub warehouse: Option<PathBuf>,
+    /// The local directory of the alert store and run records when the warehouse is on S3
+    /// (default: the warehouse directory when it is local).
+    pub state_dir: Option<PathBuf>,
     pub policy: Option<PathBuf>,
     pub geoip: Option<PathBuf>,
     #[serde(default)]

@@ -20,6 +20,7 @@ use crate::alerts::AlertStore;
 use crate::catalog::Catalog;
 use crate::cli::{print_run, print_summary, DemoArgs};
 use crate::sinks::{deliver_all, Sink};
+use crate::site::Site;
 
 const GATEWAY_TOPIC: &str = "gateway.access";
 const FLOW_TOPIC: &str = "network.flows";
@@ -29,15 +30,8 @@ const PARTITIONS: i32 = 6;
 /// Run the demo.
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let input = a.out.join("input");
-    let warehouse = a.out.join("warehouse");
-    if warehouse.exists() {
-        std::fs::remove_dir_all(&warehouse).with_context(|| {
-            format!(
-                "removing the previous demo warehouse {}",
-                warehouse.display()
-            )
-        })?;
-    }
+    let site = demo_site(a)?;
+    let state = site.state_dir().map_err(anyhow::Error::msg)?.to_path_buf();
     println!("== flowaudit demo: {} (seed {}) ==", a.date, a.seed);
 
     // The mock cluster keeps at most 5 MiB per partition: the demo's volume (lz4-compressed) stays well below.
@@ -76,7 +70,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let cfg = IngestSettings {
         brokers: Some(brokers.clone()),
         group: Some("flowaudit-demo".into()),
-        warehouse: Some(warehouse.clone()),
+        warehouse: Some(site.tables.to_string().into()),
         policy: Some(a.policy.clone()),
         geoip: Some(a.geoip.clone()),
         until_caught_up: Some(true),
@@ -93,7 +87,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         bail!("counts do not reconcile: produced {produced}, consumed {}, written {} + quarantined {}", summary.consumed, summary.written_gateway + summary.written_flows, summary.quarantined);
     }
 
-    let log = read_log_blocking(&Location::Local(warehouse.clone()))?;
+    let log = read_log_blocking(&site.tables)?;
     let mut per_table: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
     for e in &log.files {
         let t = per_table.entry(e.table.as_str()).or_default();
@@ -101,7 +95,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         t.1 += e.rows;
         t.2 += e.bytes;
     }
-    println!("\nwarehouse {}:", warehouse.display());
+    println!("\nwarehouse {}:", site.tables);
     println!(
         "  {:<16} {:>6} {:>10} {:>12}",
         "table", "files", "rows", "bytes"
@@ -143,14 +137,14 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let rules = crate::rules::load_rules(&a.rules).context("loading the rules")?;
     let rt = tokio::runtime::Runtime::new()?;
     let catalog = rt
-        .block_on(Catalog::open(&warehouse, &a.policy, Some(&a.geoip)))
+        .block_on(Catalog::open_at(&site, &a.policy, Some(&a.geoip)))
         .context("opening the catalog")?;
     let suppressions = crate::alerts::load_suppressions(&a.policy.join("suppressions.csv"))?;
-    let mut store = AlertStore::open(&warehouse)?;
+    let mut store = AlertStore::open(&state)?;
     let from = a.date.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
     let res = rt.block_on(crate::runner::run_window(
         &catalog,
-        &warehouse,
+        &site,
         &rules,
         &mut store,
         &suppressions,
@@ -197,14 +191,14 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     println!(
         "alerts: {} (JSON lines) and topic {ALERT_TOPIC}; run records: {}",
         alerts_file.display(),
-        warehouse.join("_runs/runs.jsonl").display()
+        state.join("_runs/runs.jsonl").display()
     );
 
     // The auditor's report of the day.
     let report_dir = a.out.join("report");
     let report = rt
         .block_on(crate::report::build(&crate::report::ReportOptions {
-            warehouse: warehouse.clone(),
+            site: site.clone(),
             policy: a.policy.clone(),
             geoip: Some(a.geoip.clone()),
             rules_dir: a.rules.clone(),
@@ -223,4 +217,41 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     );
     drop(cluster);
     Ok(())
+}
+
+/// The demo's warehouse: `<out>/warehouse` (replaced), or the `--warehouse` S3 prefix, which
+/// must hold no tables yet (the embedded broker's offsets start again at 0 every run), with the
+/// state in `<out>/state` (replaced).
+fn demo_site(a: &DemoArgs) -> anyhow::Result<Site> {
+    let replace = |dir: &std::path::Path| -> anyhow::Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the previous demo's {}", dir.display()))?;
+        }
+        Ok(())
+    };
+    match &a.warehouse {
+        None => {
+            let dir = a.out.join("warehouse");
+            replace(&dir)?;
+            Ok(Site::local(&dir))
+        }
+        Some(w) => {
+            let location = Location::parse(w)?;
+            if location.local().is_some() {
+                bail!("demo --warehouse takes s3://BUCKET/PREFIX (the local warehouse is <out>/warehouse)");
+            }
+            let log =
+                read_log_blocking(&location).with_context(|| format!("reading {location}"))?;
+            if !log.commits.is_empty() {
+                bail!(
+                    "{location} already holds Delta tables ({} commits): the demo needs an empty prefix",
+                    log.commits.len()
+                );
+            }
+            let state = a.out.join("state");
+            replace(&state)?;
+            Site::new(location, Some(state)).map_err(anyhow::Error::msg)
+        }
+    }
 }

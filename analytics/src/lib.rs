@@ -21,6 +21,7 @@ pub mod serve;
 pub mod shell;
 pub mod signing;
 pub mod sinks;
+pub mod site;
 pub mod sql;
 pub mod sqlguard;
 pub mod sqlout;

@@ -21,7 +21,7 @@ use crate::runner::batches_to_json;
 
 /// What to report on.
 pub struct ReportOptions {
-    pub warehouse: PathBuf,
+    pub site: crate::site::Site,
     pub policy: PathBuf,
     pub geoip: Option<PathBuf>,
     pub rules_dir: PathBuf,
@@ -81,7 +81,7 @@ async fn rows(c: &Catalog, sql: &str) -> Result<Vec<Map<String, Value>>, String>
 
 /// Build the report document.
 pub async fn build(o: &ReportOptions) -> Result<Value, String> {
-    let c = Catalog::open(&o.warehouse, &o.policy, o.geoip.as_deref())
+    let c = Catalog::open_at(&o.site, &o.policy, o.geoip.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let (f, t) = (o.from.to_string(), o.to.to_string());
@@ -104,7 +104,7 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
     .await?;
 
     // Findings: the alerts whose day is in the window, most severe first.
-    let mut findings: Vec<Alert> = read_alerts(&o.warehouse)?
+    let mut findings: Vec<Alert> = read_alerts(o.site.state_dir()?)?
         .into_iter()
         .filter(|a| a.day.as_str() >= f.as_str() && a.day.as_str() <= t.as_str())
         .collect();
@@ -150,11 +150,9 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         .filter(|s| s.expires >= o.from)
         .map(|s| serde_json::to_value(s).expect("json"))
         .collect();
-    let log = flowaudit_ingest::warehouse::read_log(&flowaudit_ingest::warehouse::Location::Local(
-        o.warehouse.clone(),
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    let log = flowaudit_ingest::warehouse::read_log(&o.site.tables)
+        .await
+        .map_err(|e| e.to_string())?;
     // Ranges ingest recorded as missing (no longer in Kafka when read) during the window.
     let ingest_gaps: Vec<Value> = log
         .gaps()
@@ -230,8 +228,8 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
     Ok(report)
 }
 
-fn read_alerts(warehouse: &Path) -> Result<Vec<Alert>, String> {
-    let p = warehouse.join("_alerts").join("alerts.jsonl");
+fn read_alerts(state: &Path) -> Result<Vec<Alert>, String> {
+    let p = state.join("_alerts").join("alerts.jsonl");
     let text = match std::fs::read_to_string(&p) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

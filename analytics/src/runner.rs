@@ -1,5 +1,6 @@
 //! Running rules over a window: each rule's query, its findings grouped into alerts, the alerts
-//! recorded once, and a run record appended to `_runs/runs.jsonl` in the warehouse.
+//! recorded once, and a run record appended to `_runs/runs.jsonl` in the state directory
+//! ([`crate::site::Site`]: the warehouse itself when it is local).
 //!
 //! A run record names everything the result depends on: the window, every rule's id and
 //! SHA-256, the policy files' SHA-256, the GeoIP database, each ingest table's Delta log head
@@ -33,6 +34,8 @@ pub enum RunError {
     },
     #[error("reading the warehouse's logs: {0}")]
     Log(#[from] flowaudit_ingest::Error),
+    #[error("{0}")]
+    NoState(String),
 }
 
 /// What one rule did in a run.
@@ -103,13 +106,14 @@ pub struct Window<'a> {
 /// Run `rules` over the window `[from, to)`, record the alerts and append the run record.
 pub async fn run_window(
     catalog: &Catalog,
-    warehouse: &Path,
+    site: &crate::site::Site,
     rules: &[Rule],
     store: &mut AlertStore,
     suppressions: &[Suppression],
     window: Window<'_>,
 ) -> Result<RunResult, RunError> {
     let Window { from, to, trigger } = window;
+    let state = site.state_dir().map_err(RunError::NoState)?;
     let started = Utc::now();
     let clock = Instant::now();
     let run_id = format!(
@@ -117,11 +121,9 @@ pub async fn run_window(
         started.format("%Y%m%dT%H%M%S%.6fZ"),
         std::process::id() & 0xffff
     );
-    let log_heads = flowaudit_ingest::warehouse::read_log(
-        &flowaudit_ingest::warehouse::Location::Local(warehouse.to_path_buf()),
-    )
-    .await?
-    .heads;
+    let log_heads = flowaudit_ingest::warehouse::read_log(&site.tables)
+        .await?
+        .heads;
     let (from_s, to_s, raised_at) = (ts(from), ts(to), ts(started));
     let ctx = RunContext {
         run_id: &run_id,
@@ -203,7 +205,7 @@ pub async fn run_window(
             .collect(),
         expired_suppressions: expired,
     };
-    append_run(warehouse, &record)?;
+    append_run(state, &record)?;
     Ok(RunResult {
         record,
         raised,
@@ -212,8 +214,8 @@ pub async fn run_window(
 }
 
 /// Append a run record to `_runs/runs.jsonl` (fsynced).
-fn append_run(warehouse: &Path, record: &RunRecord) -> Result<(), RunError> {
-    let dir = warehouse.join("_runs");
+fn append_run(state: &Path, record: &RunRecord) -> Result<(), RunError> {
+    let dir = state.join("_runs");
     let path = dir.join("runs.jsonl");
     let err = |what: &'static str| {
         let path = path.clone();
@@ -232,9 +234,9 @@ fn append_run(warehouse: &Path, record: &RunRecord) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Every run record of a warehouse, oldest first.
-pub fn read_runs(warehouse: &Path) -> Result<Vec<Value>, RunError> {
-    let path = warehouse.join("_runs").join("runs.jsonl");
+/// Every run record kept in the state directory `state` (a local warehouse's own), oldest first.
+pub fn read_runs(state: &Path) -> Result<Vec<Value>, RunError> {
+    let path = state.join("_runs").join("runs.jsonl");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -27,7 +27,7 @@ use crate::sinks::{deliver_all, Sink};
 
 /// What `serve` runs.
 pub struct ServeOptions {
-    pub warehouse: PathBuf,
+    pub site: crate::site::Site,
     pub policy: PathBuf,
     pub geoip: Option<PathBuf>,
     pub rules_dir: PathBuf,
@@ -48,6 +48,13 @@ pub struct ServeOptions {
     pub flight: Option<FlightServe>,
 }
 
+impl ServeOptions {
+    /// The state directory (the schedule, alerts and run records): the scheduler's.
+    fn state(&self) -> anyhow::Result<&Path> {
+        self.site.state_dir().map_err(anyhow::Error::msg)
+    }
+}
+
 /// The Flight SQL endpoint run alongside.
 pub struct FlightServe {
     pub options: crate::flight::FlightOptions,
@@ -66,12 +73,12 @@ pub struct NightlyReport {
 /// The key the nightly report's last firing is kept under in `schedule.json`.
 const REPORT_KEY: &str = "nightly-report";
 
-fn state_path(warehouse: &Path) -> PathBuf {
-    warehouse.join("_runs").join("schedule.json")
+fn state_path(state: &Path) -> PathBuf {
+    state.join("_runs").join("schedule.json")
 }
 
-fn load_state(warehouse: &Path) -> anyhow::Result<BTreeMap<String, DateTime<Utc>>> {
-    let p = state_path(warehouse);
+fn load_state(state: &Path) -> anyhow::Result<BTreeMap<String, DateTime<Utc>>> {
+    let p = state_path(state);
     match std::fs::read_to_string(&p) {
         Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
@@ -79,8 +86,8 @@ fn load_state(warehouse: &Path) -> anyhow::Result<BTreeMap<String, DateTime<Utc>
     }
 }
 
-fn save_state(warehouse: &Path, state: &BTreeMap<String, DateTime<Utc>>) -> anyhow::Result<()> {
-    let p = state_path(warehouse);
+fn save_state(dir: &Path, state: &BTreeMap<String, DateTime<Utc>>) -> anyhow::Result<()> {
+    let p = state_path(dir);
     std::fs::create_dir_all(p.parent().expect("parent"))?;
     let tmp = p.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
@@ -126,9 +133,13 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
         Some(f) => Some(start_flight(&rt, &opts, f, shutdown.clone())?),
         None => None,
     };
-    let mut state = load_state(&opts.warehouse)?;
+    let mut state = if opts.scheduler {
+        load_state(opts.state()?)?
+    } else {
+        BTreeMap::new()
+    };
     if opts.scheduler {
-        info!(warehouse = %opts.warehouse.display(), rules = %opts.rules_dir.display(), "scheduler started");
+        info!(warehouse = %opts.site, rules = %opts.rules_dir.display(), "scheduler started");
     }
     while !shutdown.load(Ordering::Relaxed) {
         if flight.as_ref().is_some_and(|h| h.is_finished()) {
@@ -193,7 +204,7 @@ fn start_flight(
 ) -> anyhow::Result<tokio::task::JoinHandle<Result<(), crate::flight::FlightServerError>>> {
     let engine = rt
         .block_on(crate::sql::SqlEngine::open(
-            &flowaudit_ingest::warehouse::Location::Local(opts.warehouse.clone()),
+            &opts.site,
             &opts.policy,
             opts.geoip.as_deref(),
             f.limits,
@@ -228,7 +239,7 @@ async fn tick(
             let start = now.duration_trunc(chrono::Duration::minutes(1))?;
             info!(rule = %r.id, next = ?cron.next_after(start), "new rule: first run at its next firing");
             state.insert(r.id.clone(), start);
-            save_state(&opts.warehouse, state)?;
+            save_state(opts.state()?, state)?;
             continue;
         };
         let firings = due_firings(&cron, last, now, opts.catch_up_max);
@@ -244,8 +255,8 @@ async fn tick(
         if shutdown.load(Ordering::Relaxed) {
             break;
         }
-        let catalog = Catalog::open(&opts.warehouse, &opts.policy, opts.geoip.as_deref()).await?;
-        let mut store = AlertStore::open(&opts.warehouse)?;
+        let catalog = Catalog::open_at(&opts.site, &opts.policy, opts.geoip.as_deref()).await?;
+        let mut store = AlertStore::open(opts.state()?)?;
         let before = store.len();
         let trigger = if group.iter().all(|r| latest.get(&r.id) == Some(&t)) {
             "schedule"
@@ -255,7 +266,7 @@ async fn tick(
         let from = t - chrono::Duration::from_std(lookback)?;
         let res = run_window(
             &catalog,
-            &opts.warehouse,
+            &opts.site,
             &group,
             &mut store,
             &suppressions,
@@ -274,15 +285,15 @@ async fn tick(
         for r in &group {
             state.insert(r.id.clone(), t);
         }
-        save_state(&opts.warehouse, state)?;
+        save_state(opts.state()?, state)?;
         deliver_all(&store, &opts.sinks, before);
     }
     if let Some(rep) = &opts.report {
         nightly_report(opts, rep, state, now).await?;
     }
     // Deliver anything still pending (a sink that was down may be back).
-    if !opts.sinks.is_empty() && opts.warehouse.join("_alerts").is_dir() {
-        let store = AlertStore::open(&opts.warehouse)?;
+    if !opts.sinks.is_empty() && opts.state()?.join("_alerts").is_dir() {
+        let store = AlertStore::open(opts.state()?)?;
         let len = store.len();
         deliver_all(&store, &opts.sinks, len);
     }
@@ -301,7 +312,7 @@ async fn nightly_report(
             REPORT_KEY.into(),
             now.duration_trunc(chrono::Duration::minutes(1))?,
         );
-        return save_state(&opts.warehouse, state);
+        return save_state(opts.state()?, state);
     };
     for t in due_firings(&rep.cron, last, now, opts.catch_up_max) {
         let day = t.date_naive() - chrono::Duration::days(1);
@@ -311,7 +322,7 @@ async fn nightly_report(
             .join((day - chrono::Duration::days(1)).to_string())
             .join("report.json");
         let o = crate::report::ReportOptions {
-            warehouse: opts.warehouse.clone(),
+            site: opts.site.clone(),
             policy: opts.policy.clone(),
             geoip: opts.geoip.clone(),
             rules_dir: opts.rules_dir.clone(),
@@ -327,7 +338,7 @@ async fn nightly_report(
         }
         info!(day = %day, out = %out.display(), verdict = r["summary"]["verdict"].as_str().unwrap_or_default(), "nightly report written");
         state.insert(REPORT_KEY.into(), t);
-        save_state(&opts.warehouse, state)?;
+        save_state(opts.state()?, state)?;
     }
     Ok(())
 }

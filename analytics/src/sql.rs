@@ -42,10 +42,11 @@ use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr, Value};
-use flowaudit_ingest::warehouse::Location;
+
 use futures::{FutureExt, Stream, StreamExt};
 
 use crate::catalog::{Catalog, CatalogError};
+use crate::site::Site;
 use crate::sqlguard::{
     guard_functions, ConcatOpPlanner, GuardContext, QueryPool, SharedMemory, SharedMemoryExhausted,
     ValueTooLarge,
@@ -428,7 +429,7 @@ impl std::fmt::Display for Checked {
 
 /// The read-only SQL engine.
 pub struct SqlEngine {
-    warehouse: Location,
+    site: Site,
     policy: PathBuf,
     geoip: Option<PathBuf>,
     pub limits: Limits,
@@ -449,16 +450,19 @@ const WAREHOUSE_TABLES: [&str; 5] = [
 
 impl SqlEngine {
     pub async fn open(
-        warehouse: &Location,
+        site: &Site,
         policy: &Path,
         geoip: Option<&Path>,
         limits: Limits,
     ) -> Result<Self, SqlError> {
-        let catalog = Catalog::open_at(warehouse, policy, geoip).await?;
+        if site.state.is_none() {
+            tracing::warn!(warehouse = %site.tables, "no --state-dir: the alerts table is empty");
+        }
+        let catalog = Catalog::open_at(site, policy, geoip).await?;
         let threads = QueryThreads::new(limits.threads)
             .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;
         Ok(Self {
-            warehouse: warehouse.clone(),
+            site: site.clone(),
             policy: policy.into(),
             geoip: geoip.map(Into::into),
             limits,
@@ -479,7 +483,7 @@ impl SqlEngine {
             }
         }
         let fresh =
-            Arc::new(Catalog::open_at(&self.warehouse, &self.policy, self.geoip.as_deref()).await?);
+            Arc::new(Catalog::open_at(&self.site, &self.policy, self.geoip.as_deref()).await?);
         *self.catalog.write().expect("catalog lock") = (fresh.clone(), std::time::Instant::now());
         Ok(fresh)
     }

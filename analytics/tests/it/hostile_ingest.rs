@@ -562,12 +562,12 @@ fn a_warehouse_url_is_refused_not_written_locally() {
         ],
     ];
     for (i, args) in commands.into_iter().enumerate() {
-        // ingest, verify and sql take s3:// (tests in s3.rs) but no other scheme; the rule
-        // runner not s3:// yet.
+        // Every command takes s3:// (tests in s3.rs) but no other scheme; the rule runner needs
+        // a local state directory beside an S3 warehouse, and says so before touching anything.
         let (url, refusal) = if i < 3 {
             ("gs://bucket/wh", "the scheme \"gs\" is not supported")
         } else {
-            ("s3://bucket/wh", "s3:// URL is not supported here yet")
+            ("s3://bucket/wh", "pass --state-dir DIR")
         };
         let out = Command::new(bin())
             .args(&args)

@@ -81,7 +81,15 @@ fn corpus() -> Vec<(char, Vec<u8>, &'static str, Option<&'static str>)> {
 
 #[test]
 fn every_bad_message_is_quarantined_with_its_reason_and_counts_reconcile() {
-    let s = Setup::new(1);
+    malformed_corpus(Setup::new(1));
+}
+
+#[test]
+fn the_malformed_corpus_on_an_s3_warehouse_is_quarantined_the_same_way() {
+    malformed_corpus(Setup::on_s3(1));
+}
+
+fn malformed_corpus(s: Setup) {
     let corpus = corpus();
     assert!(corpus.len() >= 30);
     let (mut g, mut f) = (Vec::new(), Vec::new());
@@ -123,7 +131,7 @@ fn every_bad_message_is_quarantined_with_its_reason_and_counts_reconcile() {
         "{stdout}"
     );
 
-    let facts = pyarrow(&s.warehouse());
+    let facts = s.facts();
     let q = &facts["quarantine"]["by_offset"];
     for (topic, expect) in [(&s.gateway_topic, &expect_g), (&s.flow_topic, &expect_f)] {
         for (offset, code, field) in expect {
@@ -154,4 +162,6 @@ fn every_bad_message_is_quarantined_with_its_reason_and_counts_reconcile() {
         serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
     assert_eq!(ids.len(), good_n);
     assert!(ids.iter().all(|i| i.starts_with("good-")));
+    let v = flowaudit_analytics::verify::verify(&s.location());
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
 }

@@ -166,3 +166,145 @@ fn two_ingest_processes_write_delta_tables_to_s3_exactly_once_and_verify_checks_
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("deleted: {victim}")), "{out}");
 }
+
+/// `flowaudit` with the demo's fixtures, from the repository root, without a config file.
+fn fa(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args(args)
+        .current_dir(repo(""))
+        .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    c
+}
+
+#[test]
+fn the_demo_rules_report_and_flight_sql_run_on_an_s3_warehouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = s3_warehouse("demo");
+    let out = dir.path().join("demo");
+    let out_s = out.to_str().unwrap();
+    let day = "2026-11-21";
+
+    // The demo end to end on the bucket: ingest → rules → alerts → report, planted violations
+    // found exactly (the demo fails otherwise); its state (alerts, run records) is local.
+    let (so, _) = run_ok(fa(&["demo", "--out", out_s, "--warehouse", &wh]));
+    assert!(so.contains("planted violations found: 12 of 12"), "{so}");
+    let state = out.join("state");
+    let state_s = state.to_str().unwrap();
+    assert!(state.join("_alerts/alerts.jsonl").is_file());
+    assert!(
+        !out.join("warehouse").exists(),
+        "nothing of the tables is local"
+    );
+    let raised = std::fs::read_to_string(state.join("_alerts/alerts.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(raised >= 12, "{raised} alerts");
+    // A second demo on the same prefix is refused, not mixed into the first one's tables.
+    let again = fa(&["demo", "--out", out_s, "--warehouse", &wh])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(e.contains("needs an empty prefix"), "{e}");
+
+    // The independent reader (pyarrow's S3 client over the JSON log).
+    let facts = pyarrow_at(&wh);
+    let (ok, v) = verify(&wh);
+    assert!(ok, "{v}");
+
+    // `rules run` over the bucket, with the demo's state: every finding is already raised.
+    let reader = |c: &mut std::process::Command| {
+        c.args(["--warehouse", &wh, "--state-dir", state_s]).args([
+            "--policy",
+            "fixtures/policy",
+            "--geoip",
+            "fixtures/geoip/ranges.csv",
+        ]);
+    };
+    let mut c = fa(&["rules", "run", "--date", day, "--rules-dir", "queries"]);
+    reader(&mut c);
+    run_ok(c);
+    let runs = flowaudit_analytics::runner::read_runs(&state).unwrap();
+    assert_eq!(runs.len(), 2, "the demo's run and this one");
+    assert_eq!(runs[1]["raised"], serde_json::json!([]), "{}", runs[1]);
+    let repeated: u64 = runs[1]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["already_raised"].as_u64().unwrap())
+        .sum();
+    assert_eq!(repeated as usize, raised, "{}", runs[1]);
+    assert_eq!(runs[1]["log_heads"], runs[0]["log_heads"]);
+    // Without a state directory an S3 warehouse is refused with what to pass.
+    let no_state = fa(&["rules", "run", "--date", day, "--warehouse", &wh])
+        .args(["--policy", "fixtures/policy"])
+        .output()
+        .unwrap();
+    assert!(!no_state.status.success());
+    let e = String::from_utf8_lossy(&no_state.stderr);
+    assert!(e.contains("--state-dir"), "{e}");
+
+    // `report` over the bucket: its totals are the independent reader's rows, its findings the
+    // state's alerts, its appendix the log's files.
+    let rep = dir.path().join("report");
+    let mut c = fa(&["report", "--date", day, "--reproducible", "--out"]);
+    c.arg(&rep).args(["--rules-dir", "queries"]);
+    reader(&mut c);
+    run_ok(c);
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+    let totals = &r["summary"]["totals"];
+    assert_eq!(
+        totals["gateway_events"], facts["gateway_events"]["rows"],
+        "{r}"
+    );
+    assert_eq!(totals["flows"], facts["flows"]["rows"]);
+    assert_eq!(totals["quarantined"], facts["quarantine"]["rows"]);
+    assert_eq!(r["findings"].as_array().unwrap().len(), raised);
+    let log = warehouse::read_log_blocking(&Location::parse(&wh).unwrap()).unwrap();
+    assert_eq!(
+        r["appendix"]["files"].as_array().unwrap().len(),
+        log.files.len()
+    );
+
+    // Flight SQL (`serve --flight`) answers from the bucket.
+    let config = dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &config,
+        "[[flight.users]]\nname = \"bob\"\npassword = \"hunter2\"\n",
+    )
+    .unwrap();
+    let port = crate::rules::free_port();
+    let mut c = fa(&["--config", config.to_str().unwrap()]);
+    c.args([
+        "serve",
+        "--no-scheduler",
+        "--flight",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    reader(&mut c);
+    let mut server = Running::spawn(c);
+    server.wait_for("Flight SQL listening", Duration::from_secs(60));
+    let p: serde_json::Value = serde_json::from_slice(&python_script(
+        "flight_client.py",
+        &[
+            "pyarrow".as_ref(),
+            format!("grpc://127.0.0.1:{port}").as_ref(),
+            "bob".as_ref(),
+            "hunter2".as_ref(),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        p["by_gateway"], facts["gateway_events"]["by_gateway"],
+        "{p}"
+    );
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait(Duration::from_secs(30)).success(),
+        "{}",
+        server.log()
+    );
+}

@@ -19,7 +19,15 @@ fn events(n: usize, prefix: &str) -> Vec<Message> {
 
 #[test]
 fn sigterm_writes_and_records_the_buffer_then_exits_zero() {
-    let s = Setup::new(2);
+    sigterm(Setup::new(2));
+}
+
+#[test]
+fn sigterm_on_an_s3_warehouse_writes_and_records_the_buffer_then_exits_zero() {
+    sigterm(Setup::on_s3(2));
+}
+
+fn sigterm(s: Setup) {
     s.produce_gateway(&events(1000, "term"));
     // Configured through flowaudit.toml: nothing is written by age, progress every second.
     let cfg = s.dir.path().join("flowaudit.toml");
@@ -34,7 +42,7 @@ fn sigterm_writes_and_records_the_buffer_then_exits_zero() {
     p.wait_for("buffered=1000 ", Duration::from_secs(60));
     // The tables exist from the start (created empty); no row is recorded before the signal.
     assert_eq!(
-        table_rows(&s.warehouse(), "gateway_events"),
+        s.rows("gateway_events"),
         0,
         "nothing written before the signal"
     );
@@ -42,8 +50,9 @@ fn sigterm_writes_and_records_the_buffer_then_exits_zero() {
     let st = p.wait(Duration::from_secs(30));
     assert!(st.success(), "exit status {st:?}\n{}", p.log());
     assert!(p.log().contains("shutdown requested"), "{}", p.log());
-    let facts = pyarrow(&s.warehouse());
+    let facts = s.facts();
     assert_eq!(facts["gateway_events"]["rows"], 1000);
+    assert_eq!(facts["gateway_events"]["provenance_unique"], true);
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub struct Setup {
     pub flow_topic: String,
     pub group: String,
     pub dir: tempfile::TempDir,
+    /// `s3://…` when the warehouse is on the S3 test server ([`Setup::on_s3`]).
+    pub s3: Option<String>,
 }
 
 impl Setup {
@@ -54,6 +56,7 @@ impl Setup {
             flow_topic: unique("fl"),
             group: unique("grp"),
             dir: tempfile::tempdir().unwrap(),
+            s3: None,
         };
         flowaudit_ingest::produce::ensure_topics(
             &brokers(),
@@ -64,8 +67,69 @@ impl Setup {
         s
     }
 
+    /// The same, with the warehouse under a fresh prefix of the S3 test server's bucket.
+    pub fn on_s3(partitions: i32) -> Self {
+        let bucket = std::env::var("FLOWAUDIT_TEST_S3").expect(
+            "FLOWAUDIT_TEST_S3 is not set: run the tests with `make test` (it starts the S3 server)",
+        );
+        let mut s = Self::new(partitions);
+        s.s3 = Some(format!("{bucket}/{}", unique("wh")));
+        s
+    }
+
+    /// The local warehouse directory (of a setup that is not on S3).
     pub fn warehouse(&self) -> PathBuf {
+        assert!(self.s3.is_none(), "a local warehouse");
         self.dir.path().join("warehouse")
+    }
+
+    /// `--warehouse` as given to the binary: the directory or the `s3://` URL.
+    pub fn warehouse_arg(&self) -> String {
+        match &self.s3 {
+            Some(u) => u.clone(),
+            None => self.dir.path().join("warehouse").display().to_string(),
+        }
+    }
+
+    pub fn location(&self) -> flowaudit_ingest::warehouse::Location {
+        flowaudit_ingest::warehouse::Location::parse(&self.warehouse_arg()).unwrap()
+    }
+
+    /// What the independent reader (pyarrow over the JSON log) sees, local or on S3.
+    pub fn facts(&self) -> Value {
+        pyarrow_at(&self.warehouse_arg())
+    }
+
+    /// Rows recorded in `table`'s Delta log, local or on S3 (0 before the table exists).
+    pub fn rows(&self, table: &str) -> u64 {
+        if self.s3.is_none() {
+            return table_rows(&self.warehouse(), table);
+        }
+        flowaudit_ingest::warehouse::read_log_blocking(&self.location())
+            .map(|l| {
+                l.files
+                    .iter()
+                    .filter(|e| e.table == table)
+                    .map(|e| e.rows)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Commit files in `table`'s Delta log (listed, not read).
+    pub fn commits(&self, table: &str) -> usize {
+        let (store, prefix) = self.location().store().unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(flowaudit_ingest::warehouse::list_commits(
+                store.as_ref(),
+                &prefix,
+                table,
+            ))
+            .map(|l| l.commits.len())
+            .unwrap_or(0)
     }
 
     /// `flowaudit ingest` for this setup (add `--until-caught-up` or not).
@@ -79,7 +143,9 @@ impl Setup {
                 &self.flow_topic,
             ])
             .arg("--warehouse")
-            .arg(self.warehouse())
+            .arg(self.warehouse_arg())
+            // An S3 writer stages its files under the temporary directory: this test's own.
+            .env("TMPDIR", self.dir.path())
             .arg("--policy")
             .arg(repo("fixtures/policy"))
             .arg("--geoip")
