@@ -45,6 +45,9 @@ pub enum Command {
     /// Check the warehouse against its Delta logs: the commits' hash chain, every file's SHA-256
     /// and rows, every Kafka offset in exactly one row; lists files no commit references.
     Verify(VerifyArgs),
+    /// Rewrite the small files of closed hours into large ones, as one Delta commit per table
+    /// that changes no data (verify checks the rows are the same).
+    Compact(CompactArgs),
     /// Write the auditor's report for a day or a range of days (HTML, JSON, CSV).
     Report(ReportArgs),
     /// Ad hoc, read-only SQL over the rules' catalog: an interactive shell, or -c / -f.
@@ -116,6 +119,28 @@ pub struct VerifyArgs {
     /// The auditor's Ed25519 public key (PEM) for --report.
     #[arg(long, env = "FLOWAUDIT_PUBLIC_KEY", requires = "report")]
     pub public_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// Warehouse directory or s3://BUCKET/PREFIX. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// Only this table (repeatable: gateway_events, flows, quarantine; default all).
+    #[arg(long = "table", value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// An hour is compacted once this long has passed since its end (late data still arrives).
+    #[arg(long, default_value = "2h")]
+    pub closed_after: String,
+    /// Most rows in one written file.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_file_rows: u64,
+    /// zstd level of the written files.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Say what would be rewritten, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -518,6 +543,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Serve(a) => run_serve(a, &file),
         Command::Verify(a) => run_verify(a, &file),
+        Command::Compact(a) => run_compact(a, &file),
         Command::Report(a) => run_report(a, &file),
         Command::Sql(a) => run_sql(a, &file),
         Command::Flight(a) => crate::auth::run_flight(a),
@@ -791,6 +817,74 @@ fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+fn run_compact(a: CompactArgs, file: &FileConfig) -> anyhow::Result<()> {
+    use flowaudit_ingest::schema::Table;
+    let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
+        bail!("no warehouse: pass --warehouse DIR or s3://BUCKET/PREFIX (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+    };
+    let location = Location::parse(&wh.to_string_lossy())?;
+    if let Some(dir) = location.local().filter(|d| !d.is_dir()) {
+        bail!(
+            "warehouse {} does not exist (check --warehouse)",
+            dir.display()
+        );
+    }
+    let tables = if a.tables.is_empty() {
+        Table::ALL.to_vec()
+    } else {
+        a.tables
+            .iter()
+            .map(|n| {
+                Table::ALL
+                    .into_iter()
+                    .find(|t| t.name() == n)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no table \"{n}\" (gateway_events, flows, quarantine)")
+                    })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if a.max_file_rows == 0 {
+        bail!("--max-file-rows must be at least 1");
+    }
+    let opts = flowaudit_ingest::compact::CompactOptions {
+        tables,
+        // `0s`: every hour that has ended.
+        closed_after: if a.closed_after.trim_end_matches(['s', 'm', 'h', 'd']) == "0" {
+            std::time::Duration::ZERO
+        } else {
+            setting_duration("--closed-after", &a.closed_after, "2h or 1d")?
+        },
+        max_rows: a.max_file_rows,
+        settings: flowaudit_ingest::writer::ParquetSettings {
+            zstd_level: a.zstd_level,
+            ..Default::default()
+        },
+        dry_run: a.dry_run,
+    };
+    let done = flowaudit_ingest::compact::compact(&location, &opts)
+        .with_context(|| format!("compacting {location}"))?;
+    for t in &done {
+        let what = match (t.written, t.version, a.dry_run) {
+            (0, _, _) => "nothing to compact".to_string(),
+            (_, _, true) => format!(
+                "would replace {} files ({} rows) by {}",
+                t.replaced, t.rows, t.written
+            ),
+            (_, Some(v), _) => format!(
+                "replaced {} files ({} rows) by {} at version {v}",
+                t.replaced, t.rows, t.written
+            ),
+            (_, None, _) => {
+                "not recorded: a concurrent commit removed some of these files first (run it again)"
+                    .to_string()
+            }
+        };
+        println!("{}: {what}", t.table);
+    }
     Ok(())
 }
 

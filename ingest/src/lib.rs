@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod committer;
+pub mod compact;
 pub mod config;
 pub mod consumer;
 pub mod convert;

@@ -58,6 +58,34 @@ pub const STAGING_DIR: &str = "_staging";
 pub const LOG_DIR: &str = "_delta_log";
 /// Key of flowaudit's object in a commit's `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "flowaudit";
+/// The key of a compaction's record in its commit info ([`CompactionMeta`]).
+pub const COMPACTION_INFO_KEY: &str = "flowaudit_compaction";
+
+/// A data file as a compaction records it: path relative to the warehouse, SHA-256, rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub path: String,
+    pub sha256: String,
+    pub rows: u64,
+}
+
+/// One file a compaction wrote and the files of one (date, hour, topic, partition) it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionGroup {
+    pub topic: String,
+    pub partition: i32,
+    pub added: FileRef,
+    pub replaced: Vec<FileRef>,
+}
+
+/// What a compaction commit did (its commit info under [`COMPACTION_INFO_KEY`]): no offsets
+/// move, no row is added or lost; `verify` holds it to that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionMeta {
+    pub writer: String,
+    pub commit_id: String,
+    pub groups: Vec<CompactionGroup>,
+}
 
 /// The application-transaction id of `table`'s position in `topic`/`partition`.
 pub fn app_id(table: Table, topic: &str, partition: i32) -> String {
@@ -542,11 +570,12 @@ impl Warehouse {
                     let Ok(action) = serde_json::from_slice::<Value>(line) else {
                         continue;
                     };
-                    let id = action
-                        .get("commitInfo")
-                        .and_then(|c| c.get(COMMIT_INFO_KEY))
-                        .and_then(|m| m.get("commit_id"))
-                        .and_then(Value::as_str);
+                    let ci = action.get("commitInfo");
+                    let id = [COMMIT_INFO_KEY, COMPACTION_INFO_KEY].iter().find_map(|k| {
+                        ci.and_then(|c| c.get(*k))
+                            .and_then(|m| m.get("commit_id"))
+                            .and_then(Value::as_str)
+                    });
                     if id == Some(commit_id) {
                         return Ok(Some(*v));
                     }
@@ -554,6 +583,117 @@ impl Warehouse {
             }
             Ok(None)
         })
+    }
+
+    /// The bytes of a data file (`rel` relative to the warehouse).
+    pub fn read_file(&self, rel: &str) -> Result<bytes::Bytes> {
+        let path = self.object_path(rel);
+        let store = self.store.clone();
+        self.rt
+            .block_on(async move { get_bytes(store.as_ref(), &path).await })
+    }
+
+    /// Replace each group's live files (of one date, hour, topic and partition) by its staged
+    /// file, holding the same rows, in one commit of `table` that changes no data (`add` and
+    /// `remove` with `dataChange: false`, no `txn`), recorded in the commit info under
+    /// [`COMPACTION_INFO_KEY`]. Returns the version, or `None` when a concurrent commit removed
+    /// some of those files first (nothing was recorded; the staged files are removed).
+    pub fn commit_compaction(
+        &mut self,
+        table: Table,
+        groups: &[(Vec<FileEntry>, StagedFile)],
+    ) -> Result<Option<i64>> {
+        let table_prefix = format!("{}/", table.name());
+        let strip = |p: &str| p.strip_prefix(&table_prefix).unwrap_or(p).to_string();
+        let mut actions = Vec::new();
+        let mut meta = CompactionMeta {
+            writer: self.writer_id.clone(),
+            commit_id: format!("{:016x}", rand::random::<u64>()),
+            groups: Vec::new(),
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        for (old, new) in groups {
+            let first = old.first().ok_or_else(|| {
+                Error::Warehouse(format!("compacting into {}: no files", new.rel_path))
+            })?;
+            actions.push(Action::Add(add_action(&strip(&new.rel_path), new, false)?));
+            for e in old {
+                let parts: HashMap<String, Option<String>> = [
+                    ("date".to_string(), Some(e.date.clone())),
+                    ("hour".to_string(), Some(e.hour.clone())),
+                ]
+                .into();
+                actions.push(Action::Remove(deltalake::kernel::Remove {
+                    path: strip(&e.path),
+                    data_change: false,
+                    deletion_timestamp: Some(now),
+                    extended_file_metadata: Some(true),
+                    partition_values: Some(parts),
+                    size: Some(e.bytes as i64),
+                    ..Default::default()
+                }));
+            }
+            meta.groups.push(CompactionGroup {
+                topic: first.topic.clone(),
+                partition: first.partition,
+                added: FileRef {
+                    path: new.rel_path.clone(),
+                    sha256: new.sha256.clone(),
+                    rows: new.rows,
+                },
+                replaced: old
+                    .iter()
+                    .map(|e| FileRef {
+                        path: e.path.clone(),
+                        sha256: e.sha256.clone(),
+                        rows: e.rows,
+                    })
+                    .collect(),
+            });
+        }
+        for (_, f) in groups {
+            self.publish(f)?;
+        }
+        let info = serde_json::to_value(&meta).map_err(|e| derr("commit info", e))?;
+        let dt = self.tables.get_mut(&table).expect("every table is open");
+        let mut base_version = -1i64;
+        let res: std::result::Result<i64, DeltaTableError> = self.rt.block_on(async {
+            dt.update_incremental(None).await?;
+            let snapshot = dt.snapshot()?;
+            base_version = snapshot.version() as i64;
+            let props = CommitProperties::default()
+                .with_metadata([(COMPACTION_INFO_KEY.to_string(), info)])
+                .with_cleanup_expired_logs(Some(false))
+                .with_create_checkpoint(false);
+            let op = DeltaOperation::Optimize {
+                predicate: None,
+                target_size: 0,
+            };
+            let done = CommitBuilder::from(props)
+                .with_actions(actions)
+                .build(Some(snapshot as &dyn TableReference), dt.log_store(), op)
+                .await?;
+            Ok(done.version() as i64)
+        });
+        match res {
+            Ok(v) => Ok(Some(v)),
+            Err(DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_),
+            }) => match self.find_commit(table, base_version, &meta.commit_id)? {
+                Some(v) => Ok(Some(v)),
+                None => {
+                    for (_, f) in groups {
+                        self.unpublish(f);
+                    }
+                    Ok(None)
+                }
+            },
+            // Whether it was stored is unknown: the files stay (unreferenced if it was not).
+            Err(e) => Err(derr(
+                format!("committing a compaction of {}", table.name()),
+                e,
+            )),
+        }
     }
 
     /// Commit `files` (published, all of `table`) with the `txn` of `meta`'s partition set to
@@ -575,7 +715,7 @@ impl Warehouse {
                 .rel_path
                 .strip_prefix(&table_prefix)
                 .unwrap_or(&f.rel_path);
-            adds.push(Action::Add(add_action(rel, f)?));
+            adds.push(Action::Add(add_action(rel, f, true)?));
         }
         let info = serde_json::to_value(meta).map_err(|e| derr("commit info", e))?;
         let rt = &self.rt;
@@ -650,7 +790,7 @@ impl Warehouse {
 
 /// The `add` action of a published file: its partition, size, row count, and the evidence in its
 /// tags (SHA-256, offsets, event times).
-fn add_action(rel: &str, f: &StagedFile) -> Result<Add> {
+fn add_action(rel: &str, f: &StagedFile, data_change: bool) -> Result<Add> {
     let mut parts = HashMap::new();
     for seg in rel.split('/') {
         if let Some((k, v)) = seg.split_once('=') {
@@ -680,7 +820,7 @@ fn add_action(rel: &str, f: &StagedFile) -> Result<Add> {
         partition_values: parts,
         size: f.bytes as i64,
         modification_time: chrono::Utc::now().timestamp_millis(),
-        data_change: true,
+        data_change,
         stats: Some(json!({ "numRecords": f.rows }).to_string()),
         tags: Some(tags),
         deletion_vector: None,
@@ -907,6 +1047,8 @@ pub struct CommitEntry {
     pub txns: Vec<(String, i64)>,
     pub adds: usize,
     pub removes: usize,
+    /// What a compaction commit records it replaced (its commit info).
+    pub compaction: Option<CompactionMeta>,
 }
 
 /// A table's head: its last version and the chain hash through it.
@@ -1124,9 +1266,12 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
             let file_sha = hex::encode(Sha256::digest(&bytes));
             head = chain(&head, &file_sha);
             let mut meta: Option<CommitMeta> = None;
+            let mut compaction: Option<CompactionMeta> = None;
             let mut committed_at = String::new();
             let mut adds = Vec::new();
             let mut removes = 0usize;
+            // What this commit removed, as it was live before.
+            let mut removed: HashMap<String, FileEntry> = HashMap::new();
             let mut txns = Vec::new();
             for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
                 if line.iter().all(u8::is_ascii_whitespace) {
@@ -1145,6 +1290,9 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                     if let Some(m) = ci.get(COMMIT_INFO_KEY) {
                         meta = Some(serde_json::from_value(m.clone()).map_err(|e| bad(&e))?);
                     }
+                    if let Some(m) = ci.get(COMPACTION_INFO_KEY) {
+                        compaction = Some(serde_json::from_value(m.clone()).map_err(|e| bad(&e))?);
+                    }
                 } else if let Some(a) = action.get("add") {
                     let a: RawAdd = serde_json::from_value(a.clone()).map_err(|e| bad(&e))?;
                     adds.push(a);
@@ -1152,7 +1300,15 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                     let r: RawRemove = serde_json::from_value(r.clone()).map_err(|e| bad(&e))?;
                     removes += 1;
                     let p = decode_path(&r.path);
-                    live.remove(&p);
+                    match live.remove(&p) {
+                        Some(e) => {
+                            removed.insert(format!("{name}/{p}"), e);
+                        }
+                        None => out.anomalies.push(format!(
+                            "{path} line {}: removes {name}/{p}, which is not a live file",
+                            i + 1
+                        )),
+                    }
                 } else if (action.get("metaData").is_some() || action.get("protocol").is_some())
                     && *v > 0
                 {
@@ -1182,11 +1338,18 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                         ))
                     })
                 };
-                let m = meta.clone().ok_or_else(|| {
-                    Error::Warehouse(format!(
-                        "{path}: adds {rel} but has no flowaudit commit info (not written by flowaudit)"
-                    ))
-                })?;
+                let full = format!("{name}/{rel}");
+                let m = match (&meta, &compaction) {
+                    (Some(m), _) => m.clone(),
+                    (None, Some(c)) => compacted_meta(c, &full, &removed).map_err(|why| {
+                        Error::Warehouse(format!("{path}: adds {full} in a compaction: {why}"))
+                    })?,
+                    (None, None) => {
+                        return Err(Error::Warehouse(format!(
+                            "{path}: adds {rel} but has no flowaudit commit info (not written by flowaudit)"
+                        )))
+                    }
+                };
                 let pv = |k: &str| {
                     a.partition_values
                         .get(k)
@@ -1229,6 +1392,11 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                     order.push(rel);
                 }
             }
+            if let Some(c) = &compaction {
+                for why in check_compaction(c, &removed, &live) {
+                    out.anomalies.push(format!("{path}: {why}"));
+                }
+            }
             out.commits.push(CommitEntry {
                 table: name.to_string(),
                 version: *v,
@@ -1239,6 +1407,7 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                 txns,
                 adds: n_adds,
                 removes,
+                compaction,
             });
         }
         for rel in order {
@@ -1255,19 +1424,142 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
     Ok(out)
 }
 
-/// What a Parquet file of a warehouse table holds: its SHA-256, size, rows, and the range of its
-/// `kafka_offset` and `ts` columns.
-struct Extent {
-    sha256: String,
-    bytes: u64,
-    rows: u64,
-    first_offset: i64,
-    last_offset: i64,
-    min_ts_us: i64,
-    max_ts_us: i64,
+/// The commit facts of a file a compaction added (`full`: its path relative to the warehouse):
+/// those of the files its group replaced (`removed` by the same commit), which must agree on the
+/// topic, partition, schema and GeoIP; the covered range spans theirs.
+fn compacted_meta(
+    c: &CompactionMeta,
+    full: &str,
+    removed: &HashMap<String, FileEntry>,
+) -> std::result::Result<CommitMeta, String> {
+    let g = c
+        .groups
+        .iter()
+        .find(|g| g.added.path == full)
+        .ok_or("the commit info names no group that adds it")?;
+    let olds: Vec<&FileEntry> = g
+        .replaced
+        .iter()
+        .map(|r| {
+            removed
+                .get(&r.path)
+                .ok_or_else(|| format!("it replaces {}, which the commit does not remove", r.path))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let first = olds.first().ok_or("it replaces no file")?;
+    for o in &olds {
+        if (o.topic.as_str(), o.partition) != (g.topic.as_str(), g.partition)
+            || o.schema_version != first.schema_version
+            || o.geoip_sha256 != first.geoip_sha256
+        {
+            return Err(format!(
+                "{} is of {}/{} (schema {}, GeoIP {:?}), not of the group's {}/{}",
+                o.path,
+                o.topic,
+                o.partition,
+                o.schema_version,
+                o.geoip_sha256,
+                g.topic,
+                g.partition
+            ));
+        }
+    }
+    Ok(CommitMeta {
+        writer: c.writer.clone(),
+        topic: g.topic.clone(),
+        partition: g.partition,
+        covers_first_offset: olds
+            .iter()
+            .map(|o| o.covers_first_offset)
+            .min()
+            .unwrap_or(0),
+        covers_last_offset: olds.iter().map(|o| o.covers_last_offset).max().unwrap_or(0),
+        messages: 0,
+        schema_version: first.schema_version,
+        geoip_sha256: first.geoip_sha256.clone(),
+        gap: None,
+        commit_id: c.commit_id.clone(),
+        detected_at: None,
+    })
 }
 
-fn parquet_extent(path: &Path) -> Result<Extent> {
+/// What a compaction commit's record says against what it did: each group replaces files this
+/// commit removed (with the SHA-256 and rows they were added with) of the added file's date and
+/// hour, by one file it added with as many rows; nothing else is removed.
+fn check_compaction(
+    c: &CompactionMeta,
+    removed: &HashMap<String, FileEntry>,
+    live: &BTreeMap<String, FileEntry>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    for g in &c.groups {
+        let rel = g.added.path.split_once('/').map_or("", |x| x.1);
+        let Some(added) = live.get(rel) else {
+            out.push(format!(
+                "the compaction names {} but does not add it",
+                g.added.path
+            ));
+            continue;
+        };
+        if added.sha256 != g.added.sha256 || added.rows != g.added.rows {
+            out.push(format!(
+                "the compaction records {} with SHA-256 {} and {} rows, its add says {} and {}",
+                g.added.path, g.added.sha256, g.added.rows, added.sha256, added.rows
+            ));
+        }
+        let mut rows = 0u64;
+        for r in &g.replaced {
+            named.insert(r.path.clone());
+            rows += r.rows;
+            if let Some(o) = removed.get(&r.path) {
+                if o.sha256 != r.sha256 || o.rows != r.rows {
+                    out.push(format!(
+                        "the compaction records {} with SHA-256 {} and {} rows, it was added with {} and {}",
+                        r.path, r.sha256, r.rows, o.sha256, o.rows
+                    ));
+                }
+                if (o.date.as_str(), o.hour.as_str()) != (added.date.as_str(), added.hour.as_str())
+                {
+                    out.push(format!(
+                        "the compaction moves {} from date {} hour {} to {}",
+                        r.path, o.date, o.hour, g.added.path
+                    ));
+                }
+            }
+        }
+        if rows != g.added.rows {
+            out.push(format!(
+                "{} has {} rows, the {} files it replaces {rows} (a compaction keeps every row)",
+                g.added.path,
+                g.added.rows,
+                g.replaced.len()
+            ));
+        }
+    }
+    for p in removed.keys() {
+        if !named.contains(p) {
+            out.push(format!(
+                "the compaction removes {p}, which none of its groups replaces"
+            ));
+        }
+    }
+    out
+}
+
+/// What a Parquet file of a warehouse table holds: its SHA-256, size, rows, and the range of its
+/// `kafka_offset` and `ts` columns.
+pub(crate) struct Extent {
+    pub(crate) sha256: String,
+    pub(crate) bytes: u64,
+    pub(crate) rows: u64,
+    pub(crate) first_offset: i64,
+    pub(crate) last_offset: i64,
+    pub(crate) min_ts_us: i64,
+    pub(crate) max_ts_us: i64,
+}
+
+pub(crate) fn parquet_extent(path: &Path) -> Result<Extent> {
     use arrow::array::AsArray;
     use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod compact;
 mod crash;
 mod fuzz_corpus;
 mod geoip_real;
