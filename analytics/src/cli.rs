@@ -48,6 +48,9 @@ pub enum Command {
     /// Rewrite the small files of closed hours into large ones, as one Delta commit per table
     /// that changes no data (verify checks the rows are the same).
     Compact(CompactArgs),
+    /// Delete the files compactions replaced, and files no commit ever added, once older than
+    /// the retention period (the logs and live files are never touched).
+    Vacuum(VacuumArgs),
     /// Write the auditor's report for a day or a range of days (HTML, JSON, CSV).
     Report(ReportArgs),
     /// Ad hoc, read-only SQL over the rules' catalog: an interactive shell, or -c / -f.
@@ -139,6 +142,24 @@ pub struct CompactArgs {
     #[arg(long, default_value_t = 3)]
     pub zstd_level: i32,
     /// Say what would be rewritten, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VacuumArgs {
+    /// Warehouse directory or s3://BUCKET/PREFIX. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// Keep what became unneeded less than this long ago (at least 1h: a running ingest's
+    /// uploaded files are committed within its flush interval).
+    #[arg(long, default_value = "7d")]
+    pub retain: String,
+    /// Allow --retain below 1h (files a running ingest uploaded but has not committed yet
+    /// would be deleted, and its commit would then reference missing files).
+    #[arg(long)]
+    pub no_retention_check: bool,
+    /// Say what would be deleted, and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -544,6 +565,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => run_serve(a, &file),
         Command::Verify(a) => run_verify(a, &file),
         Command::Compact(a) => run_compact(a, &file),
+        Command::Vacuum(a) => run_vacuum(a, &file),
         Command::Report(a) => run_report(a, &file),
         Command::Sql(a) => run_sql(a, &file),
         Command::Flight(a) => crate::auth::run_flight(a),
@@ -820,9 +842,17 @@ fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_compact(a: CompactArgs, file: &FileConfig) -> anyhow::Result<()> {
-    use flowaudit_ingest::schema::Table;
-    let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
+/// A duration setting that may also be zero (`0s`, `0h`, `0`).
+fn duration_or_zero(key: &str, v: &str) -> anyhow::Result<std::time::Duration> {
+    if v.trim_end_matches(['s', 'm', 'h', 'd']) == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    setting_duration(key, v, "2h or 7d")
+}
+
+/// An existing warehouse to maintain: a local directory or `s3://`.
+fn existing_warehouse(wh: Option<PathBuf>, file: &FileConfig) -> anyhow::Result<Location> {
+    let Some(wh) = wh.or(file.warehouse.clone()) else {
         bail!("no warehouse: pass --warehouse DIR or s3://BUCKET/PREFIX (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
     };
     let location = Location::parse(&wh.to_string_lossy())?;
@@ -832,6 +862,38 @@ fn run_compact(a: CompactArgs, file: &FileConfig) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    Ok(location)
+}
+
+fn run_vacuum(a: VacuumArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let location = existing_warehouse(a.warehouse, file)?;
+    let retain = duration_or_zero("--retain", &a.retain)?;
+    if retain < std::time::Duration::from_secs(3600) && !a.no_retention_check {
+        bail!(
+            "--retain {} is below 1h: files a running ingest uploaded but has not committed yet could be deleted (pass --no-retention-check if nothing writes the warehouse)",
+            a.retain
+        );
+    }
+    let v = flowaudit_ingest::compact::vacuum(&location, retain, a.dry_run)
+        .with_context(|| format!("vacuuming {location}"))?;
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for p in v.replaced.iter().chain(&v.never_committed) {
+        println!("{verb} {p}");
+    }
+    println!(
+        "{verb} {} files ({} bytes): {} replaced by compactions, {} never committed; retained {}",
+        v.replaced.len() + v.never_committed.len(),
+        v.bytes,
+        v.replaced.len(),
+        v.never_committed.len(),
+        a.retain
+    );
+    Ok(())
+}
+
+fn run_compact(a: CompactArgs, file: &FileConfig) -> anyhow::Result<()> {
+    use flowaudit_ingest::schema::Table;
+    let location = existing_warehouse(a.warehouse, file)?;
     let tables = if a.tables.is_empty() {
         Table::ALL.to_vec()
     } else {
@@ -853,11 +915,7 @@ fn run_compact(a: CompactArgs, file: &FileConfig) -> anyhow::Result<()> {
     let opts = flowaudit_ingest::compact::CompactOptions {
         tables,
         // `0s`: every hour that has ended.
-        closed_after: if a.closed_after.trim_end_matches(['s', 'm', 'h', 'd']) == "0" {
-            std::time::Duration::ZERO
-        } else {
-            setting_duration("--closed-after", &a.closed_after, "2h or 1d")?
-        },
+        closed_after: duration_or_zero("--closed-after", &a.closed_after)?,
         max_rows: a.max_file_rows,
         settings: flowaudit_ingest::writer::ParquetSettings {
             zstd_level: a.zstd_level,
@@ -1310,6 +1368,24 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let compact = match &file.compact.schedule {
+        Some(cron) => Some(crate::serve::ScheduledCompaction {
+            cron: cron
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("compact.schedule: {e}"))?,
+            options: flowaudit_ingest::compact::CompactOptions {
+                tables: flowaudit_ingest::schema::Table::ALL.to_vec(),
+                closed_after: duration_or_zero(
+                    "compact.closed_after",
+                    file.compact.closed_after.as_deref().unwrap_or("2h"),
+                )?,
+                max_rows: file.compact.max_file_rows.unwrap_or(1_000_000).max(1),
+                settings: Default::default(),
+                dry_run: false,
+            },
+        }),
+        None => None,
+    };
     let scheduler = !a.no_scheduler && s.scheduler.unwrap_or(true);
     if !scheduler && flight.is_none() && ingest.is_none() {
         bail!("nothing to serve: --no-scheduler needs --flight ADDR and/or --ingest");
@@ -1332,6 +1408,7 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         tick: std::time::Duration::from_secs(a.tick_s.or(s.tick_s).unwrap_or(10).max(1)),
         catch_up_max,
         ingest,
+        compact,
     };
     crate::serve::serve(opts, shutdown_flag()?)
 }

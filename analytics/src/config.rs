@@ -31,6 +31,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub report: ReportSettings,
     #[serde(default)]
+    pub compact: CompactSettings,
+    #[serde(default)]
     pub sql: SqlSettings,
     #[serde(default)]
     pub flight: FlightSettings,
@@ -128,6 +130,18 @@ pub struct ReportSettings {
     pub schedule: Option<String>,
     /// Ed25519 key (PKCS#8 PEM) the reports are signed with.
     pub sign_key: Option<PathBuf>,
+}
+
+/// `[compact]`: compaction run by `serve` on a schedule (off unless `schedule` is set).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactSettings {
+    /// When `serve` compacts the closed hours (cron, UTC), e.g. `15 * * * *`.
+    pub schedule: Option<String>,
+    /// How long after its end an hour is compacted (default 2h).
+    pub closed_after: Option<String>,
+    /// Most rows in one written file (default 1000000).
+    pub max_file_rows: Option<u64>,
 }
 
 /// `[rules]`: where the rule files and their test cases are.

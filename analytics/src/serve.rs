@@ -46,7 +46,18 @@ pub struct ServeOptions {
     pub scheduler: bool,
     /// Serve the read-only catalog over Flight SQL.
     pub flight: Option<FlightServe>,
+    /// Compact the warehouse's closed hours on a schedule.
+    pub compact: Option<ScheduledCompaction>,
 }
+
+/// Compaction on a schedule (`[compact]`).
+pub struct ScheduledCompaction {
+    pub cron: Cron,
+    pub options: flowaudit_ingest::compact::CompactOptions,
+}
+
+/// The key the last compaction firing is kept under in `schedule.json`.
+const COMPACT_KEY: &str = "compaction";
 
 impl ServeOptions {
     /// The state directory (the schedule, alerts and run records): the scheduler's.
@@ -291,6 +302,9 @@ async fn tick(
     if let Some(rep) = &opts.report {
         nightly_report(opts, rep, state, now).await?;
     }
+    if let Some(c) = &opts.compact {
+        scheduled_compaction(opts, c, state, now)?;
+    }
     // Deliver anything still pending (a sink that was down may be back).
     if !opts.sinks.is_empty() && opts.state()?.join("_alerts").is_dir() {
         let store = AlertStore::open(opts.state()?)?;
@@ -300,6 +314,55 @@ async fn tick(
     Ok(())
 }
 
+/// The last firing of the job `key`; the first time, `None`, and now (to the minute) is recorded
+/// as its start (its first run is at its next firing).
+fn last_firing(
+    opts: &ServeOptions,
+    state: &mut BTreeMap<String, DateTime<Utc>>,
+    key: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<DateTime<Utc>>> {
+    if let Some(last) = state.get(key) {
+        return Ok(Some(*last));
+    }
+    state.insert(
+        key.into(),
+        now.duration_trunc(chrono::Duration::minutes(1))?,
+    );
+    save_state(opts.state()?, state)?;
+    Ok(None)
+}
+
+/// Compact when a firing is due (one run for any number of missed firings).
+fn scheduled_compaction(
+    opts: &ServeOptions,
+    c: &ScheduledCompaction,
+    state: &mut BTreeMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let Some(last) = last_firing(opts, state, COMPACT_KEY, now)? else {
+        return Ok(());
+    };
+    let Some(t) = due_firings(&c.cron, last, now, opts.catch_up_max).pop() else {
+        return Ok(());
+    };
+    // The warehouse writer runs its own runtime: on a thread of its own, not on this task's.
+    let location = opts.site.tables.clone();
+    let done = std::thread::scope(|s| {
+        s.spawn(|| flowaudit_ingest::compact::compact(&location, &c.options))
+            .join()
+    })
+    .map_err(|_| anyhow::anyhow!("the compaction thread panicked"))?
+    .with_context(|| format!("compacting {location}"))?;
+    for d in &done {
+        if d.written > 0 {
+            info!(table = d.table, replaced = d.replaced, written = d.written, rows = d.rows, version = ?d.version, "compacted");
+        }
+    }
+    state.insert(COMPACT_KEY.into(), t);
+    save_state(opts.state()?, state)
+}
+
 /// Write the reports whose firings are due (after the rules of this tick have run).
 async fn nightly_report(
     opts: &ServeOptions,
@@ -307,12 +370,8 @@ async fn nightly_report(
     state: &mut BTreeMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let Some(last) = state.get(REPORT_KEY).copied() else {
-        state.insert(
-            REPORT_KEY.into(),
-            now.duration_trunc(chrono::Duration::minutes(1))?,
-        );
-        return save_state(opts.state()?, state);
+    let Some(last) = last_firing(opts, state, REPORT_KEY, now)? else {
+        return Ok(());
     };
     for t in due_firings(&rep.cron, last, now, opts.catch_up_max) {
         let day = t.date_naive() - chrono::Duration::days(1);

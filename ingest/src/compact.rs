@@ -299,3 +299,99 @@ mod tests {
         assert_eq!(g.len(), 3, "{g:?}");
     }
 }
+
+/// What `vacuum` removes, and what it would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vacuumed {
+    /// Files that compactions replaced before the retention period.
+    pub replaced: Vec<String>,
+    /// Files in a table's directory that no commit ever added (a stopped writer's uploads),
+    /// last modified before the retention period.
+    pub never_committed: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Delete from the warehouse's tables the files no live version needs that are older than
+/// `retain`: files compactions replaced (by the time of the compaction's commit) and files no
+/// commit ever added (by their modification time). Live files, the logs, and files a commit
+/// removed for any other reason are never touched. `dry_run`: only say which.
+pub fn vacuum(location: &Location, retain: Duration, dry_run: bool) -> Result<Vacuumed> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt as _;
+    let log = warehouse::read_log_blocking(location)?;
+    let cutoff = Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
+    let live: std::collections::HashSet<&str> = log.files.iter().map(|f| f.path.as_str()).collect();
+    let mut replaced_at: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let ever_removed: std::collections::HashSet<&str> =
+        log.removed.iter().map(String::as_str).collect();
+    for c in &log.commits {
+        let Some(k) = &c.compaction else { continue };
+        let at = DateTime::parse_from_rfc3339(&c.committed_at)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| {
+                Error::Warehouse(format!(
+                    "{} version {}: commit time {:?}: {e}",
+                    c.table, c.version, c.committed_at
+                ))
+            })?;
+        for g in &k.groups {
+            for r in &g.replaced {
+                replaced_at.insert(r.path.clone(), at);
+            }
+        }
+    }
+    let (store, prefix) = location.store()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Warehouse(format!("starting the storage runtime: {e}")))?;
+    let mut out = Vacuumed::default();
+    rt.block_on(async {
+        for t in Table::ALL {
+            let dir = prefix.clone().join(t.name());
+            let listed: Vec<_> = store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| Error::Warehouse(format!("listing {dir}: {e}")))?;
+            for m in listed {
+                let rel: String = m
+                    .location
+                    .prefix_match(&prefix)
+                    .map(|p| {
+                        p.map(|s| s.as_ref().to_string())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    })
+                    .unwrap_or_default();
+                if rel.split('/').nth(1) == Some(warehouse::LOG_DIR) || live.contains(rel.as_str())
+                {
+                    continue;
+                }
+                let old = match replaced_at.get(&rel) {
+                    Some(at) => *at < cutoff,
+                    // Removed by a commit that is not a compaction: evidence, kept.
+                    None if ever_removed.contains(rel.as_str()) => false,
+                    None => m.last_modified < cutoff,
+                };
+                if !old {
+                    continue;
+                }
+                if !dry_run {
+                    store
+                        .delete(&m.location)
+                        .await
+                        .map_err(|e| Error::Warehouse(format!("deleting {rel}: {e}")))?;
+                }
+                out.bytes += m.size;
+                if replaced_at.contains_key(&rel) {
+                    out.replaced.push(rel);
+                } else {
+                    out.never_committed.push(rel);
+                }
+            }
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(out)
+}

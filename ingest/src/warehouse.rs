@@ -1064,6 +1064,8 @@ pub struct TableHead {
 pub struct WarehouseLog {
     /// The live data files of every ingest table, in (table, version, action) order.
     pub files: Vec<FileEntry>,
+    /// Paths (relative to the warehouse) of files a commit added and a later one removed.
+    pub removed: Vec<String>,
     pub commits: Vec<CommitEntry>,
     /// One head per table that has a log.
     pub heads: Vec<TableHead>,
@@ -1302,6 +1304,7 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                     let p = decode_path(&r.path);
                     match live.remove(&p) {
                         Some(e) => {
+                            out.removed.push(e.path.clone());
                             removed.insert(format!("{name}/{p}"), e);
                         }
                         None => out.anomalies.push(format!(

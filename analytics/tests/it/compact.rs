@@ -132,6 +132,59 @@ fn compaction_keeps_every_row(s: Setup) {
         "0s",
     ]));
     assert_eq!(again.matches("nothing to compact").count(), 3, "{again}");
+
+    // vacuum: nothing is old enough yet; a retention below an hour needs saying so.
+    let replaced: Vec<String> = warehouse::read_log_blocking(&s.location())
+        .unwrap()
+        .commits
+        .iter()
+        .filter_map(|c| c.compaction.clone())
+        .flat_map(|k| k.groups)
+        .flat_map(|g| g.replaced)
+        .map(|r| r.path)
+        .collect();
+    let (out, _) = run_ok(flowaudit(&["vacuum", "--warehouse", &wh, "--retain", "1h"]));
+    assert!(out.contains("deleted 0 files"), "{out}");
+    let refused = flowaudit(&["vacuum", "--warehouse", &wh, "--retain", "0s"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("below 1h"));
+    // A file no commit added (a stopped writer's upload), and an immediate vacuum.
+    let (store, prefix) = s.location().store().unwrap();
+    let stray = "gateway_events/date=2026-11-21/hour=10/stray.parquet";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let at = stray.split('/').fold(prefix, |p, x| p.join(x));
+    rt.block_on(object_store::ObjectStoreExt::put(
+        store.as_ref(),
+        &at,
+        b"x".to_vec().into(),
+    ))
+    .unwrap();
+    let (out, _) = run_ok(flowaudit(&[
+        "vacuum",
+        "--warehouse",
+        &wh,
+        "--retain",
+        "0s",
+        "--no-retention-check",
+    ]));
+    assert!(
+        out.contains(&format!("deleted {} files", replaced.len() + 1))
+            && out.contains(&format!(
+                "{} replaced by compactions, 1 never committed",
+                replaced.len()
+            )),
+        "{out}"
+    );
+    for p in replaced.iter().chain([&stray.to_string()]) {
+        assert!(out.contains(&format!("deleted {p}\n")), "{p}: {out}");
+    }
+    // Every live file and row is still there; verify says what it can no longer compare.
+    let vacuumed = s.facts();
+    assert_eq!(ids(&vacuumed), ids(&before));
+    let (v, _) = run_ok(flowaudit(&["verify", "--warehouse", &wh]));
+    assert!(v.contains("checked by their offsets only"), "{v}");
 }
 
 #[test]
@@ -267,4 +320,48 @@ fn regex_lite_replace_size(text: &str, path: &str, size: u64) -> String {
         .collect::<Vec<_>>()
         .join("\n")
         + "\n"
+}
+
+/// `serve` with `[compact] schedule` compacts at its firing, beside the scheduler.
+#[test]
+fn serve_compacts_on_its_schedule() {
+    let s = Setup::new(1);
+    small_files(&s);
+    let before = layout(&s);
+    assert!(before.values().any(|n| *n > 1), "{before:?}");
+    let cfg = s.dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &cfg,
+        "[compact]\nschedule = \"* * * * *\"\nclosed_after = \"0s\"\n",
+    )
+    .unwrap();
+    let mut c = flowaudit(&["--config", cfg.to_str().unwrap(), "serve", "--tick-s", "1"]);
+    c.args([
+        "--warehouse",
+        &s.warehouse_arg(),
+        "--rule",
+        "unknown_gateway",
+    ])
+    .arg("--policy")
+    .arg(repo("fixtures/policy"))
+    .arg("--rules-dir")
+    .arg(repo("queries"))
+    .env("FLOWAUDIT_LOG", "info");
+    let mut server = Running::spawn(c);
+    // The first tick records the schedule; the next minute's firing compacts.
+    server.wait_for("compacted", std::time::Duration::from_secs(150));
+    server.signal(libc::SIGTERM);
+    assert!(
+        server.wait(std::time::Duration::from_secs(30)).success(),
+        "{}",
+        server.log()
+    );
+    let after = layout(&s);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert!(after.values().all(|n| *n == 1), "{after:?}");
+    let v = flowaudit_analytics::verify::verify(&s.location());
+    assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
