@@ -5,6 +5,8 @@ Measures, each RUNS times (median reported), on the same records:
      DuckDB COPY (SELECT * FROM read_json(...)) TO ... (FORMAT parquet), all zstd;
   2. end to end from a Kafka-protocol broker (Tansu) into committed Parquet: `flowaudit ingest
      --until-caught-up`, rate over its busy time (first message -> all recorded) and wall time;
+     The same ingest into an S3 warehouse on the local S3-API server (moto, the tests' server),
+     interleaved with the local runs: what the object store path costs beside a local directory.
   3. ingest memory with one and with two days of backlog (same configuration).
   4. ingest memory and file count with messages spread over 2,000 distinct hours (interleaved,
      the worst case, and in time order, a backfill): peak RSS less the program's own peak (the
@@ -140,6 +142,28 @@ def spread_bench(bin_, out, brokers, policy, geoip, res):
         os.remove(path)
 
 
+def start_moto(out):
+    """The S3-API test server (moto) on a free port with the bucket `bench`: (settings, process)."""
+    port = free_port()
+    log = open(os.path.join(out, "moto.log"), "w")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(PY), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true", "AWS_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"}
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"moto_server exited: see {log.name}")
+            time.sleep(0.1)
+    import boto3
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="bench")
+    return {"bucket": "s3://bench", "env": env}, proc
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -216,29 +240,45 @@ def main(bin_, out):
         res["confluent-kafka drain (no processing)"] = {"seconds": drains, "median_s": d, "messages_per_s": msgs / d}
         print(f"bare consumer (confluent-kafka, no processing): median {d:.2f} s, {msgs / d:,.0f} messages/s", flush=True)
 
-        def ingest(tag):
-            wh = os.path.join(out, f"wh-{tag}")
-            shutil.rmtree(wh, ignore_errors=True)
+        def ingest(tag, s3=None):
+            wh = os.path.join(out, f"wh-{tag}") if s3 is None else f"{s3['bucket']}/wh-{tag}"
+            if s3 is None:
+                shutil.rmtree(wh, ignore_errors=True)
+            env = None if s3 is None else {**os.environ, **s3["env"]}
             secs, mb, so = run([bin_, "ingest", "--brokers", brokers, "--group", f"bench-{tag}", "--warehouse", wh,
                                 "--policy", policy, "--geoip", geoip, "--until-caught-up",
-                                "--session-timeout-ms", "6000", "--idle-ms", "3000"])
+                                "--session-timeout-ms", "6000", "--idle-ms", "3000"], env=env)
             busy = float(re.search(r"busy ([0-9.]+) s", so).group(1))
             consumed = int(re.search(r"consumed (\d+) =", so).group(1))
-            shutil.rmtree(wh, ignore_errors=True)
+            if s3 is None:
+                shutil.rmtree(wh, ignore_errors=True)
             return secs, busy, mb, consumed
 
-        walls, busys, rss = [], [], []
-        for i in range(RUNS):  # noqa: B007
-            wall, busy, mb, consumed = ingest(f"1d-{i}")
-            assert consumed == msgs, (consumed, msgs)
-            walls.append(wall)
-            busys.append(busy)
-            rss.append(mb)
+        s3, moto = start_moto(out)
+        try:
+            runs = {"local": ([], [], []), "s3": ([], [], [])}
+            for i in range(RUNS):  # noqa: B007
+                for kind in ("local", "s3"):  # interleaved, so drift hits both alike
+                    wall, busy, mb, consumed = ingest(f"1d-{kind}-{i}", s3 if kind == "s3" else None)
+                    assert consumed == msgs, (kind, consumed, msgs)
+                    for xs, x in zip(runs[kind], (wall, busy, mb)):
+                        xs.append(x)
+        finally:
+            moto.terminate()
+            moto.wait()
+        walls, busys, rss = runs["local"]
         b = median(busys)
         res["flowaudit ingest (1 day backlog)"] = {"busy_s": busys, "wall_s": walls, "events_per_s": msgs / b,
                                                   "mb_per_s": (size_mb + os.path.getsize(os.path.join(day, "gateway.jsonl")) / 1e6) / b,
                                                   "max_rss_mb": max(rss)}
         print(f"ingest end to end: median busy {b:.2f} s ({msgs / b:,.0f} events/s), median wall {median(walls):.2f} s, peak {max(rss):.0f} MB", flush=True)
+        s3_walls, s3_busys, s3_rss = runs["s3"]
+        sb = median(s3_busys)
+        res["flowaudit ingest to S3 (1 day backlog, local moto server)"] = {
+            "busy_s": s3_busys, "wall_s": s3_walls, "events_per_s": msgs / sb, "max_rss_mb": max(s3_rss),
+            "ratio_busy_s3_to_local": sb / b}
+        print(f"ingest end to end into S3 (moto on 127.0.0.1): median busy {sb:.2f} s ({msgs / sb:,.0f} events/s), "
+              f"median wall {median(s3_walls):.2f} s, peak {max(s3_rss):.0f} MB; S3/local busy time {sb / b:.2f}", flush=True)
 
         # A second day in the same topics: twice the backlog, same configuration.
         run([a if a != "2026-11-21" else "2026-11-22" for a in gen] + ["--brokers", brokers])
