@@ -376,6 +376,132 @@ fn a_clean_warehouse_verifies_in_one_line_and_every_tampering_is_named() {
         out.contains(&format!("gateway_events version {v} removes 1 files")),
         "{out}"
     );
+    // … one that adds a live path again (new content and evidence without a remove);
+    let add_of = |w: &Path, rel: &str| {
+        let e = crate::support::log(w)
+            .files
+            .iter()
+            .find(|e| e.path == rel)
+            .cloned()
+            .unwrap();
+        serde_json::json!({"add": {"path": rel.split_once('/').unwrap().1,
+            "partitionValues": {"date": e.date, "hour": e.hour}, "size": e.bytes,
+            "modificationTime": 1, "dataChange": true,
+            "tags": {"flowaudit.sha256": e.sha256, "flowaudit.rows": e.rows.to_string(),
+                     "flowaudit.first_offset": e.first_offset.to_string(),
+                     "flowaudit.last_offset": e.last_offset.to_string()}}})
+    };
+    let next_range = |w: &Path, table: &str| {
+        let (mut m, txns) = meta_of(w, table);
+        m.covers_first_offset = m.covers_last_offset + 1000;
+        m.covers_last_offset += 1001;
+        m.messages = 0;
+        (m, txns)
+    };
+    let w = fresh("re-add");
+    let (m, txns) = next_range(&w, "gateway_events");
+    let v = append(
+        &w,
+        "gateway_events",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit": m}}),
+            serde_json::json!({"txn": {"appId": txns[0].0, "version": m.covers_last_offset}}),
+            add_of(&w, first),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{v:020}.json: adds {} again while it is live",
+            first.split_once('/').unwrap().1
+        )),
+        "{out}"
+    );
+    // … one whose add points outside its table;
+    let w = fresh("outside");
+    let (m, txns) = next_range(&w, "gateway_events");
+    let mut a = add_of(&w, first);
+    a["add"]["path"] = format!("../flows/{}", first.split_once('/').unwrap().1).into();
+    append(
+        &w,
+        "gateway_events",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit": m}}),
+            serde_json::json!({"txn": {"appId": txns[0].0, "version": m.covers_last_offset}}),
+            a,
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(out.contains("the path leaves the table"), "{out}");
+    // … one that changes the schema after version 0;
+    let w = fresh("schema");
+    let (m, txns) = next_range(&w, "flows");
+    let v = append(
+        &w,
+        "flows",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit": m}}),
+            serde_json::json!({"txn": {"appId": txns[0].0, "version": m.covers_last_offset}}),
+            serde_json::json!({"metaData": {"id": "x", "format": {"provider": "parquet", "options": {}},
+                "schemaString": "{\"type\":\"struct\",\"fields\":[]}", "partitionColumns": [],
+                "configuration": {}}}),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{v:020}.json line 3: changes the table's schema or protocol"
+        )),
+        "{out}"
+    );
+    // … one that records a range of one partition but moves another's position;
+    let w = fresh("txn-other");
+    let (m, _) = next_range(&w, "flows");
+    let v = append(
+        &w,
+        "flows",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit": m}}),
+            serde_json::json!({"txn": {"appId": "flowaudit:flows:network.flows:99", "version": m.covers_last_offset}}),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("flows version {v} sets the positions")),
+        "{out}"
+    );
+    // … a "compaction" that removes a file and adds nothing in its place (its rows vanish);
+    let w = fresh("fake-compaction");
+    let in_table = second.split_once('/').unwrap().1;
+    let e = crate::support::log(&w)
+        .files
+        .iter()
+        .find(|e| e.path == *second)
+        .cloned()
+        .unwrap();
+    let v = append(
+        &w,
+        "gateway_events",
+        &[
+            serde_json::json!({"commitInfo": {"timestamp": 1, "flowaudit_compaction": {
+                "writer": "w", "commit_id": "c", "groups": [{"topic": e.topic, "partition": e.partition,
+                "added": {"path": "gateway_events/date=2026-11-21/hour=00/merged.parquet", "sha256": "00", "rows": e.rows},
+                "replaced": [{"path": second, "sha256": e.sha256, "rows": e.rows}]}]}}}),
+            serde_json::json!({"remove": {"path": in_table, "dataChange": false}}),
+        ],
+    );
+    let (ok, out) = verify(&w);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the compaction names gateway_events/date=2026-11-21/hour=00/merged.parquet but does not add it")
+            && out.contains(&format!("gateway_events version {v} is a compaction of 1 files into 1 that adds 0 and removes 1")),
+        "{out}"
+    );
+    assert!(out.contains("rows deleted or added"), "{out}");
     // … and a checkpoint, which delta-rs readers would trust over the commits.
     let w = fresh("checkpoint");
     std::fs::write(
