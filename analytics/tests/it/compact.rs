@@ -103,6 +103,25 @@ fn compaction_keeps_every_row(s: Setup) {
     );
     // The positions did not move.
     assert_eq!(after["txns"], before["txns"]);
+    // The Python deltalake package reads the compacted tables the same (adds and removes
+    // replayed by another reader), with the positions in their transactions.
+    let d = deltalake_at(&wh);
+    let g = &d["gateway_events"];
+    let dl_ids: BTreeSet<String> = serde_json::from_value(g["event_ids"].clone()).unwrap();
+    assert_eq!(dl_ids, ids(&before));
+    assert_eq!(g["rows"], before["gateway_events"]["rows"]);
+    assert_eq!(g["provenance_unique"], true);
+    assert_eq!(
+        g["files"].as_u64().unwrap() as usize,
+        after_layout
+            .keys()
+            .filter(|k| k.0 == "gateway_events")
+            .count()
+    );
+    for (app, v) in g["txns"].as_object().unwrap() {
+        assert_eq!(*v, after["txns"]["gateway_events"][app], "{app}");
+    }
+    assert_eq!(d["quarantine"]["rows"], before["quarantine"]["rows"]);
 
     // delta-rs's provider (the SQL shell) reads the compacted snapshot.
     let (csv, _) = run_ok({

@@ -127,6 +127,16 @@ fn two_ingest_processes_write_delta_tables_to_s3_exactly_once_and_verify_checks_
         }
     }
     assert_eq!(total as u64, N, "the positions cover every message: {txns}");
+    // The Python deltalake package (an analyst's reader) sees the same, positions included.
+    let d = deltalake_at(&wh);
+    let dl: BTreeSet<String> =
+        serde_json::from_value(d["gateway_events"]["event_ids"].clone()).unwrap();
+    assert_eq!(dl, expected);
+    assert_eq!(
+        d["gateway_events"]["rows"].as_u64(),
+        Some(expected.len() as u64)
+    );
+    assert_eq!(d["gateway_events"]["txns"], *txns, "{d}");
 
     let (ok, out) = verify(&wh);
     assert!(ok, "{out}");

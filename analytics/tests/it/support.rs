@@ -324,6 +324,12 @@ pub fn pyarrow_at(warehouse: &str) -> Value {
     serde_json::from_slice(&out).expect("json from check_parquet.py")
 }
 
+/// What the Python `deltalake` package reads from the warehouse (`scripts/read_delta.py`).
+pub fn deltalake_at(warehouse: &str) -> Value {
+    let out = python_script("read_delta.py", &[std::ffi::OsStr::new(warehouse)]);
+    serde_json::from_slice(&out).expect("json from read_delta.py")
+}
+
 /// The warehouse's Delta logs, read as `verify` reads them.
 pub fn log(warehouse: &Path) -> flowaudit_ingest::warehouse::WarehouseLog {
     flowaudit_ingest::warehouse::read_log_blocking(&flowaudit_ingest::warehouse::Location::Local(
