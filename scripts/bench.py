@@ -33,20 +33,32 @@ SPREAD_BOUND = int(os.environ.get("BENCH_SPREAD_BOUND", str(64 << 20)))
 PY = sys.executable
 
 
+# Spawns the measured command and reports its time and peak RSS. A child of this process cannot
+# be measured from here: Linux carries the high-water RSS of the address space a process leaves
+# at exec into the new program's ru_maxrss, so every child would report at least this process's
+# own peak (boto3, pyarrow...). This small, fresh process spawns it instead.
+MEASURE = """
+import os, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.Popen(sys.argv[2:])
+_, status, ru = os.wait4(p.pid, 0)
+secs = time.perf_counter() - t
+open(sys.argv[1], "w").write(f"{os.waitstatus_to_exitcode(status)} {secs} {ru.ru_maxrss}")
+"""
+
+
 def run(cmd, **kw):
     """Run cmd; return (seconds, max RSS in MiB (ru_maxrss is KiB), stdout). Fails loudly on a non-zero exit."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, **kw)
-        _, status, ru = os.wait4(p.pid, 0)
-        secs = time.perf_counter() - t
-        p.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".measure") as m:
+        subprocess.run([PY, "-c", MEASURE, m.name, *cmd], stdout=out, stderr=err, check=True, **kw)
+        code, secs, kib = m.read().split()
         out.seek(0)
         err.seek(0)
         so, se = out.read().decode(), err.read().decode()
-        if p.returncode != 0:
-            sys.exit(f"{cmd} failed ({p.returncode}):\n{so}\n{se[-3000:]}")
-        return secs, ru.ru_maxrss / 1024, so
+        if int(code) != 0:
+            sys.exit(f"{cmd} failed ({code}):\n{so}\n{se[-3000:]}")
+        return float(secs), int(kib) / 1024, so
 
 
 def median(xs):
