@@ -60,7 +60,10 @@ pub fn plan(
     closed_after: Duration,
     max_rows: u64,
 ) -> Vec<Vec<FileEntry>> {
-    let mut by_key: BTreeMap<(String, String, String, i32), Vec<FileEntry>> = BTreeMap::new();
+    // Files written with another schema version or GeoIP database are never merged: a file's
+    // evidence names one of each.
+    type Key = (String, String, String, i32, u32, Option<String>);
+    let mut by_key: BTreeMap<Key, Vec<FileEntry>> = BTreeMap::new();
     for f in files {
         let Some(end) = hour_end(&f.date, &f.hour) else {
             continue;
@@ -71,7 +74,14 @@ pub fn plan(
             .is_some_and(|t| t <= now);
         if closed {
             by_key
-                .entry((f.date.clone(), f.hour.clone(), f.topic.clone(), f.partition))
+                .entry((
+                    f.date.clone(),
+                    f.hour.clone(),
+                    f.topic.clone(),
+                    f.partition,
+                    f.schema_version,
+                    f.geoip_sha256.clone(),
+                ))
                 .or_default()
                 .push(f.clone());
         }
@@ -288,6 +298,8 @@ mod tests {
             entry("2026-11-21", "09", 0, 130, 30),
             entry("2026-11-21", "09", 0, 160, 30),
         ];
+        let mut other_geoip = entry("2026-11-21", "10", 0, 5, 10);
+        other_geoip.geoip_sha256 = Some("another database".into());
         let g = plan(&files, now, Duration::from_secs(3600), 60);
         let keys: Vec<Vec<i64>> = g
             .iter()
@@ -297,6 +309,15 @@ mod tests {
         assert_eq!(keys, vec![vec![100, 130], vec![0, 10]]);
         let g = plan(&files, now, Duration::ZERO, 1000);
         assert_eq!(g.len(), 3, "{g:?}");
+        // A file enriched with another GeoIP database joins no group of the others.
+        let mut with_other = files.clone();
+        with_other.push(other_geoip);
+        let g = plan(&with_other, now, Duration::from_secs(3600), 60);
+        assert!(
+            g.iter().flatten().all(|f| f.geoip_sha256.is_none()),
+            "{g:?}"
+        );
+        assert_eq!(g.len(), 2);
     }
 }
 

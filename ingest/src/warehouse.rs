@@ -1396,7 +1396,7 @@ pub async fn read_log_from(store: &dyn ObjectStore, prefix: &ObjectPath) -> Resu
                 }
             }
             if let Some(c) = &compaction {
-                for why in check_compaction(c, &removed, &live) {
+                for why in check_compaction(c, *v, &removed, &live) {
                     out.anomalies.push(format!("{path}: {why}"));
                 }
             }
@@ -1491,6 +1491,7 @@ fn compacted_meta(
 /// hour, by one file it added with as many rows; nothing else is removed.
 fn check_compaction(
     c: &CompactionMeta,
+    version: i64,
     removed: &HashMap<String, FileEntry>,
     live: &BTreeMap<String, FileEntry>,
 ) -> Vec<String> {
@@ -1498,7 +1499,7 @@ fn check_compaction(
     let mut named = std::collections::HashSet::new();
     for g in &c.groups {
         let rel = g.added.path.split_once('/').map_or("", |x| x.1);
-        let Some(added) = live.get(rel) else {
+        let Some(added) = live.get(rel).filter(|a| a.version == version) else {
             out.push(format!(
                 "the compaction names {} but does not add it",
                 g.added.path
