@@ -384,3 +384,51 @@ fn serve_compacts_on_its_schedule() {
     let v = flowaudit_analytics::verify::verify(&s.location());
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
+
+/// A file removed by a commit that is not a compaction is evidence of tampering: vacuum keeps
+/// it, however old, and verify reports the removal.
+#[test]
+fn vacuum_keeps_a_file_removed_outside_a_compaction() {
+    let s = Setup::new(1);
+    small_files(&s);
+    let wh = s.warehouse();
+    let log = warehouse::read_log_blocking(&s.location()).unwrap();
+    let victim = log
+        .files
+        .iter()
+        .find(|f| f.table == "gateway_events")
+        .unwrap()
+        .clone();
+    let head = log
+        .heads
+        .iter()
+        .find(|h| h.table == "gateway_events")
+        .unwrap()
+        .version;
+    let rel = victim.path.split_once('/').unwrap().1;
+    let forged = serde_json::json!({"remove": {"path": rel, "dataChange": true}});
+    std::fs::write(
+        wh.join(format!("gateway_events/_delta_log/{:020}.json", head + 1)),
+        format!("{forged}\n"),
+    )
+    .unwrap();
+    let (out, _) = run_ok(flowaudit(&[
+        "vacuum",
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "--retain",
+        "0s",
+        "--no-retention-check",
+    ]));
+    assert!(out.contains("deleted 0 files"), "{out}");
+    assert!(wh.join(&victim.path).is_file(), "the removed file is kept");
+    let v = flowaudit_analytics::verify::verify(&s.location());
+    let all = v.problems.join("\n");
+    assert!(
+        all.contains(&format!(
+            "gateway_events version {} removes 1 files",
+            head + 1
+        )),
+        "{all}"
+    );
+}
