@@ -340,7 +340,11 @@ pub fn vacuum(location: &Location, retain: Duration, dry_run: bool) -> Result<Va
     use futures::TryStreamExt;
     use object_store::ObjectStoreExt as _;
     let log = warehouse::read_log_blocking(location)?;
-    let cutoff = Utc::now() - chrono::Duration::from_std(retain).unwrap_or(chrono::Duration::MAX);
+    // A retention past the representable past keeps everything.
+    let cutoff = chrono::Duration::from_std(retain)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let live: std::collections::HashSet<&str> = log.files.iter().map(|f| f.path.as_str()).collect();
     let mut replaced_at: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     let ever_removed: std::collections::HashSet<&str> =
