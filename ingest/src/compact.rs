@@ -237,23 +237,13 @@ fn merge(
         .collect();
     write_parquet_batches(&staging_path, schema, &batches, settings, kv)?;
     let ext = warehouse::parquet_extent(&staging_path)?;
-    Ok(StagedFile {
-        rel_path: format!(
-            "{}/date={}/hour={}/{name}",
-            table.name(),
-            first.date,
-            first.hour
-        ),
-        staging_path,
-        table: table.name(),
-        sha256: ext.sha256,
-        bytes: ext.bytes,
-        rows: ext.rows,
-        first_offset: ext.first_offset,
-        last_offset: ext.last_offset,
-        min_ts_us: ext.min_ts_us,
-        max_ts_us: ext.max_ts_us,
-    })
+    let rel_path = format!(
+        "{}/date={}/hour={}/{name}",
+        table.name(),
+        first.date,
+        first.hour
+    );
+    Ok(ext.staged(staging_path, rel_path, table))
 }
 
 #[cfg(test)]

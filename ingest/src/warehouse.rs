@@ -477,18 +477,8 @@ impl Warehouse {
             lo = lo.min(ext.first_offset);
             hi = hi.max(ext.last_offset);
             rows += ext.rows;
-            staged.push(StagedFile {
-                staging_path,
-                rel_path: format!("{}/date={date}/hour={hour}/{name}", table.name()),
-                table: table.name(),
-                sha256: ext.sha256,
-                bytes: ext.bytes,
-                rows: ext.rows,
-                first_offset: ext.first_offset,
-                last_offset: ext.last_offset,
-                min_ts_us: ext.min_ts_us,
-                max_ts_us: ext.max_ts_us,
-            });
+            let rel_path = format!("{}/date={date}/hour={hour}/{name}", table.name());
+            staged.push(ext.staged(staging_path, rel_path, table));
         }
         if staged.is_empty() {
             return Ok(self.versions().get(table.name()).copied().unwrap_or(-1));
@@ -1561,6 +1551,29 @@ pub(crate) struct Extent {
     pub(crate) last_offset: i64,
     pub(crate) min_ts_us: i64,
     pub(crate) max_ts_us: i64,
+}
+
+impl Extent {
+    /// The staged file at `staging_path` that this extent describes, bound for `rel_path`.
+    pub(crate) fn staged(
+        self,
+        staging_path: PathBuf,
+        rel_path: String,
+        table: Table,
+    ) -> StagedFile {
+        StagedFile {
+            staging_path,
+            rel_path,
+            table: table.name(),
+            sha256: self.sha256,
+            bytes: self.bytes,
+            rows: self.rows,
+            first_offset: self.first_offset,
+            last_offset: self.last_offset,
+            min_ts_us: self.min_ts_us,
+            max_ts_us: self.max_ts_us,
+        }
+    }
 }
 
 pub(crate) fn parquet_extent(path: &Path) -> Result<Extent> {
