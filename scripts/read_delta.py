@@ -3,9 +3,11 @@
 binding, as an analyst would use it) over a flowaudit warehouse, local or s3:// (the AWS_*
 variables configure it). Prints JSON facts per table: rows, event ids (gateway_events),
 whether (topic, partition, offset) is unique, and the application transaction (`txn`) version
-of every `flowaudit:<table>:<topic>:<partition>` whose partition has rows in the table.
+of every `flowaudit:<table>:<topic>:<partition>` whose partition has rows in the table. For the
+`alerts` table: rows, fingerprints and sequence numbers, and with STORE_ID the `txn` version of
+`flowaudit-alerts:<STORE_ID>`.
 
-Usage: read_delta.py WAREHOUSE
+Usage: read_delta.py WAREHOUSE [STORE_ID]
 """
 import json
 import os
@@ -21,7 +23,7 @@ def storage_options(uri):
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
-def main(wh):
+def main(wh, store_id=None):
     out = {}
     for name in ("gateway_events", "flows", "quarantine"):
         uri = f"{wh.rstrip('/')}/{name}"
@@ -40,8 +42,18 @@ def main(wh):
         if name == "gateway_events":
             facts["event_ids"] = sorted(t.column("event_id").to_pylist())
         out[name] = facts
+    uri = f"{wh.rstrip('/')}/alerts"
+    opts = storage_options(uri)
+    if DeltaTable.is_deltatable(uri, storage_options=opts):
+        dt = DeltaTable(uri, storage_options=opts)
+        t = dt.to_pyarrow_table()
+        out["alerts"] = {"version": dt.version(), "rows": t.num_rows, "files": len(dt.file_uris()),
+                         "fingerprints": sorted(t.column("fingerprint").to_pylist()),
+                         "seqs": sorted(t.column("seq").to_pylist())}
+        if store_id:
+            out["alerts"]["txn"] = dt.transaction_version(f"flowaudit-alerts:{store_id}")
     json.dump(out, sys.stdout)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

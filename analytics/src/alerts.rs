@@ -5,15 +5,17 @@
 //! three (the entity as [`fingerprint_key`] writes it, unambiguously), so re-running a window, or running an overlapping or later window after late data,
 //! finds the same fingerprint and raises nothing new.
 //!
-//! The store lives in the warehouse under `_alerts/`:
+//! The store lives in the state directory (the warehouse directory of a local warehouse) under
+//! `_alerts/`:
 //! - `alerts.jsonl`: every alert ever raised (or suppressed), one JSON object per line, in the
 //!   order raised, each with its sequence number `seq`. It is the outbox for the sinks and the
 //!   dedup index. Appends are fsynced; a torn last line (a crash mid-write) is cut on open.
 //! - `cursors/<sink>`: how many lines of `alerts.jsonl` a sink has received.
 //! - `lock`: an exclusive flock held while a run or a delivery uses the store.
+//! - `store_id`: this store's random identity, which names its rows in the `alerts` table.
 //!
-//! The `alerts` table (`alerts/date=D/alerts-<first>-<last>.parquet`) is written from the
-//! outbox, so SQL sees the same alerts; any range missing after a crash is written on next open.
+//! The `alerts` table, a Delta table in the warehouse, is written from the outbox by
+//! [`crate::alerts_table::sync`], so SQL (on any machine, local or `s3://`) sees the same alerts.
 //!
 //! Unknown is a value: a finding whose entity column is NULL (a destination the GeoIP database
 //! does not know, a run without GeoIP) is an alert like any other. Its entity keeps the JSON
@@ -442,22 +444,20 @@ pub struct Recorded {
     pub expired_suppressions: Vec<Suppression>,
 }
 
-/// The alert store of a warehouse (see the module docs). Holding it holds the store's lock.
+/// The alert store of a state directory (see the module docs). Holding it holds the store's lock.
 pub struct AlertStore {
     dir: PathBuf,
-    warehouse: PathBuf,
+    id: String,
     log: File,
     seen: HashSet<String>,
     next_seq: u64,
-    /// Alerts up to this sequence number are in the `alerts` table.
-    table_upto: u64,
     _lock: File,
 }
 
 impl AlertStore {
-    /// Open (and lock) the store of `warehouse`, creating it if needed.
-    pub fn open(warehouse: &Path) -> Result<Self, AlertError> {
-        let dir = warehouse.join("_alerts");
+    /// Open (and lock) the store in the state directory `state`, creating it if needed.
+    pub fn open(state: &Path) -> Result<Self, AlertError> {
+        let dir = state.join("_alerts");
         std::fs::create_dir_all(dir.join("cursors")).map_err(io("create", &dir))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -517,17 +517,20 @@ impl AlertStore {
             log.sync_all().map_err(io("fsync", &path))?;
         }
         log.seek(SeekFrom::End(0)).map_err(io("seek", &path))?;
-        let mut store = Self {
+        let id = store_id(&dir)?;
+        Ok(Self {
             dir,
-            warehouse: warehouse.to_path_buf(),
+            id,
             log,
             seen,
             next_seq,
-            table_upto: 0,
             _lock: lock,
-        };
-        store.write_missing_tables()?;
-        Ok(store)
+        })
+    }
+
+    /// This store's identity (16 hex digits, random, made when the store was first opened).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The number of alerts recorded.
@@ -668,63 +671,54 @@ impl AlertStore {
         std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
         Ok(())
     }
+}
 
-    /// Write the alerts recorded since the last call into the `alerts` table (one file per day).
-    pub fn sync_table(&mut self) -> Result<(), AlertError> {
-        if self.table_upto + 1 < self.next_seq {
-            let list = self.read_from(self.table_upto + 1)?;
-            write_table(&self.warehouse, &list)?;
-            self.table_upto = self.next_seq - 1;
+/// The identity in `dir/store_id`, made (random, fsynced) when there is none. The caller holds
+/// the store's lock.
+fn store_id(dir: &Path) -> Result<String, AlertError> {
+    let path = dir.join("store_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if is_store_id(s.trim()) => return Ok(s.trim().to_string()),
+        Ok(s) if !s.trim().is_empty() => {
+            return Err(AlertError::Corrupt {
+                path,
+                line: 1,
+                msg: format!("\"{}\" is not a store id (16 hex digits)", s.trim()),
+            })
         }
-        Ok(())
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("read", &path)(e)),
     }
+    let id = format!("{:016x}", rand_u64());
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
+    writeln!(f, "{id}").map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))?;
+    Ok(id)
+}
 
-    /// Write the `alerts` table files for outbox ranges that have none (after a crash).
-    fn write_missing_tables(&mut self) -> Result<(), AlertError> {
-        self.table_upto = self.len();
-        if self.is_empty() {
-            return Ok(());
-        }
-        let mut covered = vec![false; self.len() as usize + 1];
-        let table = self.warehouse.join("alerts");
-        if let Ok(days) = std::fs::read_dir(&table) {
-            for day in days.flatten() {
-                for f in std::fs::read_dir(day.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let name = f.file_name().to_string_lossy().to_string();
-                    let Some(range) = name
-                        .strip_prefix("alerts-")
-                        .and_then(|r| r.strip_suffix(".parquet"))
-                    else {
-                        continue;
-                    };
-                    if let Some((a, b)) = range.split_once('-') {
-                        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-                            for c in covered.iter_mut().take(b + 1).skip(a) {
-                                *c = true;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let missing: Vec<Alert> = self
-            .read_from(1)?
-            .into_iter()
-            .filter(|a| !covered[a.seq as usize])
-            .collect();
-        if !missing.is_empty() {
-            warn!(
-                alerts = missing.len(),
-                "writing alerts-table files missing after an interrupted run"
-            );
-            write_table(&self.warehouse, &missing)?;
-        }
-        Ok(())
+fn is_store_id(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// 64 random bits from the kernel.
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // No entropy source answered: the clock and the process still tell stores apart.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32);
     }
+    u64::from_ne_bytes(b)
 }
 
 /// The columns of the `alerts` table (`date` is its partition directory).
@@ -755,70 +749,50 @@ fn micros(s: Option<&str>) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-/// Write `alerts` into the `alerts` table, one file per day: `alerts-<first>-<last>.parquet`.
-fn write_table(warehouse: &Path, alerts: &[Alert]) -> Result<(), AlertError> {
-    let mut by_day: BTreeMap<&str, Vec<&Alert>> = BTreeMap::new();
-    for a in alerts {
-        by_day.entry(a.day.as_str()).or_default().push(a);
-    }
-    for (day, list) in by_day {
-        let dir = warehouse.join("alerts").join(format!("date={day}"));
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let first = list.first().expect("non-empty").seq;
-        let last = list.last().expect("non-empty").seq;
-        let col = |f: &dyn Fn(&Alert) -> String| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(list.iter().map(|a| f(a))))
-        };
-        let tcol = |f: &dyn Fn(&Alert) -> Option<i64>| -> ArrayRef {
-            Arc::new(
-                TimestampMicrosecondArray::from(list.iter().map(|a| f(a)).collect::<Vec<_>>())
-                    .with_timezone("UTC"),
-            )
-        };
-        let batch = RecordBatch::try_new(
-            table_schema(),
-            vec![
-                Arc::new(Int64Array::from_iter_values(
-                    list.iter().map(|a| a.seq as i64),
-                )),
-                col(&|a| a.fingerprint.clone()),
-                col(&|a| a.status.clone()),
-                col(&|a| a.rule_id.clone()),
-                col(&|a| a.severity.clone()),
-                col(&|a| a.entity_key.clone()),
-                tcol(&|a| micros(a.first_seen.as_deref())),
-                tcol(&|a| micros(a.last_seen.as_deref())),
-                col(&|a| a.summary.clone()),
-                Arc::new(Int64Array::from_iter_values(
-                    list.iter().map(|a| a.evidence_total as i64),
-                )),
-                Arc::new(StringArray::from(
-                    list.iter()
-                        .map(|a| {
-                            a.suppression
-                                .as_ref()
-                                .map(|s| format!("{} until {}: {}", s.who, s.expires, s.reason))
-                        })
-                        .collect::<Vec<_>>(),
-                )),
-                col(&|a| a.run_id.clone()),
-                tcol(&|a| micros(Some(&a.raised_at))),
-                col(&|a| serde_json::to_string(a).expect("json")),
-            ],
+/// The rows of `alerts` (all of one day) in the `alerts` table's columns.
+pub fn table_batch(alerts: &[&Alert]) -> Result<RecordBatch, AlertError> {
+    let list = alerts;
+    let col = |f: &dyn Fn(&Alert) -> String| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(list.iter().map(|a| f(a))))
+    };
+    let tcol = |f: &dyn Fn(&Alert) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            TimestampMicrosecondArray::from(list.iter().map(|a| f(a)).collect::<Vec<_>>())
+                .with_timezone("UTC"),
         )
-        .map_err(|e| AlertError::Table(e.to_string()))?;
-        let path = dir.join(format!("alerts-{first:08}-{last:08}.parquet"));
-        let tmp = dir.join(format!(".alerts-{first:08}-{last:08}.tmp"));
-        flowaudit_ingest::writer::write_parquet(
-            &tmp,
-            &batch,
-            &Default::default(),
-            vec![("flowaudit.table".into(), "alerts".into())],
-        )
-        .map_err(|e| AlertError::Table(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-    }
-    Ok(())
+    };
+    RecordBatch::try_new(
+        table_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                list.iter().map(|a| a.seq as i64),
+            )),
+            col(&|a| a.fingerprint.clone()),
+            col(&|a| a.status.clone()),
+            col(&|a| a.rule_id.clone()),
+            col(&|a| a.severity.clone()),
+            col(&|a| a.entity_key.clone()),
+            tcol(&|a| micros(a.first_seen.as_deref())),
+            tcol(&|a| micros(a.last_seen.as_deref())),
+            col(&|a| a.summary.clone()),
+            Arc::new(Int64Array::from_iter_values(
+                list.iter().map(|a| a.evidence_total as i64),
+            )),
+            Arc::new(StringArray::from(
+                list.iter()
+                    .map(|a| {
+                        a.suppression
+                            .as_ref()
+                            .map(|s| format!("{} until {}: {}", s.who, s.expires, s.reason))
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            col(&|a| a.run_id.clone()),
+            tcol(&|a| micros(Some(&a.raised_at))),
+            col(&|a| serde_json::to_string(a).expect("json")),
+        ],
+    )
+    .map_err(|e| AlertError::Table(e.to_string()))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! - Warehouse tables `gateway_events`, `flows`, `quarantine` are the warehouse's Delta tables
 //!   (read through delta-rs's provider at their latest version, see [`crate::tables`]), with
 //!   partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both strings, so
-//!   `WHERE date = '2026-11-21'` reads only that day's files; `alerts` is a listing table over the
-//!   rule runner's Parquet with `date` only (the day of the finding).
+//!   `WHERE date = '2026-11-21'` reads only that day's files; `alerts` is the rule runner's Delta
+//!   table beside them ([`crate::alerts_table`]), with `date` only (the day of the finding).
 //! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
 //!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
 //!   policy file with its SHA-256, the version recorded with every run.
@@ -21,10 +21,6 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use chrono::NaiveDate;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
@@ -156,8 +152,8 @@ impl Catalog {
         Self::open_at(&Site::local(warehouse), policy, geoip).await
     }
 
-    /// Open the catalog over `site`: its Delta tables (a local directory or `s3://`) and the
-    /// `alerts` table in its state directory.
+    /// Open the catalog over `site`: its Delta tables (a local directory or `s3://`), `alerts`
+    /// among them.
     pub async fn open_at(
         site: &Site,
         policy: &Path,
@@ -312,37 +308,19 @@ async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), Cat
         }
     }
     ctx.register_table("ingest_gaps", Arc::new(ingest_gaps(location).await?))?;
-    // The alerts the rule runner writes: Parquet under alerts/date=…/.
-    let (name, schema, parts) = (
-        "alerts",
-        crate::alerts::table_schema(),
-        vec![("date".to_string(), DataType::Utf8)],
-    );
-    if let Some(dir) = site
-        .state
-        .as_ref()
-        .map(|s| s.join(name))
-        .filter(|d| d.is_dir())
-    {
-        let abs = dir.canonicalize().map_err(|source| CatalogError::Io {
-            what: "open",
-            path: dir.clone(),
-            source,
-        })?;
-        let url = ListingTableUrl::parse(format!("{}/", abs.display()))?;
-        let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(parts);
-        let config = ListingTableConfig::new(url)
-            .with_listing_options(opts)
-            .with_schema(schema);
-        ctx.register_table(name, Arc::new(ListingTable::try_new(config)?))?;
-    } else {
-        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(parts.into_iter().map(|(n, ty)| Field::new(n, ty, false)));
-        let schema = Arc::new(Schema::new(fields));
-        ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-    }
+    // The alerts the rule runner writes (crate::alerts_table), with `date` (the finding's day).
+    let mut fields: Vec<Field> = crate::alerts::table_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("date", DataType::Utf8, false));
+    let schema = Arc::new(Schema::new(fields));
+    let name = crate::alerts_table::TABLE;
+    match crate::tables::DeltaWarehouseTable::open_named(location, name, schema.clone()).await? {
+        Some(table) => ctx.register_table(name, Arc::new(table))?,
+        None => ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
+    };
     Ok(())
 }
 

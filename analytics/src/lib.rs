@@ -3,6 +3,7 @@
 //! scheduler, the `flowaudit` binary's subcommands, their configuration and the demo.
 
 pub mod alerts;
+pub mod alerts_table;
 pub mod auth;
 pub mod cases;
 pub mod catalog;

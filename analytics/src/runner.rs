@@ -180,7 +180,7 @@ pub async fn run_window(
               suppressed = outcome.suppressed, ms = outcome.millis, "rule ran");
         outcomes.push(outcome);
     }
-    store.sync_table()?;
+    crate::alerts_table::sync(&site.tables, store).await?;
     let finished = Utc::now();
     let record = RunRecord {
         run_id,

@@ -1,9 +1,10 @@
 //! Where a deployment keeps what it reads and what it writes.
 //!
 //! The warehouse's Delta tables (`gateway_events`, `flows`, `quarantine`) are at a
-//! [`Location`]: a local directory or `s3://BUCKET/PREFIX`. The rule runner's own state (the
-//! alert store `_alerts/`, the `alerts` table, the run records `_runs/runs.jsonl` and the
-//! scheduler's `_runs/schedule.json`) is a local directory: the alert store is one writer behind
+//! [`Location`]: a local directory or `s3://BUCKET/PREFIX`, and so is the `alerts` Delta table
+//! written from the alert store. The rule runner's own state (the alert store `_alerts/`, the
+//! run records `_runs/runs.jsonl` and the scheduler's `_runs/schedule.json`) is a local
+//! directory: the alert store is one writer behind
 //! an exclusive `flock`, which an object store does not have. For a local warehouse it is the
 //! warehouse directory itself; for an S3 warehouse it is `--state-dir` (docs/DESIGN.md, "Where
 //! the rule runner's state lives").
@@ -16,8 +17,8 @@ use flowaudit_ingest::warehouse::Location;
 pub struct Site {
     /// The Delta tables.
     pub tables: Location,
-    /// The alert store, the `alerts` table and the run records; `None` for a reader of an S3
-    /// warehouse that was given none (`sql`, Flight SQL: its `alerts` table is then empty).
+    /// The alert store and the run records; `None` for a reader of an S3 warehouse that was
+    /// given none (`sql`, Flight SQL, which read only the warehouse).
     pub state: Option<PathBuf>,
 }
 

@@ -455,9 +455,6 @@ impl SqlEngine {
         geoip: Option<&Path>,
         limits: Limits,
     ) -> Result<Self, SqlError> {
-        if site.state.is_none() {
-            tracing::warn!(warehouse = %site.tables, "no --state-dir: the alerts table is empty");
-        }
         let catalog = Catalog::open_at(site, policy, geoip).await?;
         let threads = QueryThreads::new(limits.threads)
             .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;

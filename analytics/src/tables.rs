@@ -49,17 +49,27 @@ fn dferr(e: impl std::fmt::Display) -> DataFusionError {
 impl DeltaWarehouseTable {
     /// Open `table` of the warehouse at `location`; `None` if it has no Delta log yet.
     pub async fn open(location: &Location, table: Table) -> Result<Option<Self>> {
+        Self::open_named(location, table.name(), sql_schema(table)).await
+    }
+
+    /// Open the Delta table `name` of the warehouse, whose SQL columns are `schema`; `None` if it
+    /// has no Delta log yet.
+    pub async fn open_named(
+        location: &Location,
+        name: &'static str,
+        schema: SchemaRef,
+    ) -> Result<Option<Self>> {
         flowaudit_ingest::warehouse::register_s3();
         if let Some(dir) = location.local() {
             if !dir
-                .join(table.name())
+                .join(name)
                 .join(flowaudit_ingest::warehouse::LOG_DIR)
                 .is_dir()
             {
                 return Ok(None);
             }
         }
-        let url = location.table_url(table.name()).map_err(dferr)?;
+        let url = location.table_url(name).map_err(dferr)?;
         let (store, _) = location.store().map_err(dferr)?;
         let mut dt = deltalake::DeltaTableBuilder::from_url(url.clone())
             .map_err(dferr)?
@@ -69,11 +79,11 @@ impl DeltaWarehouseTable {
         match dt.load().await {
             Ok(()) => {}
             Err(deltalake::DeltaTableError::NotATable(_)) => return Ok(None),
-            Err(e) => return Err(dferr(format!("{}: {e}", table.name()))),
+            Err(e) => return Err(dferr(format!("{name}: {e}"))),
         }
         Ok(Some(Self {
-            name: table.name(),
-            schema: sql_schema(table),
+            name,
+            schema,
             table: Mutex::new(dt),
         }))
     }

@@ -77,6 +77,26 @@ struct Ctx {
     warehouse: Option<Arc<Mutex<Warehouse>>>,
     /// The topic that feeds `gateway_events` (every other feeds `flows`).
     gateway_topic: String,
+    /// The offset each assigned partition was positioned at (absent: its earliest offset).
+    starts: Mutex<std::collections::HashMap<(String, i32), i64>>,
+    /// Positions librdkafka reset because Kafka answered "offset out of range" (topic,
+    /// partition, the position it was at), from its log; see [`Ingestor::check_resets`].
+    resets: Mutex<Vec<(String, i32, Option<i64>)>>,
+}
+
+/// The partition and position of librdkafka's warning `TOPIC [PARTITION]: offset reset (at
+/// offset N (leader epoch E), broker B) to …: …: Broker: Offset out of range`.
+fn parse_offset_reset(msg: &str) -> Option<(String, i32, Option<i64>)> {
+    if !msg.contains("offset reset (at") || !msg.contains("Offset out of range") {
+        return None;
+    }
+    let (topic, rest) = msg.split_once(" [")?;
+    let (partition, rest) = rest.split_once(']')?;
+    let at = rest
+        .split_once("(at offset ")
+        .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    Some((topic.to_string(), partition.trim().parse().ok()?, at))
 }
 
 /// How often a repeating Kafka error is logged again.
@@ -152,6 +172,25 @@ fn describe_kafka_error(error: &KafkaError, reason: &str) -> String {
 }
 
 impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if fac == "OFFSET" {
+            if let Some(reset) = parse_offset_reset(log_message) {
+                self.resets.lock().expect("lock").push(reset);
+            }
+        }
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+            L::Notice | L::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {fac} {log_message}")
+            }
+            L::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}"),
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::PartitionEOF(_))
             || matches!(
@@ -241,6 +280,22 @@ fn low_watermark(c: &BaseConsumer<Ctx>, topic: &str, partition: i32) -> Result<i
     )))
 }
 
+/// The error for a partition that no longer holds offset `position`, where this consumer was
+/// positioned, though Kafka holds offsets from below it: the topic was recreated or truncated.
+fn recreated(topic: &str, partition: i32, position: i64, delivered: Option<i64>) -> Error {
+    let how = match delivered {
+        Some(o) => format!("Kafka delivered offset {o}, below offset {position} where this consumer was positioned"),
+        None => format!("Kafka answered that offset {position}, where this consumer was positioned, is out of range, though it holds earlier offsets"),
+    };
+    Error::Unrecoverable(format!(
+        "{topic}/{partition}: {how}: the partition holds fewer offsets than the warehouse \
+         recorded of it. The topic was deleted and recreated, or truncated; its new messages \
+         reuse offsets the warehouse recorded and cannot be told apart from them, so ingest \
+         stops instead of skipping them as already recorded. Ingest the new topic into a new \
+         warehouse or under a new topic name (docs/operations.md, \"A recreated topic\")"
+    ))
+}
+
 /// How often [`low_watermark`] asks before giving up.
 const LOW_WATERMARK_ATTEMPTS: u32 = 5;
 
@@ -283,6 +338,11 @@ impl Ctx {
                 }
             };
             info!(topic, partition, start = ?start, "partition assigned: starting at the warehouse's position");
+            let mut starts = self.starts.lock().expect("lock");
+            match start {
+                Offset::Offset(o) => starts.insert((topic.clone(), partition), o),
+                _ => starts.remove(&(topic.clone(), partition)),
+            };
             if let Err(e) = tpl.set_partition_offset(&topic, partition, start) {
                 warn!(topic, partition, error = %e, "cannot set the start offset");
             }
@@ -374,6 +434,10 @@ struct PartState {
     next_offset: i64,
     /// One past the highest offset received (recorded or not).
     seen: i64,
+    /// Kafka was asked for nothing below this offset (where the partition was positioned at
+    /// assignment or by our seek, then one past each offset received): a message below it means
+    /// Kafka reset the position, which it does when the position is out of range.
+    floor: i64,
     buf: Option<PartBuffer>,
 }
 
@@ -404,6 +468,10 @@ struct Ingestor<'c> {
 /// Below this `max_buffer_bytes` is smaller than what ingest needs regardless of it (measured in
 /// make bench, docs/benchmarks.md table 4): a warning at start.
 const MIN_USEFUL_BUFFER_BYTES: usize = 64 << 20;
+
+/// How long "caught up" waits, after the last message, for a position reset to be reported when
+/// a partition's recorded position is past the high watermark librdkafka knows.
+const RESET_GRACE: Duration = Duration::from_secs(1);
 
 /// How often the loop checks flush deadlines, progress and "caught up".
 const TICK: Duration = Duration::from_millis(50);
@@ -660,6 +728,7 @@ impl Ingestor<'_> {
                 continue;
             }
             next_tick = now + TICK;
+            self.check_resets(consumer)?;
             self.drain(consumer, false)?;
             self.flush_due(consumer)?;
             if let Some(reason) = self.check_health(consumer) {
@@ -716,6 +785,33 @@ impl Ingestor<'_> {
 
     /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
     /// owner reads them again) and reload the next offset from the warehouse when they return.
+    /// Look at the positions librdkafka reset since the last tick because Kafka answered "offset
+    /// out of range". Below the earliest offset Kafka holds, that is retention (the range is
+    /// recorded as a gap when the first message arrives); at or above it, the position is past
+    /// the partition's end: the topic was recreated or truncated, and ingest stops
+    /// (docs/DESIGN.md, "A topic recreated with fewer offsets").
+    fn check_resets(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        let resets = std::mem::take(&mut *consumer.context().resets.lock().expect("lock"));
+        for (topic, partition, at) in resets {
+            let recorded = self
+                .parts
+                .iter()
+                .find(|p| p.topic == topic && p.partition == partition)
+                .map(|p| p.next_offset)
+                .filter(|o| *o != i64::MIN);
+            let Some(at) = at.or(recorded) else {
+                continue;
+            };
+            let low = low_watermark(consumer, &topic, partition)?;
+            if at < low {
+                info!(topic, partition, position = at, earliest = low, "the position is below the earliest offset Kafka holds: the range will be recorded as a gap");
+                continue;
+            }
+            return Err(recreated(&topic, partition, at, None));
+        }
+        Ok(())
+    }
+
     fn apply_rebalance(&mut self, consumer: &BaseConsumer<Ctx>) {
         let changed: Vec<_> =
             std::mem::take(&mut *consumer.context().changed.lock().expect("lock"));
@@ -780,13 +876,19 @@ impl Ingestor<'_> {
                     _ => None,
                 })
                 .unwrap_or(-1);
-            let idx = self.state_index(topic, *partition)?;
+            let idx = self.state_index(consumer, topic, *partition)?;
             // Nothing received and nothing recorded: the partition starts at its low watermark.
             let pos = self.parts[idx]
                 .seen
                 .max(self.parts[idx].next_offset)
                 .max(low.max(0))
                 .max(fetched);
+            // A recorded position past the end librdkafka knows: a broker that reports its high
+            // watermark low (the test broker does), or a recreated topic, whose out-of-range
+            // reset ([`Self::check_resets`]) may still be on its way: wait a little longer.
+            if self.parts[idx].next_offset > high && quiet < RESET_GRACE && !give_up {
+                return Ok(None);
+            }
             if pos < high {
                 if give_up {
                     warn!(
@@ -801,6 +903,7 @@ impl Ingestor<'_> {
                 return Ok(None);
             }
         }
+        self.check_resets(consumer)?;
         Ok(Some("caught up with the topics: every assigned partition's position reached its high watermark"))
     }
 
@@ -858,7 +961,12 @@ impl Ingestor<'_> {
             .then(|| format!("kafka cannot be used: {}", self.health.reason))
     }
 
-    fn state_index(&mut self, topic: &str, partition: i32) -> Result<usize> {
+    fn state_index(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<usize> {
         if let Some(i) = self
             .parts
             .iter()
@@ -889,6 +997,14 @@ impl Ingestor<'_> {
             epoch: self.next_epoch,
             next_offset: next,
             seen: i64::MIN,
+            floor: consumer
+                .context()
+                .starts
+                .lock()
+                .expect("lock")
+                .get(&(topic.to_string(), partition))
+                .copied()
+                .unwrap_or(i64::MIN),
             buf: None,
         });
         Ok(self.parts.len() - 1)
@@ -898,8 +1014,12 @@ impl Ingestor<'_> {
         let (topic, partition, offset) = (msg.topic(), msg.partition(), msg.offset());
         self.last_msg = Instant::now();
         self.first_msg.get_or_insert(self.last_msg);
-        let idx = self.state_index(topic, partition)?;
-        let expected = self.parts[idx].next_offset;
+        let idx = self.state_index(consumer, topic, partition)?;
+        let (expected, floor) = (self.parts[idx].next_offset, self.parts[idx].floor);
+        if offset < floor {
+            return Err(recreated(topic, partition, floor, Some(offset)));
+        }
+        self.parts[idx].floor = offset.saturating_add(1);
         if offset > expected && expected != i64::MIN {
             // Offsets can have holes (transaction markers, compaction); a jump past the earliest
             // offset Kafka still holds is a range lost to retention or an offset reset.
@@ -1182,6 +1302,7 @@ impl Ingestor<'_> {
                         self.buffered_bytes -= b.bytes;
                     }
                     st.next_offset = recorded_last.saturating_add(1);
+                    st.floor = st.next_offset;
                     // Without the seek, the next messages would start past the recorded
                     // position and the range between would be skipped: stop instead (a restart
                     // starts at the recorded position).
@@ -1198,5 +1319,26 @@ impl Ingestor<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_offset_reset;
+
+    #[test]
+    fn librdkafkas_out_of_range_reset_warning_names_the_partition_and_position() {
+        // The warning rd_kafka_offset_reset() logs (librdkafka 2.12, rdkafka_offset.c).
+        let msg = "audit.gw-1 [3]: offset reset (at offset 200 (leader epoch -1), broker 1) to \
+                   BEGINNING: fetch failed due to requested offset not available on the broker: \
+                   Broker: Offset out of range";
+        assert_eq!(
+            parse_offset_reset(msg),
+            Some(("audit.gw-1".to_string(), 3, Some(200)))
+        );
+        // Other resets (no committed offset, a seek to a logical offset) are not this.
+        let none = "audit.gw-1 [3]: offset reset (at offset INVALID, broker -1) to BEGINNING: \
+                    no previously committed offset available: Local: No offset stored";
+        assert_eq!(parse_offset_reset(none), None);
     }
 }

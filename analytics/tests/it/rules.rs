@@ -192,6 +192,68 @@ fn planted_violations_are_all_found_and_nothing_else_is_high() {
     }
 }
 
+/// The `alerts` table is a Delta table any reader sees; alerts recorded in the outbox whose table
+/// commit was lost (a crash between the two) are written by the next run, once.
+#[test]
+fn the_alerts_table_holds_the_outbox_once_and_catches_up_after_a_lost_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = day_warehouse(dir.path(), 11);
+    let wh_s = wh.to_str().unwrap();
+    run_ok(rules_run(&wh, &repo("fixtures/policy")));
+    let outbox = read_alerts(&wh.join("_alerts/alerts.jsonl"));
+    assert!(outbox.len() >= 12, "{} alerts", outbox.len());
+    let mut want: Vec<&str> = outbox.iter().map(|a| a.fingerprint.as_str()).collect();
+    want.sort();
+    let seqs: Vec<u64> = (1..=outbox.len() as u64).collect();
+    let check = |t: &Value| {
+        assert_eq!(t["rows"].as_u64().unwrap() as usize, outbox.len(), "{t}");
+        let got: Vec<&str> = t["fingerprints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "the table's alerts are the outbox's, once each");
+        let got: Vec<u64> = t["seqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_u64().unwrap())
+            .collect();
+        assert_eq!(got, seqs);
+        assert_eq!(t["txn"].as_u64().unwrap() as usize, outbox.len(), "{t}");
+    };
+    let t = crate::support::deltalake_alerts(wh_s, &wh);
+    check(&t);
+    assert_eq!(t["version"], 1, "created, then one commit: {t}");
+
+    // The commit is lost (a crash after the files were uploaded, before the log entry): the
+    // files stay in the table's directory, unreferenced, and the table holds no alert.
+    let log = wh.join("alerts/_delta_log/00000000000000000001.json");
+    std::fs::remove_file(&log).unwrap();
+    let t = crate::support::deltalake_alerts(wh_s, &wh);
+    assert_eq!(
+        (t["rows"].as_u64(), t["txn"].as_u64()),
+        (Some(0), None),
+        "{t}"
+    );
+
+    // The next run raises nothing new and writes the outbox into the table, once.
+    run_ok(rules_run(&wh, &repo("fixtures/policy")));
+    assert_eq!(
+        read_alerts(&wh.join("_alerts/alerts.jsonl")).len(),
+        outbox.len()
+    );
+    let t = crate::support::deltalake_alerts(wh_s, &wh);
+    check(&t);
+    assert_eq!(t["version"], 1, "{t}");
+    // And a run with nothing new to write makes no commit.
+    run_ok(rules_run(&wh, &repo("fixtures/policy")));
+    let t = crate::support::deltalake_alerts(wh_s, &wh);
+    check(&t);
+    assert_eq!(t["version"], 1, "{t}");
+}
+
 #[test]
 fn reruns_and_late_data_raise_nothing_twice_and_suppressions_silence_until_expiry() {
     let dir = tempfile::tempdir().unwrap();

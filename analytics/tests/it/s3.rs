@@ -196,7 +196,7 @@ fn the_demo_rules_report_and_flight_sql_run_on_an_s3_warehouse() {
     let day = "2026-11-21";
 
     // The demo end to end on the bucket: ingest → rules → alerts → report, planted violations
-    // found exactly (the demo fails otherwise); its state (alerts, run records) is local.
+    // found exactly (the demo fails otherwise); its state (the alert store, run records) is local.
     let (so, _) = run_ok(fa(&["demo", "--out", out_s, "--warehouse", &wh]));
     assert!(so.contains("planted violations found: 12 of 12"), "{so}");
     let state = out.join("state");
@@ -221,6 +221,23 @@ fn the_demo_rules_report_and_flight_sql_run_on_an_s3_warehouse() {
 
     // The independent reader (pyarrow's S3 client over the JSON log).
     let facts = pyarrow_at(&wh);
+    // The alerts table is in the bucket: the Python `deltalake` package and `sql` without any
+    // state directory see every raised alert once.
+    let t = crate::support::deltalake_alerts(&wh, &state);
+    assert_eq!(t["rows"].as_u64().unwrap() as usize, raised, "{t}");
+    assert_eq!(t["txn"].as_u64().unwrap() as usize, raised, "{t}");
+    let (so, _) = run_ok(fa(&[
+        "sql",
+        "--warehouse",
+        &wh,
+        "--policy",
+        "fixtures/policy",
+        "--format",
+        "csv",
+        "-c",
+        "SELECT count(*) AS n, count(DISTINCT fingerprint) AS f FROM alerts",
+    ]));
+    assert_eq!(so.trim(), format!("n,f\n{raised},{raised}"), "{so}");
     let (ok, v) = verify(&wh);
     assert!(ok, "{v}");
 

@@ -330,6 +330,21 @@ pub fn deltalake_at(warehouse: &str) -> Value {
     serde_json::from_slice(&out).expect("json from read_delta.py")
 }
 
+/// The `alerts` table as the Python `deltalake` package reads it, with the `txn` of the alert
+/// store in `state` (`facts["alerts"]`: rows, fingerprints, seqs, txn, version, files).
+pub fn deltalake_alerts(warehouse: &str, state: &Path) -> Value {
+    let id = std::fs::read_to_string(state.join("_alerts/store_id")).expect("store_id");
+    let out = python_script(
+        "read_delta.py",
+        &[
+            std::ffi::OsStr::new(warehouse),
+            std::ffi::OsStr::new(id.trim()),
+        ],
+    );
+    let v: Value = serde_json::from_slice(&out).expect("json from read_delta.py");
+    v["alerts"].clone()
+}
+
 /// The warehouse's Delta logs, read as `verify` reads them.
 pub fn log(warehouse: &Path) -> flowaudit_ingest::warehouse::WarehouseLog {
     flowaudit_ingest::warehouse::read_log_blocking(&flowaudit_ingest::warehouse::Location::Local(

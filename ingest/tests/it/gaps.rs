@@ -101,3 +101,55 @@ fn a_range_lost_to_retention_is_recorded_as_a_gap_and_reading_goes_on() {
     let third = run();
     assert_eq!((third.consumed, third.gaps), (0, 0));
 }
+
+/// Issue 11: a topic deleted and created again (here: the same topic names on a new cluster)
+/// holds fewer offsets than the warehouse recorded. Kafka answers the recorded position with
+/// "offset out of range", librdkafka resets to the earliest offset, and the new messages, below
+/// the position, were skipped as already recorded: nothing written, no error. Their offsets are
+/// the recorded rows' offsets, so ingest stops and says why, and writes nothing of them.
+#[test]
+fn a_recreated_topic_with_fewer_offsets_stops_ingest_instead_of_skipping_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |brokers: &str| {
+        let cfg = IngestSettings {
+            brokers: Some(brokers.to_string()),
+            group: Some("recreated".into()),
+            gateway_topic: Some("gw".into()),
+            flow_topic: Some("fl".into()),
+            warehouse: Some(dir.path().to_path_buf()),
+            policy: Some(crate::repo("fixtures/policy")),
+            until_caught_up: Some(true),
+            session_timeout_ms: Some(6000),
+            idle_ms: Some(5000),
+            flush_interval_ms: Some(1000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        flowaudit_ingest::consumer::run(&cfg, Arc::new(AtomicBool::new(false)))
+    };
+    let cluster = |n: u64| {
+        let c = MockCluster::new(1).unwrap();
+        for t in ["gw", "fl"] {
+            c.create_topic(t, 1, 1).unwrap();
+        }
+        flowaudit_ingest::produce::produce(&c.bootstrap_servers(), "gw", &noise(0, n)).unwrap();
+        c
+    };
+    let first = cluster(100);
+    assert_eq!(run(&first.bootstrap_servers()).unwrap().consumed, 100);
+    drop(first);
+
+    let second = cluster(10);
+    let err = run(&second.bootstrap_servers())
+        .expect_err("the recreated topic's messages were taken for recorded ones")
+        .to_string();
+    assert!(
+        err.contains("gw/0") && err.contains("recreated") && err.contains("100"),
+        "the error names the partition, the position and the cause: {err}"
+    );
+    let log = warehouse::read_log_blocking(&Location::Local(dir.path().to_path_buf())).unwrap();
+    let rows: u64 = log.files.iter().map(|f| f.rows).sum();
+    assert_eq!(rows, 100, "nothing of the new topic is written");
+    assert!(log.gaps().is_empty(), "and it is not a gap");
+}
