@@ -236,10 +236,15 @@ async fn open_or_create(
             .map_err(|e| terr(&what, e))
     };
     let mut dt = build()?;
-    match dt.load().await {
-        Ok(()) => return Ok(dt),
-        Err(DeltaTableError::NotATable(_)) => {}
-        Err(e) => return Err(terr(&what, e)),
+    if flowaudit_ingest::warehouse::has_log(location, TABLE)
+        .await
+        .map_err(|e| terr(&what, e))?
+    {
+        match dt.load().await {
+            Ok(()) => return Ok(dt),
+            Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(terr(&what, e)),
+        }
     }
     let created = dt
         .create()

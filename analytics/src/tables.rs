@@ -60,14 +60,11 @@ impl DeltaWarehouseTable {
         schema: SchemaRef,
     ) -> Result<Option<Self>> {
         flowaudit_ingest::warehouse::register_s3();
-        if let Some(dir) = location.local() {
-            if !dir
-                .join(name)
-                .join(flowaudit_ingest::warehouse::LOG_DIR)
-                .is_dir()
-            {
-                return Ok(None);
-            }
+        if !flowaudit_ingest::warehouse::has_log(location, name)
+            .await
+            .map_err(dferr)?
+        {
+            return Ok(None);
         }
         let url = location.table_url(name).map_err(dferr)?;
         let (store, _) = location.store().map_err(dferr)?;

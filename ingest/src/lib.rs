@@ -14,6 +14,7 @@ pub mod config;
 pub mod consumer;
 pub mod convert;
 pub mod decode;
+pub mod durable;
 pub mod error;
 pub mod flow;
 pub mod fuzz;

@@ -175,10 +175,8 @@ impl Location {
         let prefix = ObjectPath::from_url_path(root.path())
             .map_err(|e| Error::Config(format!("warehouse path {root}: {e}")))?;
         match self {
-            Location::Local(_) => Ok((
-                Arc::new(object_store::local::LocalFileSystem::new()),
-                prefix,
-            )),
+            // Commits are fsynced before they count as stored (crate::durable).
+            Location::Local(_) => Ok((Arc::new(crate::durable::DurableLocal::new()), prefix)),
             Location::S3(url) => {
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(url.as_str())
@@ -820,6 +818,23 @@ fn add_action(rel: &str, f: &StagedFile, data_change: bool) -> Result<Add> {
     })
 }
 
+/// Whether the Delta table `name` of the warehouse has a log (one LIST of its `_delta_log/`):
+/// asking delta-rs to load a table that has none makes the Delta kernel log an ERROR although
+/// nothing is wrong (a fresh warehouse), so openers ask this first.
+pub async fn has_log(location: &Location, name: &str) -> Result<bool> {
+    if let Some(root) = location.local() {
+        return Ok(root.join(name).join(LOG_DIR).is_dir());
+    }
+    let (store, prefix) = location.store()?;
+    let log = prefix.join(name).join(LOG_DIR);
+    let mut list = store.list(Some(&log));
+    match futures::StreamExt::next(&mut list).await {
+        None => Ok(false),
+        Some(Ok(_)) => Ok(true),
+        Some(Err(e)) => Err(derr(format!("listing {log}"), e)),
+    }
+}
+
 /// Open `table` in the warehouse, creating it (empty, with its schema, partitioning and
 /// properties) if it has no log yet. Two writers creating it at once: one wins, the other loads.
 async fn open_or_create(
@@ -840,10 +855,12 @@ async fn open_or_create(
             .map_err(|e| derr(what(), e))
     };
     let mut dt = build()?;
-    match dt.load().await {
-        Ok(()) => return Ok(dt),
-        Err(DeltaTableError::NotATable(_)) => {}
-        Err(e) => return Err(derr(what(), e)),
+    if has_log(location, table.name()).await? {
+        match dt.load().await {
+            Ok(()) => return Ok(dt),
+            Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(derr(what(), e)),
+        }
     }
     let created = dt
         .create()
