@@ -317,7 +317,15 @@ async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), Cat
     fields.push(Field::new("date", DataType::Utf8, false));
     let schema = Arc::new(Schema::new(fields));
     let name = crate::alerts_table::TABLE;
-    match crate::tables::DeltaWarehouseTable::open_named(location, name, schema.clone()).await? {
+    match crate::tables::DeltaWarehouseTable::open_named(
+        location,
+        name,
+        schema.clone(),
+        crate::alerts::table_schema(),
+        &["date"],
+    )
+    .await?
+    {
         Some(table) => ctx.register_table(name, Arc::new(table))?,
         None => ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
     };
