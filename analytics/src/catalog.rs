@@ -2,7 +2,7 @@
 //! every reader of the data (rules, report, SQL shell).
 //!
 //! - Warehouse tables `gateway_events`, `flows`, `quarantine` are the warehouse's Delta tables
-//!   (read through delta-rs's provider at their latest version, see [`crate::tables`]), with
+//!   (read at their latest version at every scan, see [`crate::tables`]), with
 //!   partition columns `date` (`YYYY-MM-DD`) and `hour` (`HH`), both strings, so
 //!   `WHERE date = '2026-11-21'` reads only that day's files; `alerts` is the rule runner's Delta
 //!   table beside them ([`crate::alerts_table`]), with `date` only (the day of the finding).
