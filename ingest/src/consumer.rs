@@ -783,8 +783,6 @@ impl Ingestor<'_> {
         }
     }
 
-    /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
-    /// owner reads them again) and reload the next offset from the warehouse when they return.
     /// Look at the positions librdkafka reset since the last tick because Kafka answered "offset
     /// out of range". Below the earliest offset Kafka holds, that is retention (the range is
     /// recorded as a gap when the first message arrives); at or above it, the position is past
@@ -812,6 +810,8 @@ impl Ingestor<'_> {
         Ok(())
     }
 
+    /// Partitions that moved: forget their state (buffers are dropped unrecorded, so the next
+    /// owner reads them again) and reload the next offset from the warehouse when they return.
     fn apply_rebalance(&mut self, consumer: &BaseConsumer<Ctx>) {
         let changed: Vec<_> =
             std::mem::take(&mut *consumer.context().changed.lock().expect("lock"));
