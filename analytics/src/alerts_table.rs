@@ -12,11 +12,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TableReference};
-use deltalake::kernel::{Action, Add, DataType as DeltaType, StructField, StructType, Transaction};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, TableProperty};
+use deltalake::{DeltaTable, ObjectStore};
 use flowaudit_ingest::warehouse::{register_s3, Location};
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt as _;
@@ -41,13 +40,8 @@ fn terr(what: impl std::fmt::Display, e: impl std::fmt::Display) -> AlertError {
 
 /// The Delta schema: the columns of [`crate::alerts::table_schema`], then `date`.
 pub fn delta_schema() -> Result<StructType, AlertError> {
-    let st: StructType = crate::alerts::table_schema()
-        .as_ref()
-        .try_into_kernel()
-        .map_err(|e| terr("the alerts table's schema", e))?;
-    let mut fields: Vec<StructField> = st.fields().cloned().collect();
-    fields.push(StructField::new("date", DeltaType::STRING, false));
-    StructType::try_new(fields).map_err(|e| terr("the alerts table's schema", e))
+    flowaudit_ingest::warehouse::delta_columns(TABLE, &crate::alerts::table_schema(), &["date"])
+        .map_err(|e| terr("the alerts table's schema", e))
 }
 
 /// What a [`sync`] wrote.
@@ -215,57 +209,19 @@ async fn upload_day(
 }
 
 /// Open the `alerts` table of the warehouse, creating it (empty, append-only, partitioned by
-/// `date`) if it has no log yet. Two creators at once: one wins, the other loads its table.
+/// `date`) if it has no log yet.
 async fn open_or_create(
     location: &Location,
     objects: &Arc<dyn ObjectStore>,
 ) -> Result<DeltaTable, AlertError> {
     register_s3();
-    let url = location
-        .table_url(TABLE)
-        .map_err(|e| terr("the alerts table", e))?;
-    if let Some(root) = location.local() {
-        let dir = root.join(TABLE);
-        std::fs::create_dir_all(&dir).map_err(|e| terr(dir.display(), e))?;
-    }
-    let what = format!("opening the Delta table {url}");
-    let build = || {
-        DeltaTableBuilder::from_url(url.clone())
-            .map(|b| b.with_storage_backend(objects.clone(), url.clone()))
-            .and_then(|b| b.build())
-            .map_err(|e| terr(&what, e))
-    };
-    let mut dt = build()?;
-    if flowaudit_ingest::warehouse::has_log(location, TABLE)
-        .await
-        .map_err(|e| terr(&what, e))?
-    {
-        match dt.load().await {
-            Ok(()) => return Ok(dt),
-            Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(terr(&what, e)),
-        }
-    }
-    let created = dt
-        .create()
-        .with_table_name(TABLE)
-        .with_columns(delta_schema()?.fields().cloned())
-        .with_partition_columns(["date"])
-        .with_configuration_property(TableProperty::EnableExpiredLogCleanup, Some("false"))
-        .with_configuration_property(TableProperty::AppendOnly, Some("true"))
-        .with_commit_properties(
-            CommitProperties::default()
-                .with_cleanup_expired_logs(Some(false))
-                .with_create_checkpoint(false)
-                .with_max_retries(0),
-        )
-        .await;
-    match created {
-        Ok(t) => Ok(t),
-        Err(_) => {
-            let mut dt = build()?;
-            dt.load().await.map_err(|e| terr(&what, e))?;
-            Ok(dt)
-        }
-    }
+    flowaudit_ingest::warehouse::open_or_create(
+        location,
+        objects,
+        TABLE,
+        delta_schema()?,
+        &["date"],
+    )
+    .await
+    .map_err(|e| terr("the alerts table", e))
 }

@@ -245,17 +245,28 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .map_err(|e| derr("starting the storage runtime", e))
 }
 
+/// The partition columns of the ingest tables.
+pub const PARTITIONS: &[&str] = &["date", "hour"];
+
 /// The Delta schema of `table`: its columns, then the `date` and `hour` partition columns.
 pub fn delta_schema(table: Table) -> Result<StructType> {
-    let st: StructType = table
-        .schema()
-        .as_ref()
+    delta_columns(table.name(), &table.schema(), PARTITIONS)
+}
+
+/// The Delta schema of the table `name`: the columns of `schema`, then `partitions` (strings).
+pub fn delta_columns(
+    name: &str,
+    schema: &arrow::datatypes::Schema,
+    partitions: &[&str],
+) -> Result<StructType> {
+    let st: StructType = schema
         .try_into_kernel()
-        .map_err(|e| derr(format!("schema of {}", table.name()), e))?;
+        .map_err(|e| derr(format!("schema of {name}"), e))?;
     let mut fields: Vec<StructField> = st.fields().cloned().collect();
-    fields.push(StructField::new("date", DeltaType::STRING, false));
-    fields.push(StructField::new("hour", DeltaType::STRING, false));
-    StructType::try_new(fields).map_err(|e| derr(format!("schema of {}", table.name()), e))
+    for p in partitions {
+        fields.push(StructField::new(*p, DeltaType::STRING, false));
+    }
+    StructType::try_new(fields).map_err(|e| derr(format!("schema of {name}"), e))
 }
 
 /// What became of one table's commit.
@@ -341,7 +352,14 @@ impl Warehouse {
         }
         let mut tables = HashMap::new();
         for t in Table::ALL {
-            let dt = rt.block_on(open_or_create(location, &store, t))?;
+            let columns = delta_schema(t)?;
+            let dt = rt.block_on(open_or_create(
+                location,
+                &store,
+                t.name(),
+                columns,
+                PARTITIONS,
+            ))?;
             tables.insert(t, dt);
         }
         Ok(Self {
@@ -835,16 +853,19 @@ pub async fn has_log(location: &Location, name: &str) -> Result<bool> {
     }
 }
 
-/// Open `table` in the warehouse, creating it (empty, with its schema, partitioning and
-/// properties) if it has no log yet. Two writers creating it at once: one wins, the other loads.
-async fn open_or_create(
+/// Open the table `name` of the warehouse, creating it (empty, append-only, with `columns`
+/// partitioned by `partitions`, keeping its JSON commits) if it has no log yet. Two writers
+/// creating it at once: one wins, the other loads.
+pub async fn open_or_create(
     location: &Location,
     store: &Arc<dyn ObjectStore>,
-    table: Table,
+    name: &str,
+    columns: StructType,
+    partitions: &[&str],
 ) -> Result<DeltaTable> {
-    let url = location.table_url(table.name())?;
+    let url = location.table_url(name)?;
     if let Location::Local(root) = location {
-        let dir = root.join(table.name());
+        let dir = root.join(name);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
     }
     let what = || format!("opening the Delta table {url}");
@@ -855,7 +876,7 @@ async fn open_or_create(
             .map_err(|e| derr(what(), e))
     };
     let mut dt = build()?;
-    if has_log(location, table.name()).await? {
+    if has_log(location, name).await? {
         match dt.load().await {
             Ok(()) => return Ok(dt),
             Err(DeltaTableError::NotATable(_)) => {}
@@ -864,9 +885,9 @@ async fn open_or_create(
     }
     let created = dt
         .create()
-        .with_table_name(table.name())
-        .with_columns(delta_schema(table)?.fields().cloned())
-        .with_partition_columns(["date", "hour"])
+        .with_table_name(name)
+        .with_columns(columns.fields().cloned())
+        .with_partition_columns(partitions.iter().copied())
         .with_configuration_property(TableProperty::EnableExpiredLogCleanup, Some("false"))
         .with_configuration_property(TableProperty::AppendOnly, Some("true"))
         // No retry: a lost race to create version 0 must not append a second `metaData` (a new

@@ -34,6 +34,31 @@ fn low_watermark(brokers: &str, topic: &str) -> i64 {
         .0
 }
 
+/// One `--until-caught-up` ingest of the topics `gw` and `fl` at `brokers` into `warehouse`.
+fn ingest(
+    brokers: &str,
+    warehouse: &std::path::Path,
+    group: &str,
+    idle_ms: u64,
+) -> flowaudit_ingest::Result<flowaudit_ingest::consumer::IngestSummary> {
+    let cfg = IngestSettings {
+        brokers: Some(brokers.to_string()),
+        group: Some(group.into()),
+        gateway_topic: Some("gw".into()),
+        flow_topic: Some("fl".into()),
+        warehouse: Some(warehouse.to_path_buf()),
+        policy: Some(crate::repo("fixtures/policy")),
+        until_caught_up: Some(true),
+        session_timeout_ms: Some(6000),
+        idle_ms: Some(idle_ms),
+        flush_interval_ms: Some(1000),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    flowaudit_ingest::consumer::run(&cfg, Arc::new(AtomicBool::new(false)))
+}
+
 #[test]
 fn a_range_lost_to_retention_is_recorded_as_a_gap_and_reading_goes_on() {
     let cluster = MockCluster::new(1).unwrap();
@@ -42,24 +67,7 @@ fn a_range_lost_to_retention_is_recorded_as_a_gap_and_reading_goes_on() {
         cluster.create_topic(t, 1, 1).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let run = || {
-        let cfg = IngestSettings {
-            brokers: Some(brokers.clone()),
-            group: Some("gaps".into()),
-            gateway_topic: Some("gw".into()),
-            flow_topic: Some("fl".into()),
-            warehouse: Some(dir.path().to_path_buf()),
-            policy: Some(crate::repo("fixtures/policy")),
-            until_caught_up: Some(true),
-            session_timeout_ms: Some(6000),
-            idle_ms: Some(3000),
-            flush_interval_ms: Some(1000),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        flowaudit_ingest::consumer::run(&cfg, Arc::new(AtomicBool::new(false))).unwrap()
-    };
+    let run = || ingest(&brokers, dir.path(), "gaps", 3000).unwrap();
     flowaudit_ingest::produce::produce(&brokers, "gw", &noise(0, 100)).unwrap();
     let first = run();
     assert_eq!(first.consumed, 100);
@@ -110,24 +118,7 @@ fn a_range_lost_to_retention_is_recorded_as_a_gap_and_reading_goes_on() {
 #[test]
 fn a_recreated_topic_with_fewer_offsets_stops_ingest_instead_of_skipping_it() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |brokers: &str| {
-        let cfg = IngestSettings {
-            brokers: Some(brokers.to_string()),
-            group: Some("recreated".into()),
-            gateway_topic: Some("gw".into()),
-            flow_topic: Some("fl".into()),
-            warehouse: Some(dir.path().to_path_buf()),
-            policy: Some(crate::repo("fixtures/policy")),
-            until_caught_up: Some(true),
-            session_timeout_ms: Some(6000),
-            idle_ms: Some(5000),
-            flush_interval_ms: Some(1000),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        flowaudit_ingest::consumer::run(&cfg, Arc::new(AtomicBool::new(false)))
-    };
+    let run = |brokers: &str| ingest(brokers, dir.path(), "recreated", 5000);
     let cluster = |n: u64| {
         let c = MockCluster::new(1).unwrap();
         for t in ["gw", "fl"] {
