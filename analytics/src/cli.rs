@@ -1,6 +1,6 @@
 //! The subcommands. Every flag has an environment variable (shown in `--help`) and, for the
 //! settings a deployment keeps, a key in `flowaudit.toml`.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -45,6 +45,9 @@ pub enum Command {
     /// Check the warehouse against its Delta logs: the commits' hash chain, every file's SHA-256
     /// and rows, every Kafka offset in exactly one row; lists files no commit references.
     Verify(VerifyArgs),
+    /// Record the warehouse head and the rule runner's records in a checkpoint signed with the
+    /// auditor's key and time-stamped by a TSA, in a witness location the platform cannot write.
+    Checkpoint(CheckpointArgs),
     /// Rewrite the small files of closed hours into large ones, as one Delta commit per table
     /// that changes no data (verify checks the rows are the same).
     Compact(CompactArgs),
@@ -109,19 +112,66 @@ pub struct ReportArgs {
     /// The previous report's report.json: the summary says what changed since.
     #[arg(long, env = "FLOWAUDIT_PREVIOUS_REPORT")]
     pub previous: Option<PathBuf>,
+    /// The auditor's witness: the report names the checkpoints written in its window and what
+    /// the latest leaves uncovered. [config: checkpoint.witness]
+    #[arg(long, env = "FLOWAUDIT_CHECKPOINTS")]
+    pub checkpoints: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Warehouse directory. [config: warehouse]
+    /// Warehouse directory or s3://BUCKET/PREFIX. [config: warehouse]
     #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
     pub warehouse: Option<PathBuf>,
     /// A signed report (its directory or report.json): check its signature and files too.
     #[arg(long, env = "FLOWAUDIT_REPORT", requires = "public_key")]
     pub report: Option<PathBuf>,
-    /// The auditor's Ed25519 public key (PEM) for --report.
-    #[arg(long, env = "FLOWAUDIT_PUBLIC_KEY", requires = "report")]
+    /// The witness (directory or s3://BUCKET/PREFIX): check every checkpoint in it, and that
+    /// the warehouse and the rule runner's records still hold what each recorded.
+    /// [config: checkpoint.witness]
+    #[arg(long, env = "FLOWAUDIT_CHECKPOINTS", requires = "public_key")]
+    pub checkpoints: Option<PathBuf>,
+    /// The auditor's Ed25519 public key (PEM) for --report and --checkpoints.
+    #[arg(long, env = "FLOWAUDIT_PUBLIC_KEY")]
     pub public_key: Option<PathBuf>,
+    /// The TSA's CA certificate(s) (PEM): check the checkpoints' timestamp tokens.
+    /// [config: checkpoint.tsa_ca]
+    #[arg(long, env = "FLOWAUDIT_TSA_CA")]
+    pub tsa_ca: Option<PathBuf>,
+    /// The rule runner's state directory, whose alerts and run records the checkpoints cover
+    /// (default: the warehouse directory when it is local). [config: state_dir]
+    #[arg(long, env = "FLOWAUDIT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The policy folder, whose suppressions.csv the checkpoints cover. [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Warehouse directory or s3://BUCKET/PREFIX. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// The auditor's Ed25519 private key (PKCS#8 PEM). [config: checkpoint.sign_key]
+    #[arg(long, env = "FLOWAUDIT_SIGN_KEY")]
+    pub sign_key: Option<PathBuf>,
+    /// Where checkpoints are written: a directory or s3://BUCKET/PREFIX of the auditor's that
+    /// the platform cannot write. [config: checkpoint.witness]
+    #[arg(long, env = "FLOWAUDIT_WITNESS")]
+    pub witness: Option<PathBuf>,
+    /// An RFC 3161 Time-Stamping Authority (http:// or https://). [config: checkpoint.tsa_url]
+    #[arg(long, env = "FLOWAUDIT_TSA_URL")]
+    pub tsa_url: Option<String>,
+    /// Attempts at the TSA per checkpoint before leaving it for the next run.
+    #[arg(long, default_value_t = 3)]
+    pub tsa_attempts: u32,
+    /// The rule runner's state directory (default: the warehouse directory when it is local).
+    /// [config: state_dir]
+    #[arg(long, env = "FLOWAUDIT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The policy folder (its suppressions.csv is covered). [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +614,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Serve(a) => run_serve(a, &file),
         Command::Verify(a) => run_verify(a, &file),
+        Command::Checkpoint(a) => run_checkpoint(a, &file),
         Command::Compact(a) => run_compact(a, &file),
         Command::Vacuum(a) => run_vacuum(a, &file),
         Command::Report(a) => run_report(a, &file),
@@ -819,6 +870,11 @@ fn run_report(a: ReportArgs, file: &FileConfig) -> anyhow::Result<()> {
         to,
         reproducible: a.reproducible,
         previous: a.previous,
+        witness: a
+            .checkpoints
+            .or(file.checkpoint.witness.clone())
+            .map(|w| flowaudit_ingest::warehouse::Location::parse(&w.to_string_lossy()))
+            .transpose()?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let r = rt
@@ -982,9 +1038,45 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
             }
         }
     }
+    let mut exposure = None;
+    if let Some(witness) = a.checkpoints.or(file.checkpoint.witness.clone()) {
+        let key = a
+            .public_key
+            .as_deref()
+            .context("--checkpoints needs --public-key")?;
+        let key = crate::signing::load_public_key(key).map_err(anyhow::Error::msg)?;
+        let ca = match a.tsa_ca.or(file.checkpoint.tsa_ca.clone()) {
+            Some(p) => Some(std::fs::read(&p).with_context(|| format!("{}", p.display()))?),
+            None => None,
+        };
+        let witness = flowaudit_ingest::warehouse::Location::parse(&witness.to_string_lossy())?;
+        let state = crate::checkpoint::StatePaths {
+            state_dir: a
+                .state_dir
+                .or(file.state_dir.clone())
+                .or_else(|| location.local().map(Path::to_path_buf)),
+            policy: a.policy.or(file.policy.clone()),
+        };
+        let c = runtime()?.block_on(async {
+            let log = flowaudit_ingest::warehouse::read_log(&location).await?;
+            crate::checkpoint::check(&witness, &key, ca.as_deref(), &log, &state)
+                .await
+                .map_err(anyhow::Error::from)
+        })?;
+        v.problems.extend(c.problems);
+        v.notes.extend(c.notes);
+        if let Some(e) = c.exposure {
+            v.notes
+                .push(format!("{} checkpoint(s) in {witness}; {e}", c.checkpoints));
+            exposure = Some(e);
+        }
+    }
     if v.problems.is_empty() {
         for n in &v.notes {
             println!("note: {n}");
+        }
+        if let Some(e) = exposure {
+            println!("exposure: {e}");
         }
         println!(
             "verified {}: {} files, {} rows, {} commits; log heads {}",
@@ -1004,6 +1096,78 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
         location,
         v.problems.len()
     )
+}
+
+/// A runtime for a command's object-store and HTTP work.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// The witness, refused when it is inside the warehouse (the platform can write there).
+fn checked_witness(
+    witness: flowaudit_ingest::warehouse::Location,
+    warehouse: &flowaudit_ingest::warehouse::Location,
+) -> anyhow::Result<flowaudit_ingest::warehouse::Location> {
+    let (w, wh) = (witness.root_url()?, warehouse.root_url()?);
+    if w.as_str().starts_with(wh.as_str()) {
+        bail!("the witness {witness} is inside the warehouse {warehouse}: it must be a location the platform cannot write");
+    }
+    Ok(witness)
+}
+
+fn run_checkpoint(a: CheckpointArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let Some(wh) = a.warehouse.or(file.warehouse.clone()) else {
+        bail!("no warehouse: pass --warehouse DIR|s3://BUCKET/PREFIX (or FLOWAUDIT_WAREHOUSE, or warehouse in flowaudit.toml)");
+    };
+    let Some(witness) = a.witness.or(file.checkpoint.witness.clone()) else {
+        bail!("no witness: pass --witness DIR|s3://BUCKET/PREFIX (or FLOWAUDIT_WITNESS, or [checkpoint] witness)");
+    };
+    let Some(key) = a.sign_key.or(file.checkpoint.sign_key.clone()) else {
+        bail!("no signing key: pass --sign-key KEY.pem (or FLOWAUDIT_SIGN_KEY, or [checkpoint] sign_key)");
+    };
+    let warehouse = flowaudit_ingest::warehouse::Location::parse(&wh.to_string_lossy())?;
+    let witness = flowaudit_ingest::warehouse::Location::parse(&witness.to_string_lossy())?;
+    let witness = checked_witness(witness, &warehouse)?;
+    let settings = crate::checkpoint::Settings {
+        key: crate::signing::load_signing_key(&key).map_err(anyhow::Error::msg)?,
+        tsa_url: a.tsa_url.or(file.checkpoint.tsa_url.clone()),
+        tsa_attempts: a.tsa_attempts.max(1),
+        tsa_backoff: std::time::Duration::from_millis(500),
+        state: crate::checkpoint::StatePaths {
+            state_dir: a
+                .state_dir
+                .or(file.state_dir.clone())
+                .or_else(|| warehouse.local().map(Path::to_path_buf)),
+            policy: a.policy.or(file.policy.clone()),
+        },
+        warehouse,
+        witness,
+    };
+    let w = runtime()?
+        .block_on(crate::checkpoint::write(&settings))
+        .context("writing the checkpoint")?;
+    println!(
+        "checkpoint {} written to {}: {}",
+        w.seq,
+        settings.witness,
+        w.statement["tables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| format!("{}@{}", t["table"].as_str().unwrap_or("?"), t["version"]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if !w.stamped.is_empty() {
+        println!("time-stamped: checkpoint(s) {:?}", w.stamped);
+    }
+    for (n, e) in &w.unstamped {
+        println!("not yet time-stamped: checkpoint {n}: {e} (the next checkpoint asks again)");
+    }
+    Ok(())
 }
 
 /// Settings resolved from flags, environment and file, for `rules run` and `serve`.
@@ -1357,6 +1521,12 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
                     .map_err(|e: String| anyhow::anyhow!("report schedule: {e}"))?,
                 out,
                 sign_key: a.sign_key.or(file.report.sign_key.clone()),
+                witness: file
+                    .checkpoint
+                    .witness
+                    .as_ref()
+                    .map(|w| flowaudit_ingest::warehouse::Location::parse(&w.to_string_lossy()))
+                    .transpose()?,
             })
         }
         None => None,
@@ -1391,6 +1561,32 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         bail!("nothing to serve: --no-scheduler needs --flight ADDR and/or --ingest");
     }
     let r = a.common.resolve(file)?;
+    let checkpoint = match &file.checkpoint.interval {
+        Some(every) => {
+            let interval = setting_duration("checkpoint.interval", every, "15m")?;
+            let (Some(witness), Some(key)) = (&file.checkpoint.witness, &file.checkpoint.sign_key)
+            else {
+                bail!("checkpoint.interval is set: [checkpoint] needs witness and sign_key too");
+            };
+            let witness = flowaudit_ingest::warehouse::Location::parse(&witness.to_string_lossy())?;
+            Some(crate::serve::ScheduledCheckpoint {
+                interval,
+                settings: crate::checkpoint::Settings {
+                    warehouse: r.site.tables.clone(),
+                    witness: checked_witness(witness, &r.site.tables)?,
+                    key: crate::signing::load_signing_key(key).map_err(anyhow::Error::msg)?,
+                    tsa_url: file.checkpoint.tsa_url.clone(),
+                    tsa_attempts: 3,
+                    tsa_backoff: std::time::Duration::from_millis(500),
+                    state: crate::checkpoint::StatePaths {
+                        state_dir: r.site.state.clone(),
+                        policy: Some(r.policy.clone()),
+                    },
+                },
+            })
+        }
+        None => None,
+    };
     if scheduler {
         r.site.state_dir().map_err(anyhow::Error::msg)?;
         select_rules(&r.rules_dir, &r.only)?;
@@ -1409,6 +1605,7 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         catch_up_max,
         ingest,
         compact,
+        checkpoint,
     };
     crate::serve::serve(opts, shutdown_flag()?)
 }

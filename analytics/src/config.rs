@@ -36,6 +36,24 @@ pub struct FileConfig {
     pub sql: SqlSettings,
     #[serde(default)]
     pub flight: FlightSettings,
+    #[serde(default)]
+    pub checkpoint: CheckpointSettings,
+}
+
+/// `[checkpoint]`: signed, time-stamped checkpoints in the auditor's witness (docs/evidence.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// Where checkpoints go: a directory or `s3://BUCKET/PREFIX` the platform cannot write.
+    pub witness: Option<PathBuf>,
+    /// The auditor's Ed25519 private key (PKCS#8 PEM).
+    pub sign_key: Option<PathBuf>,
+    /// An RFC 3161 Time-Stamping Authority's URL.
+    pub tsa_url: Option<String>,
+    /// The TSA's CA certificate(s) (PEM), for `verify --checkpoints`.
+    pub tsa_ca: Option<PathBuf>,
+    /// `serve` writes a checkpoint at start and then this often, e.g. `15m` (off when unset).
+    pub interval: Option<String>,
 }
 
 /// `[sql]`: analysts' queries, in `flowaudit sql` and over Flight SQL.

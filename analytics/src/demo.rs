@@ -194,6 +194,40 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         state.join("_runs/runs.jsonl").display()
     );
 
+    // A checkpoint of what was ingested and raised, signed with a key made for the demo (an
+    // auditor keeps theirs, and the witness, where the platform cannot reach), without a TSA.
+    let witness = a.out.join("witness");
+    if witness.exists() {
+        std::fs::remove_dir_all(&witness)
+            .with_context(|| format!("removing the previous demo's {}", witness.display()))?;
+    }
+    let (key, public) = demo_keys(&a.out)?;
+    let written = rt
+        .block_on(crate::checkpoint::write(&crate::checkpoint::Settings {
+            warehouse: site.tables.clone(),
+            witness: Location::Local(witness.clone()),
+            key,
+            tsa_url: None,
+            tsa_attempts: 1,
+            tsa_backoff: std::time::Duration::ZERO,
+            state: crate::checkpoint::StatePaths {
+                state_dir: Some(state.clone()),
+                policy: Some(a.policy.clone()),
+            },
+        }))
+        .context("writing the demo's checkpoint")?;
+    println!(
+        "checkpoint {} in {} (signed with {}; no TSA in the demo); check it with:\n  flowaudit verify --warehouse {} --state-dir {} --policy {} --checkpoints {} --public-key {}",
+        written.seq,
+        witness.display(),
+        a.out.join("auditor.pem").display(),
+        site.tables,
+        state.display(),
+        a.policy.display(),
+        witness.display(),
+        public.display()
+    );
+
     // The auditor's report of the day.
     let report_dir = a.out.join("report");
     let report = rt
@@ -206,6 +240,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             to: a.date,
             reproducible: true,
             previous: None,
+            witness: Some(Location::Local(witness)),
         }))
         .map_err(anyhow::Error::msg)
         .context("building the report")?;
@@ -217,6 +252,30 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     );
     drop(cluster);
     Ok(())
+}
+
+/// The demo auditor's key pair, `<out>/auditor.pem` and `<out>/auditor.pub.pem`, made on first
+/// use; the private key and its public half's path.
+fn demo_keys(
+    out: &std::path::Path,
+) -> anyhow::Result<(ed25519_dalek::SigningKey, std::path::PathBuf)> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
+    let (key, public) = (out.join("auditor.pem"), out.join("auditor.pub.pem"));
+    if !key.is_file() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let pem = sk
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("encoding the demo key: {e}"))?;
+        std::fs::write(&key, pem.as_bytes())
+            .with_context(|| format!("writing {}", key.display()))?;
+    }
+    let sk = crate::signing::load_signing_key(&key).map_err(anyhow::Error::msg)?;
+    let pem = sk
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| anyhow::anyhow!("encoding the demo public key: {e}"))?;
+    std::fs::write(&public, pem).with_context(|| format!("writing {}", public.display()))?;
+    Ok((sk, public))
 }
 
 /// The demo's warehouse: `<out>/warehouse` (replaced), or the `--warehouse` S3 prefix, which

@@ -31,6 +31,8 @@ pub struct ReportOptions {
     pub reproducible: bool,
     /// The previous report (its report.json), for "what changed".
     pub previous: Option<PathBuf>,
+    /// The auditor's witness: the report names the checkpoints that cover its window.
+    pub witness: Option<flowaudit_ingest::warehouse::Location>,
 }
 
 /// What changed since the previous report: verdict and counts, and which rule files, policy
@@ -214,6 +216,11 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
             "flowaudit_version": env!("CARGO_PKG_VERSION"),
         },
     });
+    if let Some(w) = &o.witness {
+        report["checkpoints"] = crate::checkpoint::report_section(w, &log, f.as_str(), t.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let prev = match &o.previous {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -624,6 +631,43 @@ pub fn html(r: &Value) -> String {
             .join(", "),
         esc(&serde_json::to_string(&ap["geoip"]).unwrap_or_default())
     );
+    if let Some(c) = r["checkpoints"].as_object() {
+        let _ = write!(
+            h,
+            "<h3>Checkpoints</h3><p>Witness <code>{}</code>. Written during the window: {}. Latest: {}. Not yet covered by a checkpoint: {}. Signatures and timestamp tokens are checked by <code>flowaudit verify --checkpoints</code> (docs/evidence.md).</p>",
+            text(&c["witness"]),
+            c["in_window"]
+                .as_array()
+                .filter(|v| !v.is_empty())
+                .map_or("none".to_string(), |v| v
+                    .iter()
+                    .map(|x| format!("{} ({})", text(&x["seq"]), text(&x["created_at"])))
+                    .collect::<Vec<_>>()
+                    .join(", ")),
+            match &c["latest"] {
+                Value::Null => "none".to_string(),
+                l => format!(
+                    "{} ({}{})",
+                    text(&l["seq"]),
+                    text(&l["created_at"]),
+                    if l["time_stamped"] == true { ", time-stamped" } else { ", no timestamp token yet" }
+                ),
+            },
+            c["not_yet_checkpointed"]
+                .as_array()
+                .filter(|v| !v.is_empty())
+                .map_or("nothing".to_string(), |v| v
+                    .iter()
+                    .map(|x| format!(
+                        "{} versions {} to {}",
+                        text(&x["table"]),
+                        text(&x["from_version"]),
+                        text(&x["to_version"])
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")),
+        );
+    }
     h.push_str("<h3>Rule files</h3><table><tr><th>rule</th><th>SHA-256</th></tr>");
     for x in ap["rules"].as_array().into_iter().flatten() {
         let _ = write!(

@@ -48,6 +48,45 @@ pub struct ServeOptions {
     pub flight: Option<FlightServe>,
     /// Compact the warehouse's closed hours on a schedule.
     pub compact: Option<ScheduledCompaction>,
+    /// Write checkpoints to the auditor's witness on an interval.
+    pub checkpoint: Option<ScheduledCheckpoint>,
+}
+
+/// Checkpoints every `interval` (`[checkpoint]`), on a thread of their own: a TSA or witness that
+/// is slow or down delays neither ingest nor the rules.
+pub struct ScheduledCheckpoint {
+    pub interval: Duration,
+    pub settings: crate::checkpoint::Settings,
+}
+
+/// Write a checkpoint now and every `interval` until `shutdown` is set.
+fn checkpointer(c: ScheduledCheckpoint, shutdown: Arc<AtomicBool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "checkpoints: cannot start the runtime; no checkpoints are written");
+            return;
+        }
+    };
+    info!(witness = %c.settings.witness, interval_s = c.interval.as_secs(), "checkpoints on");
+    while !shutdown.load(Ordering::Relaxed) {
+        match rt.block_on(crate::checkpoint::write(&c.settings)) {
+            Ok(w) => info!(
+                seq = w.seq,
+                stamped = ?w.stamped,
+                unstamped = w.unstamped.len(),
+                "checkpoint written"
+            ),
+            Err(e) => error!(error = %e, "checkpoint failed; retrying at the next interval"),
+        }
+        let until = std::time::Instant::now() + c.interval;
+        while std::time::Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Compaction on a schedule (`[compact]`).
@@ -79,6 +118,8 @@ pub struct NightlyReport {
     pub cron: Cron,
     pub out: PathBuf,
     pub sign_key: Option<PathBuf>,
+    /// The auditor's witness, whose checkpoints each report names.
+    pub witness: Option<flowaudit_ingest::warehouse::Location>,
 }
 
 /// The key the nightly report's last firing is kept under in `schedule.json`.
@@ -129,8 +170,15 @@ pub fn due_firings(
 }
 
 /// Run the scheduler until `shutdown` is set.
-pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let checkpoints = opts.checkpoint.take().map(|c| {
+        let flag = shutdown.clone();
+        std::thread::Builder::new()
+            .name("checkpoints".into())
+            .spawn(move || checkpointer(c, flag))
+            .expect("spawning the checkpoint thread")
+    });
     let ingest = opts.ingest.clone().map(|cfg| {
         let flag = shutdown.clone();
         info!("ingest runs alongside the scheduler");
@@ -191,6 +239,11 @@ pub fn serve(opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Result<()
         }
     }
     info!("stopping");
+    if let Some(h) = checkpoints {
+        if h.join().is_err() {
+            error!("the checkpoint thread panicked");
+        }
+    }
     if let Some(h) = flight {
         rt.block_on(h)
             .context("the Flight SQL task panicked")?
@@ -389,6 +442,7 @@ async fn nightly_report(
             to: day,
             reproducible: true,
             previous: previous.is_file().then_some(previous),
+            witness: rep.witness.clone(),
         };
         let r = crate::report::build(&o).await.map_err(anyhow::Error::msg)?;
         crate::report::write(&r, &out).map_err(anyhow::Error::msg)?;

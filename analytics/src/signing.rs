@@ -31,15 +31,35 @@ fn sha256_hex(path: &Path) -> Result<String, String> {
     flowaudit_ingest::writer::sha256_file(path).map_err(|e| e.to_string())
 }
 
-/// Sign the report in `dir` (written by `report::write`) with the PKCS#8 PEM key at `key`.
-pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf, String> {
+/// The Ed25519 private key in the PKCS#8 PEM file `key`.
+pub fn load_signing_key(key: &Path) -> Result<SigningKey, String> {
     let pem = std::fs::read_to_string(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let sk = SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+    SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
         format!(
             "{}: not an Ed25519 private key in PKCS#8 PEM: {e}",
             key.display()
         )
-    })?;
+    })
+}
+
+/// The Ed25519 public key in the PEM file `path`; a weak key (a point of small order, for which
+/// one signature fits every statement) is refused.
+pub fn load_public_key(path: &Path) -> Result<VerifyingKey, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let vk = VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|e| format!("{}: not an Ed25519 public key in PEM: {e}", path.display()))?;
+    if vk.is_weak() {
+        return Err(format!(
+            "{}: a weak public key (a point of small order, for which one signature fits every statement): refused",
+            path.display()
+        ));
+    }
+    Ok(vk)
+}
+
+/// Sign the report in `dir` (written by `report::write`) with the PKCS#8 PEM key at `key`.
+pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf, String> {
+    let sk = load_signing_key(key)?;
     let mut files = serde_json::Map::new();
     for f in SIGNED_FILES {
         files.insert(f.to_string(), json!(sha256_hex(&dir.join(f))?));

@@ -270,4 +270,29 @@ fn demo_runs_end_to_end_and_finds_exactly_what_was_planted() {
         "{out}"
     );
     assert!(html.is_file());
+    // The checkpoint it wrote verifies with the command it prints, and the report names it.
+    let cmd = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("flowaudit verify --warehouse"))
+        .unwrap_or_else(|| panic!("no verify command in:\n{out}"));
+    assert!(out.contains("checkpoint 1 in "), "{out}");
+    let mut v = Command::new(bin());
+    v.current_dir(repo(""))
+        .args(cmd.split(' ').skip(1))
+        .env_remove("FLOWAUDIT_CONFIG");
+    let (vo, _) = run_ok(v);
+    assert!(
+        vo.contains("exposure: the last checkpoint is 1 (") && vo.contains("verified "),
+        "{vo}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["checkpoints"]["latest"]["seq"], 1, "{report:#}");
+    assert_eq!(
+        report["checkpoints"]["not_yet_checkpointed"],
+        serde_json::json!([]),
+        "{report:#}"
+    );
 }

@@ -9,7 +9,7 @@ use flowaudit_ingest::warehouse;
 
 use crate::support::*;
 
-fn event(i: u64) -> Message {
+pub(crate) fn event(i: u64) -> Message {
     // 2026-11-21T10:00Z onwards, 3 s apart: two hours and a half.
     let ts_us = 1_795_255_200_000_000 + (i as i64) * 3_000_000;
     let payload = serde_json::json!({

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod compact;
 mod crash;
+mod evidence;
 mod fuzz_corpus;
 mod geoip_real;
 mod group;

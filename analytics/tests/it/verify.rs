@@ -116,7 +116,7 @@ fn snapshot(name: &str, got: &str) {
     );
 }
 
-fn demo_warehouse(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn demo_warehouse(dir: &Path) -> std::path::PathBuf {
     let mut c = Command::new(bin());
     c.current_dir(repo(""))
         .args(["demo", "--out"])
@@ -127,7 +127,7 @@ fn demo_warehouse(dir: &Path) -> std::path::PathBuf {
     dir.join("warehouse")
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -142,7 +142,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// Replace the `add` of `rel` (a path relative to the warehouse) in every commit file of its
 /// table's log with `edit` applied, as someone who can write the log would.
-fn rewrite_add(wh: &Path, rel: &str, edit: impl Fn(&mut serde_json::Value)) {
+pub(crate) fn rewrite_add(wh: &Path, rel: &str, edit: impl Fn(&mut serde_json::Value)) {
     let (table, in_table) = rel.split_once('/').unwrap();
     let log = wh.join(table).join("_delta_log");
     for e in std::fs::read_dir(&log).unwrap().flatten() {
@@ -170,7 +170,7 @@ fn rewrite_add(wh: &Path, rel: &str, edit: impl Fn(&mut serde_json::Value)) {
 }
 
 /// Rewrite a Parquet file without its first row; its new SHA-256, size and rows.
-fn drop_first_row(path: &Path) -> (String, u64, u64) {
+pub(crate) fn drop_first_row(path: &Path) -> (String, u64, u64) {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::arrow::ArrowWriter;
     let f = std::fs::File::open(path).unwrap();
