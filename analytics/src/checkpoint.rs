@@ -496,12 +496,19 @@ pub async fn check(
             continue;
         };
         if seq != previous.0 + 1 {
-            c.problems.push(format!(
-                "checkpoint {}..={} missing from the witness: {} is followed by {seq}",
-                previous.0 + 1,
-                seq - 1,
-                previous.0
-            ));
+            c.problems.push(if previous.0 == 0 {
+                format!(
+                    "checkpoint 1..={} missing from the witness: it starts at {seq}",
+                    seq - 1
+                )
+            } else {
+                format!(
+                    "checkpoint {}..={} missing from the witness: {} is followed by {seq}",
+                    previous.0 + 1,
+                    seq - 1,
+                    previous.0
+                )
+            });
         }
         let st: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,

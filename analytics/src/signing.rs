@@ -26,6 +26,11 @@ pub const SIGNED_FILES: &[&str] = &[
 
 /// The signature file's name.
 pub const SIGNATURE_FILE: &str = "report.sig.json";
+/// The signed statement's exact bytes and the raw 64-byte signature, beside it, so that
+/// `openssl pkeyutl -verify -rawin` checks a report with no JSON canonicalisation
+/// (docs/evidence.md).
+pub const STATEMENT_FILE: &str = "report.statement.json";
+pub const RAW_SIGNATURE_FILE: &str = "report.sig";
 
 fn sha256_hex(path: &Path) -> Result<String, String> {
     flowaudit_ingest::writer::sha256_file(path).map_err(|e| e.to_string())
@@ -79,12 +84,17 @@ pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf
         "public_key": hex::encode(sk.verifying_key().to_bytes()),
         "signature": hex::encode(sig.to_bytes()),
     });
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    write(STATEMENT_FILE, &bytes)?;
+    write(RAW_SIGNATURE_FILE, &sig.to_bytes())?;
     let out = dir.join(SIGNATURE_FILE);
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&doc).expect("json") + "\n",
-    )
-    .map_err(|e| format!("{}: {e}", out.display()))?;
+    write(
+        SIGNATURE_FILE,
+        (serde_json::to_string_pretty(&doc).expect("json") + "\n").as_bytes(),
+    )?;
     Ok(out)
 }
 

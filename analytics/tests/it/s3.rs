@@ -240,6 +240,42 @@ fn the_demo_rules_report_and_flight_sql_run_on_an_s3_warehouse() {
     assert_eq!(so.trim(), format!("n,f\n{raised},{raised}"), "{so}");
     let (ok, v) = verify(&wh);
     assert!(ok, "{v}");
+    // A checkpoint of the bucket in a witness that is another bucket prefix (the auditor's),
+    // with the demo's key; verify reads both over S3.
+    let witness = s3_warehouse("witness");
+    let key = out.join("auditor.pem");
+    let public = out.join("auditor.pub.pem");
+    let (so, _) = run_ok(fa(&[
+        "checkpoint",
+        "--warehouse",
+        &wh,
+        "--state-dir",
+        state_s,
+        "--policy",
+        "fixtures/policy",
+        "--sign-key",
+        key.to_str().unwrap(),
+        "--witness",
+        &witness,
+    ]));
+    assert!(so.contains("checkpoint 1 written"), "{so}");
+    let o = fa(&[
+        "verify",
+        "--warehouse",
+        &wh,
+        "--state-dir",
+        state_s,
+        "--policy",
+        "fixtures/policy",
+        "--checkpoints",
+        &witness,
+        "--public-key",
+        public.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("exposure: the last checkpoint is 1 ("));
 
     // `rules run` over the bucket, with the demo's state: every finding is already raised.
     let reader = |c: &mut std::process::Command| {
