@@ -572,6 +572,19 @@ pub async fn check(
     c.checkpoints = statements.len();
     check_tables(&statements, log, &mut c.problems);
     check_records(&statements, state, &mut c.problems)?;
+    if let Some((seq, st, _)) = statements.last() {
+        let r = &st["records"];
+        if state.state_dir.is_none() && (r.get("alerts").is_some() || r.get("runs").is_some()) {
+            c.notes.push(format!(
+                "checkpoint {seq} covers the alert outbox and the run records: pass --state-dir to check them"
+            ));
+        }
+        if state.policy.is_none() && r.get("suppressions").is_some() {
+            c.notes.push(format!(
+                "checkpoint {seq} covers suppressions.csv: pass --policy to check it"
+            ));
+        }
+    }
     if let Some((seq, st, stamped)) = statements.last() {
         let at = st["created_at"].as_str().unwrap_or_default();
         let mut after = Vec::new();

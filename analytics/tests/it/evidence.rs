@@ -260,6 +260,22 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
         out.contains("exposure: the last checkpoint is 1 (") && out.contains("time-stamped"),
         "{out}"
     );
+    // Without the policy folder, verify says what it could not check.
+    let (ok, out) = flowaudit(&[
+        os("verify"),
+        os("--warehouse"),
+        s.wh.as_os_str(),
+        os("--checkpoints"),
+        witness.as_os_str(),
+        os("--public-key"),
+        s.public.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("note: checkpoint 1 covers suppressions.csv: pass --policy to check it")
+            && out.contains("note: timestamp tokens not checked: pass --tsa-ca"),
+        "{out}"
+    );
 
     // Truncation: the last commits of flows and the files they added are deleted.
     let (wh, policy) = s.copy("truncated");
