@@ -360,30 +360,40 @@ pub struct Written {
 pub async fn write(s: &Settings) -> Result<Written> {
     let witness = Witness::open(&s.witness, true)?;
     let (index, _) = witness.index().await?;
-    // A statement left unsigned by a checkpointer stopped between the two puts is signed now.
-    for (n, p) in &index {
-        if p.statement && !p.signature {
-            warn!(
-                seq = n,
-                "checkpoint statement without a signature (an interrupted run): signing it"
-            );
-            let st = witness.get(*n, "json").await?;
-            witness
-                .create(*n, "sig", s.key.sign(&st).to_bytes().to_vec())
-                .await?;
-        }
-    }
     let seq = index.keys().next_back().map_or(1, |n| n + 1);
-    let previous = match index.iter().rev().find(|(_, p)| p.statement) {
-        Some((n, _)) => sha256_hex(&witness.get(*n, "json").await?),
-        None => GENESIS_HASH.to_string(),
-    };
+    // The previous checkpoint is the newest statement signed with this key: one that is not (a
+    // statement someone else put in the witness) is never chained to, let alone signed.
+    let vk = s.key.verifying_key();
+    let mut previous = GENESIS_HASH.to_string();
+    for (n, _) in index
+        .iter()
+        .rev()
+        .filter(|(_, p)| p.statement && p.signature)
+    {
+        let (st, sig) = (
+            witness.get(*n, "json").await?,
+            witness.get(*n, "sig").await?,
+        );
+        let valid = <[u8; 64]>::try_from(sig.as_slice())
+            .is_ok_and(|b| vk.verify_strict(&st, &Signature::from_bytes(&b)).is_ok());
+        if valid {
+            previous = sha256_hex(&st);
+            break;
+        }
+        warn!(
+            seq = n,
+            "a checkpoint in the witness is not signed with this key: not chained to"
+        );
+    }
     let log = warehouse::read_log(&s.warehouse).await?;
     let st = statement(seq, &previous, Utc::now(), &s.warehouse, &log, &s.state)?;
     let bytes = serde_json::to_vec(&st).expect("json");
     let sig = s.key.sign(&bytes);
-    witness.create(seq, "json", bytes.clone()).await?;
+    // The signature first: a checkpointer stopped between the two puts leaves a signature
+    // without a statement, which verify notes and the next checkpoint skips; never an unsigned
+    // statement.
     witness.create(seq, "sig", sig.to_bytes().to_vec()).await?;
+    witness.create(seq, "json", bytes.clone()).await?;
     info!(seq, witness = %s.witness, heads = %log.heads_summary(), "checkpoint written");
     let mut out = Written {
         seq,
@@ -488,14 +498,25 @@ pub async fn check(
     }
     let mut statements: Vec<(u64, Value, Option<DateTime<Utc>>)> = Vec::new();
     let mut previous = (0u64, GENESIS_HASH.to_string());
+    // The sequence number the next statement should have: one past the previous statement, and
+    // past any signature left without its statement right after it.
+    let mut expected = 1u64;
     for (&seq, e) in &entries {
         let Some(bytes) = &e.statement else {
-            c.problems.push(format!(
-                "checkpoint {seq}: its statement is missing from the witness"
-            ));
+            if e.signature.is_some() && seq == expected {
+                c.notes.push(format!(
+                    "checkpoint {seq}: a signature without its statement (a checkpointer stopped between its two writes); the next checkpoint follows {}",
+                    previous.0
+                ));
+                expected += 1;
+            } else {
+                c.problems.push(format!(
+                    "checkpoint {seq}: its statement is missing from the witness"
+                ));
+            }
             continue;
         };
-        if seq != previous.0 + 1 {
+        if seq != expected {
             c.problems.push(if previous.0 == 0 {
                 format!(
                     "checkpoint 1..={} missing from the witness: it starts at {seq}",
@@ -510,6 +531,8 @@ pub async fn check(
                 )
             });
         }
+        // A statement that does not verify still takes its number; it is not chained to.
+        expected = seq + 1;
         let st: Value = match serde_json::from_slice(bytes) {
             Ok(v) => v,
             Err(e) => {
@@ -519,9 +542,12 @@ pub async fn check(
             }
         };
         match &e.signature {
-            None => c
-                .problems
-                .push(format!("checkpoint {seq}: no signature in the witness")),
+            None => {
+                c.problems.push(format!(
+                    "checkpoint {seq}: no signature in the witness (not written by a checkpointer: it signs first)"
+                ));
+                continue;
+            }
             Some(sig) => {
                 let ok = <[u8; 64]>::try_from(sig.as_slice())
                     .ok()

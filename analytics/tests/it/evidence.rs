@@ -517,6 +517,33 @@ fn forged_reordered_or_deleted_checkpoints_are_caught_a_down_tsa_delays_only_the
         ],
     );
 
+    // A checkpointer stopped between its two writes leaves a signature without its statement:
+    // the next checkpoint follows the one before it, and verify notes the gap.
+    let crashed = s.witness("crashed");
+    copy_dir(&witness, &crashed);
+    std::fs::write(crashed.join("checkpoints/000000000004.sig"), [0u8; 64]).unwrap();
+    assert!(s.checkpoint_ok(&crashed).contains("checkpoint 5 written"));
+    let (ok, out) = s.verify(&s.wh, &s.policy, &crashed);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("note: checkpoint 4: a signature without its statement"),
+        "{out}"
+    );
+    // A statement someone else put in the witness is neither signed nor chained to.
+    let injected = s.witness("injected");
+    copy_dir(&witness, &injected);
+    let c = injected.join("checkpoints");
+    std::fs::copy(c.join("000000000003.json"), c.join("000000000004.json")).unwrap();
+    assert!(s.checkpoint_ok(&injected).contains("checkpoint 5 written"));
+    assert!(!c.join("000000000004.sig").exists());
+    let got = s.verify(&s.wh, &s.policy, &injected);
+    assert!(
+        !got.1.contains("checkpoint 5: it does not follow"),
+        "{}",
+        got.1
+    );
+    expect_caught(got, &["checkpoint 4: no signature in the witness"]);
+
     // A witness inside the warehouse is refused: the platform can write there.
     let (ok, out) = s.checkpoint(&s.wh.join("witness"), &s.key, &s.tsa.url);
     assert!(!ok && out.contains("is inside the warehouse"), "{out}");
