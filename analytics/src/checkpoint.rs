@@ -653,6 +653,8 @@ fn check_tables(
     out: &mut Vec<String>,
 ) {
     let mut failed: BTreeMap<String, (String, usize)> = BTreeMap::new();
+    // Per table, the newest checkpointed head the log still holds: a rewrite is after it.
+    let mut held: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for (seq, st, _) in statements {
         let at = st["created_at"].as_str().unwrap_or_default();
         for t in st["tables"].as_array().into_iter().flatten() {
@@ -678,10 +680,20 @@ fn check_tables(
                     .iter()
                     .find(|c| c.table == table && c.version == version)
                 {
-                    Some(c) if c.hash == hash => None,
+                    Some(c) if c.hash == hash => {
+                        held.insert(table.to_string(), (*seq, version));
+                        None
+                    }
                     Some(c) => Some(format!(
-                        "{table}: rewritten: version {version} now has chain hash {}, checkpoint {seq} ({at}) recorded {hash}: a commit at or before it was changed, replaced or re-chained (a file replaced, a row deleted and the log rewritten around it)",
-                        c.hash
+                        "{table}: rewritten: version {version} now has chain hash {}, checkpoint {seq} ({at}) recorded {hash}: {} was changed, replaced or re-chained (a file replaced, a row deleted and the log rewritten around it)",
+                        c.hash,
+                        match held.get(table) {
+                            Some((m, v)) => format!(
+                                "the log still holds version {v} of checkpoint {m}, so a commit of versions {}..={version}",
+                                v + 1
+                            ),
+                            None => format!("a commit of versions 0..={version}"),
+                        }
                     )),
                     None => Some(format!(
                         "{table}: version {version}, recorded by checkpoint {seq} ({at}), is missing from the log"

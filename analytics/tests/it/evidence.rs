@@ -314,7 +314,12 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
     });
     expect_caught(
         s.verify(&wh, &policy, &witness),
-        &["flows: rewritten: version ", "checkpoint 1 (", "chain hash"],
+        &[
+            "flows: rewritten: version ",
+            "checkpoint 1 (",
+            "chain hash",
+            "a commit of versions 0..=",
+        ],
     );
 
     // A file replaced by one with the same rows and other bytes, its checksum recomputed.
