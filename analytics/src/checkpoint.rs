@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use flowaudit_ingest::warehouse::{self, Location, WarehouseLog, GENESIS_HASH};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
@@ -374,9 +374,7 @@ pub async fn write(s: &Settings) -> Result<Written> {
             witness.get(*n, "json").await?,
             witness.get(*n, "sig").await?,
         );
-        let valid = <[u8; 64]>::try_from(sig.as_slice())
-            .is_ok_and(|b| vk.verify_strict(&st, &Signature::from_bytes(&b)).is_ok());
-        if valid {
+        if crate::signing::signed_by(&vk, &st, &sig) {
             previous = sha256_hex(&st);
             break;
         }
@@ -549,10 +547,7 @@ pub async fn check(
                 continue;
             }
             Some(sig) => {
-                let ok = <[u8; 64]>::try_from(sig.as_slice())
-                    .ok()
-                    .is_some_and(|b| key.verify_strict(bytes, &Signature::from_bytes(&b)).is_ok());
-                if !ok {
+                if !crate::signing::signed_by(key, bytes, sig) {
                     c.problems.push(format!(
                         "checkpoint {seq}: the signature does not verify with the auditor's public key (signed by another key, or the statement was edited)"
                     ));

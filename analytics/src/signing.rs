@@ -62,6 +62,12 @@ pub fn load_public_key(path: &Path) -> Result<VerifyingKey, String> {
     Ok(vk)
 }
 
+/// Does the raw 64-byte `signature` verify strictly (see above) for `data` with `key`?
+pub fn signed_by(key: &VerifyingKey, data: &[u8], signature: &[u8]) -> bool {
+    <[u8; 64]>::try_from(signature)
+        .is_ok_and(|b| key.verify_strict(data, &Signature::from_bytes(&b)).is_ok())
+}
+
 /// Sign the report in `dir` (written by `report::write`) with the PKCS#8 PEM key at `key`.
 pub fn sign(dir: &Path, report: &Value, key: &Path) -> Result<std::path::PathBuf, String> {
     let sk = load_signing_key(key)?;

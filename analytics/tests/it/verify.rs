@@ -675,18 +675,20 @@ fn a_signed_report_verifies_and_edits_or_the_wrong_key_are_caught() {
     run_ok(c);
     // A regulator with openssl alone: the signature over the statement's exact bytes, and each
     // report file's SHA-256 as the statement records it.
-    let mut c = Command::new("openssl");
-    c.current_dir(&out)
-        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
-        .arg(&public)
-        .args([
-            "-rawin",
-            "-in",
-            "report.statement.json",
-            "-sigfile",
-            "report.sig",
-        ]);
-    assert!(run_ok(c).0.contains("Signature Verified Successfully"));
+    let openssl_verify = |key: &Path| {
+        let mut c = Command::new("openssl");
+        c.current_dir(&out)
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(key)
+            .args(["-rawin", "-in", "report.statement.json"])
+            .args(["-sigfile", "report.sig"]);
+        c.output().unwrap()
+    };
+    let ok = openssl_verify(&public);
+    assert!(
+        ok.status.success()
+            && String::from_utf8_lossy(&ok.stdout).contains("Signature Verified Successfully")
+    );
     let statement: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.statement.json")).unwrap()).unwrap();
     let mut c = Command::new("openssl");
@@ -697,18 +699,7 @@ fn a_signed_report_verifies_and_edits_or_the_wrong_key_are_caught() {
         digest.split_whitespace().next(),
         statement["files"]["report.html"].as_str()
     );
-    let mut c = Command::new("openssl");
-    c.current_dir(&out)
-        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
-        .arg(&other_pub)
-        .args([
-            "-rawin",
-            "-in",
-            "report.statement.json",
-            "-sigfile",
-            "report.sig",
-        ]);
-    assert!(!c.output().unwrap().status.success());
+    assert!(!openssl_verify(&other_pub).status.success());
     let check = |report: &Path, key: &Path| {
         let out = Command::new(bin())
             .arg("verify")
