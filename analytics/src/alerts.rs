@@ -22,7 +22,7 @@
 //! `null`; its entity key, fingerprint, summary and suppression matching read it as `unknown`
 //! ([`finding_text`]), so the same finding has the same fingerprint in every run. No value of one
 //! finding can stop the others of its rule from being raised.
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -180,7 +180,9 @@ pub struct Alert {
     /// Position in the outbox (1, 2, …).
     pub seq: u64,
     pub fingerprint: String,
-    /// `new` (sent to the sinks) or `suppressed` (recorded, not sent).
+    /// `new` (sent to the sinks), `suppressed` (recorded, not sent) or `closed` (an update of an
+    /// earlier line with the same fingerprint: a re-evaluation of its window with more data no
+    /// longer supports it; sent to the sinks).
     pub status: String,
     pub rule_id: String,
     pub rule_title: String,
@@ -209,6 +211,9 @@ pub struct Alert {
     pub run_id: String,
     pub raised_at: String,
     pub suppression: Option<Suppression>,
+    /// For `status = "closed"`: why (which run, over which table versions, no longer found it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_reason: Option<String>,
 }
 
 /// A JSON value as plain text (strings without quotes).
@@ -422,6 +427,7 @@ pub fn group_findings(
                         run_id: run.run_id.into(),
                         raised_at: run.raised_at.into(),
                         suppression: None,
+                        close_reason: None,
                     },
                 );
             }
@@ -444,12 +450,22 @@ pub struct Recorded {
     pub expired_suppressions: Vec<Suppression>,
 }
 
+/// The latest line of a fingerprint in the outbox.
+#[derive(Debug, Clone)]
+struct Latest {
+    seq: u64,
+    status: String,
+    rule_id: String,
+    window: (String, String),
+}
+
 /// The alert store of a state directory (see the module docs). Holding it holds the store's lock.
 pub struct AlertStore {
     dir: PathBuf,
     id: String,
     log: File,
-    seen: HashSet<String>,
+    /// Each fingerprint's latest line: (seq, status, rule, window from, window to).
+    seen: HashMap<String, Latest>,
     next_seq: u64,
     _lock: File,
 }
@@ -478,7 +494,7 @@ impl AlertStore {
             .append(true)
             .open(&path)
             .map_err(io("open", &path))?;
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         let mut next_seq = 1;
         let mut good_len = 0u64;
         let mut reader = BufReader::new(&log);
@@ -507,7 +523,15 @@ impl AlertStore {
                     msg: format!("sequence {} where {next_seq} was expected", a.seq),
                 });
             }
-            seen.insert(a.fingerprint);
+            seen.insert(
+                a.fingerprint,
+                Latest {
+                    seq: a.seq,
+                    status: a.status,
+                    rule_id: a.rule_id,
+                    window: (a.window_from, a.window_to),
+                },
+            );
             next_seq += 1;
             good_len += read as u64;
         }
@@ -557,7 +581,11 @@ impl AlertStore {
         let mut lines = String::new();
         let mut added = Vec::new();
         for mut a in alerts {
-            if !self.seen.insert(a.fingerprint.clone()) {
+            if self
+                .seen
+                .get(&a.fingerprint)
+                .is_some_and(|l| l.status != "closed")
+            {
                 out.duplicates += 1;
                 continue;
             }
@@ -583,15 +611,10 @@ impl AlertStore {
             self.next_seq += 1;
             lines.push_str(&serde_json::to_string(&a).expect("alert json"));
             lines.push('\n');
+            self.note(&a);
             added.push(a);
         }
-        if !lines.is_empty() {
-            let path = self.dir.join("alerts.jsonl");
-            self.log
-                .write_all(lines.as_bytes())
-                .map_err(io("append to", &path))?;
-            self.log.sync_data().map_err(io("fsync", &path))?;
-        }
+        self.append(&lines)?;
         for a in added {
             if a.suppression.is_some() {
                 out.suppressed.push(a);
@@ -599,6 +622,79 @@ impl AlertStore {
                 out.new.push(a);
             }
         }
+        Ok(out)
+    }
+
+    fn note(&mut self, a: &Alert) {
+        self.seen.insert(
+            a.fingerprint.clone(),
+            Latest {
+                seq: a.seq,
+                status: a.status.clone(),
+                rule_id: a.rule_id.clone(),
+                window: (a.window_from.clone(), a.window_to.clone()),
+            },
+        );
+    }
+
+    fn append(&mut self, lines: &str) -> Result<(), AlertError> {
+        if !lines.is_empty() {
+            let path = self.dir.join("alerts.jsonl");
+            self.log
+                .write_all(lines.as_bytes())
+                .map_err(io("append to", &path))?;
+            self.log.sync_data().map_err(io("fsync", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Close the open alerts (`new`, not suppressed) of `rule_id` first raised over the window
+    /// `window` whose fingerprints are not in `found`: a re-evaluation of that same window no
+    /// longer supports them. Each gets a `closed` line (a copy with `reason`, the closing run and
+    /// its time), sent to the sinks like any line; nothing is deleted. Returns those lines.
+    pub fn close_unsupported(
+        &mut self,
+        rule_id: &str,
+        window: (&str, &str),
+        found: &HashSet<String>,
+        run: &RunContext<'_>,
+        reason: &str,
+    ) -> Result<Vec<Alert>, AlertError> {
+        let mut seqs: Vec<u64> = self
+            .seen
+            .iter()
+            .filter(|(fp, l)| {
+                l.status == "new"
+                    && l.rule_id == rule_id
+                    && l.window.0 == window.0
+                    && l.window.1 == window.1
+                    && !found.contains(*fp)
+            })
+            .map(|(_, l)| l.seq)
+            .collect();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        seqs.sort_unstable();
+        let wanted: HashSet<u64> = seqs.iter().copied().collect();
+        let mut lines = String::new();
+        let mut out = Vec::new();
+        for mut a in self.read_from(seqs[0])? {
+            if !wanted.contains(&a.seq) {
+                continue;
+            }
+            a.status = "closed".into();
+            a.seq = self.next_seq;
+            self.next_seq += 1;
+            a.run_id = run.run_id.into();
+            a.raised_at = run.raised_at.into();
+            a.close_reason = Some(reason.to_string());
+            lines.push_str(&serde_json::to_string(&a).expect("alert json"));
+            lines.push('\n');
+            self.note(&a);
+            out.push(a);
+        }
+        self.append(&lines)?;
         Ok(out)
     }
 

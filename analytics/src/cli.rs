@@ -336,6 +336,11 @@ pub struct WarehouseArgs {
 pub struct RulesRunArgs {
     #[command(flatten)]
     pub common: WarehouseArgs,
+    /// Evaluate each whole window even where the data is not complete yet (the run and its
+    /// coverage are marked `incomplete`). Without it, a rule evaluates only the part of the
+    /// window its data completes, and says what holds the rest back.
+    #[arg(long)]
+    pub force: bool,
     /// Each day of the window is its own run.
     #[command(flatten)]
     pub days: DaysArgs,
@@ -1038,6 +1043,27 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
             }
         }
     }
+    // The coverage ledger (the run records) against the log.
+    let mut ledger = String::new();
+    let state_dir = a
+        .state_dir
+        .clone()
+        .or(file.state_dir.clone())
+        .or_else(|| location.local().map(std::path::Path::to_path_buf));
+    if let Some(state) = state_dir {
+        let runs = crate::runner::read_runs(&state).map_err(anyhow::Error::msg)?;
+        if !runs.is_empty() {
+            let log = flowaudit_ingest::warehouse::read_log_blocking(&location).unwrap_or_default();
+            let problems = crate::ledger::check(&runs, &log);
+            if problems.is_empty() {
+                ledger = format!(
+                    "; coverage ledger: the table versions and positions of {} rule runs are in the log",
+                    runs.len()
+                );
+            }
+            v.problems.extend(problems);
+        }
+    }
     let mut exposure = None;
     if let Some(witness) = a.checkpoints.or(file.checkpoint.witness.clone()) {
         let key = a
@@ -1079,7 +1105,7 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
             println!("exposure: {e}");
         }
         println!(
-            "verified {}: {} files, {} rows, {} commits; log heads {}",
+            "verified {}: {} files, {} rows, {} commits; log heads {}{ledger}",
             location,
             v.files,
             v.rows,
@@ -1268,7 +1294,18 @@ fn select_rules(dir: &std::path::Path, only: &[String]) -> anyhow::Result<Vec<cr
         .collect())
 }
 
+/// The lateness of rules that name none: `[rules] lateness`, or 5 minutes.
+pub fn default_lateness(file: &FileConfig) -> anyhow::Result<std::time::Duration> {
+    match &file.rules.lateness {
+        None => Ok(crate::rules::DEFAULT_LATENESS),
+        Some(l) => crate::rules::parse_duration(l)
+            .filter(|d| *d <= crate::rules::MAX_WINDOW)
+            .with_context(|| format!("[rules] lateness `{l}`: not a duration like 5m or 1h")),
+    }
+}
+
 fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let lateness = default_lateness(file)?;
     let (first, last) = a.days.range()?;
     let days: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
     let r = a.common.resolve(file)?;
@@ -1302,6 +1339,12 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
                     from,
                     to,
                     trigger: "manual",
+                    evaluate: if a.force {
+                        crate::runner::Evaluate::Forced
+                    } else {
+                        crate::runner::Evaluate::WhatIsComplete
+                    },
+                    lateness,
                 },
             ))
             .context("running the rules")?;
@@ -1357,23 +1400,65 @@ pub fn print_run(res: &crate::runner::RunResult) {
             .join(" ")
     );
     println!(
-        "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>7}",
-        "rule", "severity", "rows", "new", "repeated", "suppressed", "ms"
+        "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>6} {:>7}  coverage",
+        "rule", "severity", "rows", "new", "repeated", "suppressed", "closed", "ms"
     );
     for o in &rec.rules {
         println!(
-            "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>7}{}",
+            "  {:<34} {:>8} {:>6} {:>5} {:>9} {:>10} {:>6} {:>7}  {}{}",
             o.id,
             o.severity,
             o.rows,
             o.new,
             o.already_raised,
             o.suppressed,
+            o.closed,
             o.millis,
+            o.coverage,
             o.error
                 .as_ref()
                 .map(|e| format!("  FAILED: {e}"))
                 .unwrap_or_default()
+        );
+    }
+    for o in rec
+        .rules
+        .iter()
+        .filter(|o| o.coverage != "complete" && o.error.is_none())
+    {
+        let what = match (&o.evaluated_from, &o.evaluated_to) {
+            (Some(f), Some(t)) if o.coverage == "partial" => {
+                format!("evaluated [{f}, {t}); the rest of the window is due")
+            }
+            (Some(_), Some(_)) => "evaluated on incomplete data (--force)".to_string(),
+            _ => "not evaluated: due".to_string(),
+        };
+        let held: Vec<String> = o
+            .lagging
+            .iter()
+            .map(|l| match &l.complete_to {
+                Some(t) => format!("{} complete up to {t}", l.what),
+                None => format!("{} not known complete", l.what),
+            })
+            .collect();
+        println!(
+            "  {} ({}, lateness {}): {what}; held back by: {}",
+            o.id,
+            o.coverage,
+            crate::rules::format_duration(std::time::Duration::from_secs(o.lateness_s)),
+            if held.is_empty() {
+                "nothing".to_string()
+            } else {
+                held.join("; ")
+            }
+        );
+    }
+    for a in &res.closed {
+        println!(
+            "  closed {} [{}]: {}",
+            a.rule_id,
+            a.entity_key,
+            a.close_reason.as_deref().unwrap_or_default()
         );
     }
     print_alerts_by_rule(&res.raised);
@@ -1606,6 +1691,7 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         ingest,
         compact,
         checkpoint,
+        lateness: default_lateness(file)?,
     };
     crate::serve::serve(opts, shutdown_flag()?)
 }

@@ -172,6 +172,9 @@ pub struct RulesSettings {
     pub cases: Option<PathBuf>,
     /// Run only these rule ids (default: all).
     pub only: Option<Vec<String>>,
+    /// How late data may arrive before a window is evaluated without it, for rules that name no
+    /// `lateness` (default `5m`; docs/rules.md, "Watermarks and late data").
+    pub lateness: Option<String>,
 }
 
 /// `[alerts]`: the sinks alerts are delivered to.

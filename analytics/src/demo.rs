@@ -152,6 +152,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             from,
             to: from + chrono::Duration::days(1),
             trigger: "manual",
+            evaluate: crate::runner::Evaluate::WhatIsComplete,
+            lateness: crate::rules::DEFAULT_LATENESS,
         },
     ))?;
     println!("\n== rules over {} ==", a.date);
@@ -250,6 +252,21 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
         report_dir.join("report.html").display(),
         report["summary"]["verdict"].as_str().unwrap_or_default()
     );
+    let incomplete: Vec<&str> = report["evaluation"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["complete"] != true)
+        .filter_map(|r| r["statement"].as_str())
+        .collect();
+    if incomplete.is_empty() {
+        println!("evaluation coverage: every record committed for {} was evaluated by every rule on complete data", a.date);
+    } else {
+        println!("evaluation coverage: incomplete");
+        for s in incomplete {
+            println!("  {s}");
+        }
+    }
     drop(cluster);
     Ok(())
 }

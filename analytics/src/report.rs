@@ -106,10 +106,16 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
     .await?;
 
     // Findings: the alerts whose day is in the window, most severe first.
-    let mut findings: Vec<Alert> = read_alerts(o.site.state_dir()?)?
+    // Each alert's latest line: a closed alert is listed apart, with why.
+    let mut latest: BTreeMap<String, Alert> = BTreeMap::new();
+    for a in read_alerts(o.site.state_dir()?)?
         .into_iter()
         .filter(|a| a.day.as_str() >= f.as_str() && a.day.as_str() <= t.as_str())
-        .collect();
+    {
+        latest.insert(a.fingerprint.clone(), a);
+    }
+    let (closed, mut findings): (Vec<Alert>, Vec<Alert>) =
+        latest.into_values().partition(|a| a.status == "closed");
     let rank = |s: &str| match s {
         "critical" => 0,
         "high" => 1,
@@ -138,6 +144,26 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
     } else {
         "no findings"
     };
+    let log = flowaudit_ingest::warehouse::read_log(&o.site.tables)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rule_files = crate::rules::load_rules(&o.rules_dir).map_err(|e| e.to_string())?;
+    let runs = crate::runner::read_runs(o.site.state_dir()?).map_err(|e| e.to_string())?;
+    let day_start = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+    let evaluation = crate::ledger::statement(
+        &runs,
+        &rule_files,
+        &log,
+        day_start(o.from),
+        day_start(o.to + chrono::Duration::days(1)),
+    );
+    let evaluated_all = evaluation["complete"].as_bool().unwrap_or(false);
+    // "No findings" means nothing was found in everything: otherwise it says what it covers.
+    let verdict = if verdict == "no findings" && !evaluated_all {
+        "no findings in what was evaluated; evaluation incomplete"
+    } else {
+        verdict
+    };
     let silent: Vec<&Alert> = findings
         .iter()
         .filter(|a| a.rule_id == "telemetry_silent")
@@ -152,9 +178,6 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         .filter(|s| s.expires >= o.from)
         .map(|s| serde_json::to_value(s).expect("json"))
         .collect();
-    let log = flowaudit_ingest::warehouse::read_log(&o.site.tables)
-        .await
-        .map_err(|e| e.to_string())?;
     // Ranges ingest recorded as missing (no longer in Kafka when read) during the window.
     let ingest_gaps: Vec<Value> = log
         .gaps()
@@ -171,8 +194,7 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         .filter(|e| e.date.as_str() >= f.as_str() && e.date.as_str() <= t.as_str())
         .map(|e| json!({"path": e.path, "sha256": e.sha256, "rows": e.rows, "table": e.table, "version": e.version}))
         .collect();
-    let rules: Vec<Value> = crate::rules::load_rules(&o.rules_dir)
-        .map_err(|e| e.to_string())?
+    let rules: Vec<Value> = rule_files
         .iter()
         .map(|r| json!({"id": r.id, "severity": r.severity.as_str(), "sha256": r.sha256}))
         .collect();
@@ -194,6 +216,8 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
             "verdict": verdict,
             "findings_by_severity": by_severity,
             "suppressed": findings.iter().filter(|a| a.status == "suppressed").count(),
+            "closed": closed.len(),
+            "evaluation_complete": evaluated_all,
             "totals": totals.first().cloned().unwrap_or_default(),
         },
         "coverage": {
@@ -206,6 +230,8 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         },
         "egress": egress,
         "findings": findings.iter().map(alert_json).collect::<Vec<_>>(),
+        "closed_findings": closed.iter().map(alert_json).collect::<Vec<_>>(),
+        "evaluation": evaluation,
         "suppressions": suppressions,
         "appendix": {
             "log_heads": log.heads,
@@ -423,7 +449,8 @@ pub fn html(r: &Value) -> String {
     let class = match verdict {
         "violations found" => "bad",
         "findings to review" => "warn",
-        _ => "good",
+        "no findings" => "good",
+        _ => "warn",
     };
     let _ = write!(
         h,
@@ -574,6 +601,20 @@ pub fn html(r: &Value) -> String {
     }
     h.push_str("</table></section>");
     // 4. Findings
+    // Which rule evaluated what: the coverage ledger's statement.
+    h.push_str("<section id=\"evaluation\"><h2>Evaluation coverage</h2><table><tr><th>rule</th><th>complete</th><th>statement</th></tr>");
+    for e in r["evaluation"]["rules"].as_array().into_iter().flatten() {
+        let complete = e["complete"].as_bool().unwrap_or(false);
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+            text(&e["rule_id"]),
+            if complete { "good" } else { "warn" },
+            if complete { "yes" } else { "no" },
+            text(&e["statement"])
+        );
+    }
+    h.push_str("</table></section>");
     h.push_str("<section id=\"findings\"><h2>Findings</h2>");
     for a in r["findings"].as_array().into_iter().flatten() {
         let sev = crate::alerts::value_text(&a["severity"]);

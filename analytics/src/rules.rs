@@ -18,7 +18,8 @@
 //! `{{from_date}}`, `{{to_date}}` (`YYYY-MM-DD`, for partition pruning), and, for rules with a
 //! `history` key, `{{history_from}}` and `{{history_from_date}}` (the window's start minus the
 //! history). Optional keys: `summary` (a template with `{column}` placeholders), `policy` (the
-//! policy files that decide the rule) and `history`. Every problem is reported with the file
+//! policy files that decide the rule), `history` and `lateness` (how late data may arrive before
+//! a window is evaluated without it; docs/rules.md, "Watermarks and late data"). Every problem is reported with the file
 //! and line.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,9 @@ pub struct Rule {
     pub policy: Vec<String>,
     /// How far before the window the query may look for a baseline (`{{history_from}}`).
     pub history: Duration,
+    /// How late data may arrive before a window is evaluated without it (`lateness`; `None`:
+    /// the configured default).
+    pub lateness: Option<Duration>,
     /// The query, header removed.
     pub sql: String,
     pub path: PathBuf,
@@ -100,10 +104,15 @@ const KEYS: &[&str] = &[
     "summary",
     "policy",
     "history",
+    "lateness",
 ];
 
 /// Keys a header may leave out.
-const OPTIONAL: &[&str] = &["summary", "policy", "history"];
+const OPTIONAL: &[&str] = &["summary", "policy", "history", "lateness"];
+
+/// How late data may arrive, by default, before a window is evaluated without it
+/// (`[rules] lateness` in flowaudit.toml overrides it; a rule's `lateness` key overrides both).
+pub const DEFAULT_LATENESS: Duration = Duration::from_secs(300);
 
 /// Parse a duration like `90s`, `15m`, `1h`, `7d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -259,6 +268,18 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
             Some(d) => d,
         },
     };
+    let lateness = match header.get("lateness") {
+        None => None,
+        Some((line, l)) => match parse_duration(l) {
+            Some(d) if d <= MAX_WINDOW => Some(d),
+            _ => {
+                return Err(err(
+                    *line,
+                    format!("lateness `{l}` is not a duration like 5m or 1h (at most 36500d)"),
+                ))
+            }
+        },
+    };
     let policy: Vec<String> = header
         .get("policy")
         .map(|(_, p)| {
@@ -286,6 +307,7 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
         summary: header.get("summary").map(|s| s.1.clone()),
         policy,
         history,
+        lateness,
         sql,
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),

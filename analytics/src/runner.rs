@@ -6,7 +6,7 @@
 //! SHA-256, the policy files' SHA-256, the GeoIP database, each ingest table's Delta log head
 //! (version and chain hash) at the start of the run, and flowaudit's version; and what came out: per rule the
 //! rows, alerts, new, already-raised and suppressed counts, time taken and any error.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub enum RunError {
     Log(#[from] flowaudit_ingest::Error),
     #[error("{0}")]
     NoState(String),
+    #[error("computing the watermarks: {0}")]
+    Watermark(String),
 }
 
 /// What one rule did in a run.
@@ -51,6 +53,53 @@ pub struct RuleOutcome {
     pub suppressed: usize,
     pub millis: u64,
     pub error: Option<String>,
+    /// The coverage this evaluation gives (docs/rules.md, "Watermarks and late data"):
+    /// `complete` (the watermarks of what it reads passed the window's end plus the lateness),
+    /// `partial` (evaluated up to `evaluated_to`, where the data is complete; the rest is due),
+    /// `incomplete` (evaluated with `--force` before the data was complete), `due` (not
+    /// evaluated: not complete yet) or `failed`.
+    pub coverage: String,
+    /// The part of the window evaluated (`None` when it was not).
+    pub evaluated_from: Option<String>,
+    pub evaluated_to: Option<String>,
+    pub lateness_s: u64,
+    /// The tables the rule's query reads.
+    pub tables: Vec<String>,
+    /// What was not complete up to the window's end: each source or partition, complete up to when.
+    pub lagging: Vec<crate::watermark::Lagging>,
+    /// Alerts of this window that this evaluation no longer supported, closed.
+    pub closed: usize,
+}
+
+/// A partition's position in one table at the start of a run: every offset below `next_offset`
+/// was recorded (written, quarantined or a recorded gap).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Position {
+    pub table: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// Each (table, topic, partition)'s recorded position in `log`.
+pub fn positions(log: &flowaudit_ingest::warehouse::WarehouseLog) -> Vec<Position> {
+    let mut m: BTreeMap<(String, String, i32), i64> = BTreeMap::new();
+    for c in &log.commits {
+        if let Some(meta) = &c.meta {
+            let e = m
+                .entry((c.table.clone(), meta.topic.clone(), meta.partition))
+                .or_insert(0);
+            *e = (*e).max(meta.covers_last_offset.saturating_add(1));
+        }
+    }
+    m.into_iter()
+        .map(|((table, topic, partition), next_offset)| Position {
+            table,
+            topic,
+            partition,
+            next_offset,
+        })
+        .collect()
 }
 
 /// The record of one run, as appended to `_runs/runs.jsonl`.
@@ -67,6 +116,11 @@ pub struct RunRecord {
     pub flowaudit_version: String,
     /// Each ingest table's Delta log head (version and chain hash) when the run started.
     pub log_heads: Vec<flowaudit_ingest::warehouse::TableHead>,
+    /// Every partition's recorded position when the run started: what the evaluations saw
+    /// (a later commit past it with event times in the window is late data).
+    pub positions: Vec<Position>,
+    /// `complete-only` (serve), `what-is-complete` (rules run) or `forced`.
+    pub evaluate: String,
     pub policy_versions: BTreeMap<String, String>,
     pub geoip: Option<BTreeMap<String, String>>,
     pub rules: Vec<RuleOutcome>,
@@ -74,6 +128,9 @@ pub struct RunRecord {
     pub raised: Vec<String>,
     /// Fingerprints of findings silenced by a suppression.
     pub suppressed: Vec<String>,
+    /// Fingerprints of alerts this run closed.
+    #[serde(default)]
+    pub closed: Vec<String>,
     /// Suppressions that matched a finding after their expiry (so did not silence it).
     pub expired_suppressions: Vec<Suppression>,
 }
@@ -89,18 +146,43 @@ pub struct RunResult {
     pub record: RunRecord,
     pub raised: Vec<Alert>,
     pub suppressed: Vec<Alert>,
+    pub closed: Vec<Alert>,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// The window of a run, and what started it (`manual`, `schedule`, `catch-up`).
+/// How much of a window a run evaluates, given the watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluate {
+    /// The whole window once the data is complete, else nothing (`serve`).
+    CompleteOnly,
+    /// The whole window once complete, else the part that is (`rules run`).
+    WhatIsComplete,
+    /// The whole window, marked `incomplete` where the data is not complete (`--force`).
+    Forced,
+}
+
+impl Evaluate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evaluate::CompleteOnly => "complete-only",
+            Evaluate::WhatIsComplete => "what-is-complete",
+            Evaluate::Forced => "forced",
+        }
+    }
+}
+
+/// The window of a run, and what started it (`manual`, `schedule`, `catch-up`, `late-data`).
 #[derive(Debug, Clone, Copy)]
 pub struct Window<'a> {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub trigger: &'a str,
+    pub evaluate: Evaluate,
+    /// The lateness of a rule that names none.
+    pub lateness: std::time::Duration,
 }
 
 /// Run `rules` over the window `[from, to)`, record the alerts and append the run record.
@@ -112,7 +194,13 @@ pub async fn run_window(
     suppressions: &[Suppression],
     window: Window<'_>,
 ) -> Result<RunResult, RunError> {
-    let Window { from, to, trigger } = window;
+    let Window {
+        from,
+        to,
+        trigger,
+        evaluate,
+        lateness,
+    } = window;
     let state = site.state_dir().map_err(RunError::NoState)?;
     let started = Utc::now();
     let clock = Instant::now();
@@ -121,21 +209,21 @@ pub async fn run_window(
         started.format("%Y%m%dT%H%M%S%.6fZ"),
         std::process::id() & 0xffff
     );
-    let log_heads = flowaudit_ingest::warehouse::read_log(&site.tables)
-        .await?
-        .heads;
-    let (from_s, to_s, raised_at) = (ts(from), ts(to), ts(started));
-    let ctx = RunContext {
-        run_id: &run_id,
-        window_from: &from_s,
-        window_to: &to_s,
-        raised_at: &raised_at,
-        policy_versions: &catalog.policy_versions,
-    };
+    let log = flowaudit_ingest::warehouse::read_log(&site.tables).await?;
+    let marks = flowaudit_ingest::warehouse::read_caught_up(&site.tables).await?;
+    let log_heads = log.heads.clone();
+    let positions = positions(&log);
+    let watermarks =
+        crate::watermark::Watermarks::compute(catalog, &log, &marks, from.date_naive())
+            .await
+            .map_err(|e| RunError::Watermark(e.to_string()))?;
+    let raised_at = ts(started);
     let mut outcomes = Vec::new();
-    let (mut raised, mut suppressed, mut expired) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raised, mut suppressed, mut expired, mut closed) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rule in rules {
         let t = Instant::now();
+        let lateness = rule.lateness.unwrap_or(lateness);
         let mut outcome = RuleOutcome {
             id: rule.id.clone(),
             sha256: rule.sha256.clone(),
@@ -147,17 +235,78 @@ pub async fn run_window(
             suppressed: 0,
             millis: 0,
             error: None,
+            coverage: "due".into(),
+            evaluated_from: None,
+            evaluated_to: None,
+            lateness_s: lateness.as_secs(),
+            tables: Vec::new(),
+            lagging: Vec::new(),
+            closed: 0,
         };
-        let found = query_rows(catalog, rule, from, to).await.and_then(|rows| {
-            let n = rows.len();
-            alerts::group_findings(rule, rows, &ctx)
-                .map(|g| (n, g))
-                .map_err(|e| e.to_string())
-        });
+        let tables = crate::watermark::tables_read(catalog, &rules::render(rule, from, to)).await;
+        let tables = match tables {
+            Ok(t) => t,
+            Err(e) => {
+                let e = format!("{}: {e}", rule.path.display());
+                warn!(rule = %rule.id, error = %e, "rule failed");
+                outcome.error = Some(e);
+                outcome.coverage = "failed".into();
+                outcomes.push(outcome);
+                continue;
+            }
+        };
+        let (through, lagging) = watermarks.complete_through(&tables, lateness, to);
+        outcome.tables = tables;
+        outcome.lagging = lagging;
+        let complete = through.is_some_and(|t| t >= to);
+        let upto = match (evaluate, complete) {
+            (_, true) => {
+                outcome.coverage = "complete".into();
+                Some(to)
+            }
+            (Evaluate::Forced, false) => {
+                outcome.coverage = "incomplete".into();
+                Some(to)
+            }
+            (Evaluate::WhatIsComplete, false) => match through {
+                Some(t) if t > from => {
+                    outcome.coverage = "partial".into();
+                    Some(t)
+                }
+                _ => None,
+            },
+            (Evaluate::CompleteOnly, false) => None,
+        };
+        let Some(upto) = upto else {
+            info!(rule = %rule.id, lagging = ?outcome.lagging, "not evaluated: the data is not complete up to the window's end");
+            outcome.millis = t.elapsed().as_millis() as u64;
+            outcomes.push(outcome);
+            continue;
+        };
+        let (from_s, to_s) = (ts(from), ts(upto));
+        outcome.evaluated_from = Some(from_s.clone());
+        outcome.evaluated_to = Some(to_s.clone());
+        let ctx = RunContext {
+            run_id: &run_id,
+            window_from: &from_s,
+            window_to: &to_s,
+            raised_at: &raised_at,
+            policy_versions: &catalog.policy_versions,
+        };
+        let found = query_rows(catalog, rule, from, upto)
+            .await
+            .and_then(|rows| {
+                let n = rows.len();
+                alerts::group_findings(rule, rows, &ctx)
+                    .map(|g| (n, g))
+                    .map_err(|e| e.to_string())
+            });
         match found {
             Ok((rows, grouped)) => {
                 outcome.rows = rows;
                 outcome.alerts = grouped.len();
+                let fingerprints: HashSet<String> =
+                    grouped.iter().map(|a| a.fingerprint.clone()).collect();
                 let rec = store.record(grouped, suppressions)?;
                 outcome.new = rec.new.len();
                 outcome.already_raised = rec.duplicates;
@@ -169,15 +318,36 @@ pub async fn run_window(
                         expired.push(s);
                     }
                 }
+                let versions = log_heads
+                    .iter()
+                    .filter(|h| outcome.tables.contains(&h.table))
+                    .map(|h| format!("{}@{}", h.table, h.version))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let reason = format!(
+                    "no longer found when run {run_id} evaluated the same window again with rule version {} over {versions}{}",
+                    &rule.sha256[..12],
+                    if outcome.coverage == "incomplete" { " (forced, on incomplete data)" } else { "" }
+                );
+                let gone = store.close_unsupported(
+                    &rule.id,
+                    (&from_s, &to_s),
+                    &fingerprints,
+                    &ctx,
+                    &reason,
+                )?;
+                outcome.closed = gone.len();
+                closed.extend(gone);
             }
             Err(e) => {
                 warn!(rule = %rule.id, error = %e, "rule failed");
                 outcome.error = Some(e);
+                outcome.coverage = "failed".into();
             }
         }
         outcome.millis = t.elapsed().as_millis() as u64;
-        info!(rule = %rule.id, rows = outcome.rows, new = outcome.new, already_raised = outcome.already_raised,
-              suppressed = outcome.suppressed, ms = outcome.millis, "rule ran");
+        info!(rule = %rule.id, coverage = %outcome.coverage, rows = outcome.rows, new = outcome.new, already_raised = outcome.already_raised,
+              suppressed = outcome.suppressed, closed = outcome.closed, ms = outcome.millis, "rule ran");
         outcomes.push(outcome);
     }
     crate::alerts_table::sync(&site.tables, store).await?;
@@ -185,13 +355,15 @@ pub async fn run_window(
     let record = RunRecord {
         run_id,
         trigger: trigger.into(),
-        window_from: from_s.clone(),
-        window_to: to_s.clone(),
+        window_from: ts(from),
+        window_to: ts(to),
         started_at: raised_at.clone(),
         finished_at: ts(finished),
         millis: clock.elapsed().as_millis() as u64,
         flowaudit_version: env!("CARGO_PKG_VERSION").into(),
         log_heads,
+        positions,
+        evaluate: evaluate.as_str().into(),
         policy_versions: catalog.policy_versions.clone(),
         geoip: catalog.geoip.clone(),
         rules: outcomes,
@@ -204,12 +376,20 @@ pub async fn run_window(
             .map(|a: &Alert| a.fingerprint.clone())
             .collect(),
         expired_suppressions: expired,
+        closed: closed
+            .iter()
+            .map(|a: &Alert| a.fingerprint.clone())
+            .collect(),
     };
-    append_run(state, &record)?;
+    // A scheduled window still waiting for its data is not a run: nothing is recorded.
+    if evaluate != Evaluate::CompleteOnly || record.rules.iter().any(|o| o.coverage != "due") {
+        append_run(state, &record)?;
+    }
     Ok(RunResult {
         record,
         raised,
         suppressed,
+        closed,
     })
 }
 

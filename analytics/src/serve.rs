@@ -8,6 +8,13 @@
 //! `catch_up_max`. A rule seen for the first time starts at the next firing. Rules firing at the
 //! same time with the same lookback run together, as one run. Every tick also delivers alerts
 //! still pending for a sink that was down.
+//!
+//! A firing's window is evaluated once the data it reads is complete (the watermarks of its
+//! tables and sources passed the window's end plus the rule's lateness, [`crate::watermark`]);
+//! until then it waits in `_runs/due.json`. A window already evaluated becomes due again when a
+//! later commit adds records with event times inside it (late data, looked for over the windows
+//! that ended in the last [`LATE_DATA_HORIZON`]); its re-evaluation raises only new findings and
+//! closes the alerts it no longer supports.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +57,139 @@ pub struct ServeOptions {
     pub compact: Option<ScheduledCompaction>,
     /// Write checkpoints to the auditor's witness on an interval.
     pub checkpoint: Option<ScheduledCheckpoint>,
+    /// The lateness of rules that name none.
+    pub lateness: Duration,
+}
+
+/// How far back windows already evaluated are watched for late data.
+pub const LATE_DATA_HORIZON: chrono::Duration = chrono::Duration::days(2);
+
+/// A rule window waiting to be evaluated: its data is not complete yet, or late data arrived.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Due {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub rule_id: String,
+    /// `schedule`, `catch-up` or `late-data`.
+    pub trigger: String,
+}
+
+/// A window a rule evaluated, and what it saw (from the run records).
+#[derive(Debug, Clone)]
+pub struct Evaluated {
+    pub rule_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub tables: Vec<String>,
+    pub positions: Vec<crate::runner::Position>,
+}
+
+/// The windows evaluated in full (`complete` or `incomplete`) by the run records `runs` whose
+/// end is after `since`; the latest evaluation of each.
+pub fn evaluated_windows(runs: &[serde_json::Value], since: DateTime<Utc>) -> Vec<Evaluated> {
+    let mut latest: BTreeMap<(String, DateTime<Utc>, DateTime<Utc>), Evaluated> = BTreeMap::new();
+    for r in runs {
+        let (Some(from), Some(to)) = (
+            r["window_from"]
+                .as_str()
+                .and_then(|s| s.parse::<DateTime<Utc>>().ok()),
+            r["window_to"]
+                .as_str()
+                .and_then(|s| s.parse::<DateTime<Utc>>().ok()),
+        ) else {
+            continue;
+        };
+        if to < since {
+            continue;
+        }
+        let positions: Vec<crate::runner::Position> =
+            serde_json::from_value(r["positions"].clone()).unwrap_or_default();
+        for o in r["rules"].as_array().into_iter().flatten() {
+            let cov = o["coverage"].as_str().unwrap_or("");
+            if cov != "complete" && cov != "incomplete" {
+                continue;
+            }
+            let id = o["id"].as_str().unwrap_or_default().to_string();
+            let tables = o["tables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect();
+            latest.insert(
+                (id.clone(), from, to),
+                Evaluated {
+                    rule_id: id,
+                    from,
+                    to,
+                    tables,
+                    positions: positions.clone(),
+                },
+            );
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// The live files of `log` that a commit made after `e` was evaluated added with event times
+/// inside its window (late data), as `table/path`.
+pub fn late_files(log: &flowaudit_ingest::warehouse::WarehouseLog, e: &Evaluated) -> Vec<String> {
+    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
+    log.files
+        .iter()
+        .filter(|f| e.tables.contains(&f.table))
+        .filter(|f| {
+            let seen = e
+                .positions
+                .iter()
+                .find(|p| p.table == f.table && p.topic == f.topic && p.partition == f.partition)
+                .map_or(0, |p| p.next_offset);
+            f.last_offset >= seen
+        })
+        .filter(
+            |f| match (parse(&f.min_event_time), parse(&f.max_event_time)) {
+                (Some(lo), Some(hi)) => lo < e.to && hi >= e.from,
+                _ => true,
+            },
+        )
+        .map(|f| f.path.clone())
+        .collect()
+}
+
+fn due_path(state: &Path) -> PathBuf {
+    state.join("_runs").join("due.json")
+}
+
+fn load_due(state: &Path) -> anyhow::Result<Vec<Due>> {
+    let p = due_path(state);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t).with_context(|| format!("parsing {}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+fn save_due(state: &Path, due: &[Due]) -> anyhow::Result<()> {
+    write_json(&due_path(state), &due)
+}
+
+/// Write `value` as JSON to `p` atomically (a fsynced temporary file renamed over it).
+fn write_json(p: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(p.parent().expect("parent"))?;
+    let tmp = p.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, p).with_context(|| format!("renaming to {}", p.display()))?;
+    Ok(())
+}
+
+/// What the scheduler carries from tick to tick.
+#[derive(Default)]
+struct Pending {
+    due: Vec<Due>,
+    evaluated: Vec<Evaluated>,
+    late_checked: Option<std::time::Instant>,
 }
 
 /// Checkpoints every `interval` (`[checkpoint]`), on a thread of their own: a TSA or witness that
@@ -139,14 +279,7 @@ fn load_state(state: &Path) -> anyhow::Result<BTreeMap<String, DateTime<Utc>>> {
 }
 
 fn save_state(dir: &Path, state: &BTreeMap<String, DateTime<Utc>>) -> anyhow::Result<()> {
-    let p = state_path(dir);
-    std::fs::create_dir_all(p.parent().expect("parent"))?;
-    let tmp = p.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &p).with_context(|| format!("renaming to {}", p.display()))?;
-    Ok(())
+    write_json(&state_path(dir), state)
 }
 
 /// The firings due for `rule` after `last` up to `now`, oldest first.
@@ -197,6 +330,12 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
     } else {
         BTreeMap::new()
     };
+    let mut pending = Pending::default();
+    if opts.scheduler {
+        pending.due = load_due(opts.state()?)?;
+        let runs = crate::runner::read_runs(opts.state()?).map_err(anyhow::Error::msg)?;
+        pending.evaluated = evaluated_windows(&runs, Utc::now() - LATE_DATA_HORIZON);
+    }
     if opts.scheduler {
         info!(warehouse = %opts.site, rules = %opts.rules_dir.display(), "scheduler started");
     }
@@ -227,7 +366,7 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        if let Err(e) = rt.block_on(tick(&opts, &mut state, &shutdown)) {
+        if let Err(e) = rt.block_on(tick(&opts, &mut state, &mut pending, &shutdown)) {
             error!(
                 error = format!("{e:#}"),
                 "scheduler tick failed; retrying next tick"
@@ -283,10 +422,12 @@ fn start_flight(
     Ok(rt.spawn(crate::flight::serve(Arc::new(engine), options, stop)))
 }
 
-/// One scheduler tick: run what is due, then deliver what is pending.
+/// One scheduler tick: queue the firings that came due and the windows late data reopened,
+/// evaluate those whose data is complete, then deliver what is pending.
 async fn tick(
     opts: &ServeOptions,
     state: &mut BTreeMap<String, DateTime<Utc>>,
+    pending: &mut Pending,
     shutdown: &AtomicBool,
 ) -> anyhow::Result<()> {
     let rules: Vec<Rule> = load_rules(&opts.rules_dir)?
@@ -294,9 +435,8 @@ async fn tick(
         .filter(|r| opts.only.is_empty() || opts.only.contains(&r.id))
         .collect();
     let now = Utc::now();
-    // (firing, lookback) → rules
-    let mut due: BTreeMap<(DateTime<Utc>, Duration), Vec<Rule>> = BTreeMap::new();
     let mut latest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+    let mut queued = Vec::new();
     for r in &rules {
         let cron: Cron = r.schedule.parse().map_err(anyhow::Error::msg)?;
         let Some(last) = state.get(&r.id).copied() else {
@@ -311,23 +451,98 @@ async fn tick(
             latest.insert(r.id.clone(), *l);
         }
         for t in firings {
-            due.entry((t, r.lookback)).or_default().push(r.clone());
+            queued.push((r.id.clone(), t, r.lookback));
         }
     }
+    for (id, t, lookback) in queued {
+        let d = Due {
+            from: t - chrono::Duration::from_std(lookback)?,
+            to: t,
+            trigger: if latest.get(&id) == Some(&t) {
+                "schedule"
+            } else {
+                "catch-up"
+            }
+            .into(),
+            rule_id: id.clone(),
+        };
+        if !pending
+            .due
+            .iter()
+            .any(|x| x.rule_id == d.rule_id && x.from == d.from && x.to == d.to)
+        {
+            pending.due.push(d);
+        }
+        state.insert(id, t);
+    }
+    // Windows waiting longer than catch-up goes back are given up (the coverage statement
+    // shows them as not evaluated).
+    let floor = now - chrono::Duration::from_std(opts.catch_up_max)?;
+    pending.due.retain(|d| {
+        let keep = d.to >= floor;
+        if !keep {
+            warn!(rule = %d.rule_id, from = %d.from, to = %d.to, "a window waited longer than catch_up_max for complete data: given up, not evaluated");
+        }
+        keep
+    });
+    // Late data: at most once a minute, look for commits that added records inside windows
+    // already evaluated.
+    if pending
+        .late_checked
+        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        && !pending.evaluated.is_empty()
+    {
+        pending.late_checked = Some(std::time::Instant::now());
+        pending
+            .evaluated
+            .retain(|e| e.to >= now - LATE_DATA_HORIZON);
+        let log = flowaudit_ingest::warehouse::read_log(&opts.site.tables).await?;
+        for e in &pending.evaluated {
+            if !rules.iter().any(|r| r.id == e.rule_id)
+                || pending
+                    .due
+                    .iter()
+                    .any(|d| d.rule_id == e.rule_id && d.from == e.from && d.to == e.to)
+            {
+                continue;
+            }
+            let late = late_files(&log, e);
+            if !late.is_empty() {
+                info!(rule = %e.rule_id, from = %e.from, to = %e.to, files = late.len(), first = %late[0],
+                      "late data: records committed after the window was evaluated fall inside it; due again");
+                pending.due.push(Due {
+                    from: e.from,
+                    to: e.to,
+                    rule_id: e.rule_id.clone(),
+                    trigger: "late-data".into(),
+                });
+            }
+        }
+    }
+    pending.due.sort();
+    save_due(opts.state()?, &pending.due)?;
+    save_state(opts.state()?, state)?;
     let suppressions = load_suppressions(&opts.policy.join("suppressions.csv"))?;
-    for ((t, lookback), group) in due {
+    // (window, trigger) → rules
+    let mut groups: BTreeMap<(DateTime<Utc>, DateTime<Utc>, String), Vec<Rule>> = BTreeMap::new();
+    for d in &pending.due {
+        if let Some(r) = rules.iter().find(|r| r.id == d.rule_id) {
+            groups
+                .entry((d.from, d.to, d.trigger.clone()))
+                .or_default()
+                .push(r.clone());
+        }
+    }
+    pending
+        .due
+        .retain(|d| rules.iter().any(|r| r.id == d.rule_id));
+    for ((from, to, trigger), group) in groups {
         if shutdown.load(Ordering::Relaxed) {
             break;
         }
         let catalog = Catalog::open_at(&opts.site, &opts.policy, opts.geoip.as_deref()).await?;
         let mut store = AlertStore::open(opts.state()?)?;
         let before = store.len();
-        let trigger = if group.iter().all(|r| latest.get(&r.id) == Some(&t)) {
-            "schedule"
-        } else {
-            "catch-up"
-        };
-        let from = t - chrono::Duration::from_std(lookback)?;
         let res = run_window(
             &catalog,
             &opts.site,
@@ -336,20 +551,43 @@ async fn tick(
             &suppressions,
             crate::runner::Window {
                 from,
-                to: t,
-                trigger,
+                to,
+                trigger: &trigger,
+                evaluate: crate::runner::Evaluate::CompleteOnly,
+                lateness: opts.lateness,
             },
         )
         .await?;
         for f in res.record.failed_rules() {
             warn!(rule = %f.id, error = f.error.as_deref().unwrap_or_default(), "rule failed");
         }
-        info!(firing = %t, trigger, rules = group.len(), raised = res.raised.len(),
-              suppressed = res.suppressed.len(), run = %res.record.run_id, "run recorded");
-        for r in &group {
-            state.insert(r.id.clone(), t);
+        let mut done = 0;
+        for o in &res.record.rules {
+            if o.coverage == "due" {
+                continue;
+            }
+            done += 1;
+            pending
+                .due
+                .retain(|d| !(d.rule_id == o.id && d.from == from && d.to == to));
+            if o.coverage == "complete" {
+                pending
+                    .evaluated
+                    .retain(|e| !(e.rule_id == o.id && e.from == from && e.to == to));
+                pending.evaluated.push(Evaluated {
+                    rule_id: o.id.clone(),
+                    from,
+                    to,
+                    tables: o.tables.clone(),
+                    positions: res.record.positions.clone(),
+                });
+            }
         }
-        save_state(opts.state()?, state)?;
+        if done > 0 {
+            info!(from = %from, to = %to, trigger, rules = done, raised = res.raised.len(), closed = res.closed.len(),
+                  suppressed = res.suppressed.len(), run = %res.record.run_id, "run recorded");
+        }
+        save_due(opts.state()?, &pending.due)?;
         deliver_all(&store, &opts.sinks, before);
     }
     if let Some(rep) = &opts.report {

@@ -1,12 +1,29 @@
 //! Alert sinks: a Kafka topic for the incident desk, a JSON-lines file and an HTTP webhook.
 //!
 //! Delivery is at least once and in order: each sink has a cursor in the alert store; pending
-//! alerts (status `new`, after the cursor) are sent in order and the cursor moves after each
+//! alerts (status `new`, and `closed` updates, after the cursor) are sent in order and the cursor moves after each
 //! confirmed delivery. A sink that is down keeps its cursor, so its alerts go out on the next
 //! delivery attempt (the next `rules run`, or the next tick of `serve`). Suppressed alerts are
 //! recorded but never sent. A crash between a delivery and its cursor update sends that alert
-//! again: receivers deduplicate by `fingerprint` (the Kafka key, the webhook's Idempotency-Key).
+//! again: receivers deduplicate by `fingerprint` (the Kafka key) and status (the webhook's
+//! Idempotency-Key is `<fingerprint>` for a raise, `<fingerprint>:closed` for its closing).
 use std::fs::OpenOptions;
+
+/// Whether a line of the outbox goes to the sinks: raises (`new`) and closings (`closed`);
+/// suppressed alerts are recorded only.
+pub fn is_sent(a: &crate::alerts::Alert) -> bool {
+    a.status == "new" || a.status == "closed"
+}
+
+/// The webhook's `Idempotency-Key`: the fingerprint, suffixed `:closed` for a closing (a
+/// different delivery of the same alert).
+pub fn idempotency_key(a: &crate::alerts::Alert) -> String {
+    if a.status == "closed" {
+        format!("{}:closed", a.fingerprint)
+    } else {
+        a.fingerprint.clone()
+    }
+}
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -141,7 +158,7 @@ pub fn deliver(store: &AlertStore, sink: &Sink, new_sink_start: u64) -> Result<u
     match sink {
         Sink::File(path) => {
             let mut lines = String::new();
-            for a in pending.iter().filter(|a| a.status == "new") {
+            for a in pending.iter().filter(|a| is_sent(a)) {
                 lines.push_str(&serde_json::to_string(a).expect("json"));
                 lines.push('\n');
                 sent += 1;
@@ -180,7 +197,7 @@ pub fn deliver(store: &AlertStore, sink: &Sink, new_sink_start: u64) -> Result<u
             for chunk in pending.chunks(500) {
                 let payloads: Vec<(String, String)> = chunk
                     .iter()
-                    .filter(|a| a.status == "new")
+                    .filter(|a| is_sent(a))
                     .map(|a| {
                         (
                             a.fingerprint.clone(),
@@ -225,7 +242,7 @@ pub fn deliver(store: &AlertStore, sink: &Sink, new_sink_start: u64) -> Result<u
                 .tls_connector(std::sync::Arc::new(tls))
                 .build();
             for a in &pending {
-                if a.status == "new" {
+                if is_sent(a) {
                     let body = serde_json::to_string(a).expect("json");
                     let mut wait = *backoff;
                     let mut attempt = 0;
@@ -234,7 +251,7 @@ pub fn deliver(store: &AlertStore, sink: &Sink, new_sink_start: u64) -> Result<u
                         let r = agent
                             .post(url)
                             .set("Content-Type", "application/json")
-                            .set("Idempotency-Key", &a.fingerprint)
+                            .set("Idempotency-Key", &idempotency_key(a))
                             .send_string(&body);
                         match r {
                             Ok(_) => break,

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::geoip::GeoIp;
 use crate::networks::Networks;
 use crate::schema::Table;
-use crate::warehouse::Warehouse;
+use crate::warehouse::{CaughtUp, Warehouse};
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
 /// for what was recorded; `skipped_recorded` counts re-delivered messages already recorded.
@@ -462,8 +462,15 @@ struct Ingestor<'c> {
     summary: IngestSummary,
     last_msg: Instant,
     last_assign: Instant,
+    /// Each partition's latest caught-up mark, and whether it changed since last written.
+    marks: BTreeMap<(String, i32), CaughtUp>,
+    marks_dirty: bool,
+    marks_written: Option<Instant>,
     first_msg: Option<Instant>,
 }
+
+/// How often the caught-up marks are written at most while ingest runs.
+const MARK_EVERY: Duration = Duration::from_secs(5);
 
 /// Below this `max_buffer_bytes` is smaller than what ingest needs regardless of it (measured in
 /// make bench, docs/benchmarks.md table 4): a warning at start.
@@ -606,6 +613,9 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             summary: IngestSummary::default(),
             last_msg: now,
             last_assign: now,
+            marks: BTreeMap::new(),
+            marks_dirty: false,
+            marks_written: None,
             first_msg: None,
         };
         let result = ing.consume(&consumer, &shutdown).and_then(|stop| {
@@ -615,6 +625,10 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             let t = Instant::now();
             ing.flush_all()?;
             ing.drain(&consumer, true)?;
+            if matches!(stop, Stop::Done) {
+                ing.mark_caught_up(&consumer);
+                ing.write_marks(true);
+            }
             Ok((t.elapsed(), stop))
         });
         let Ingestor {
@@ -731,6 +745,10 @@ impl Ingestor<'_> {
             self.check_resets(consumer)?;
             self.drain(consumer, false)?;
             self.flush_due(consumer)?;
+            if queue_drained {
+                self.mark_caught_up(consumer);
+            }
+            self.write_marks(false);
             if let Some(reason) = self.check_health(consumer) {
                 return Ok(Stop::Unrecoverable(reason));
             }
@@ -783,6 +801,87 @@ impl Ingestor<'_> {
         }
     }
 
+    /// Mark each assigned partition whose every received message is recorded (nothing buffered,
+    /// nothing in flight) and whose position reached the high watermark librdkafka last saw:
+    /// everything Kafka held for it is recorded as of now ([`CaughtUp`]).
+    fn mark_caught_up(&mut self, consumer: &BaseConsumer<Ctx>) {
+        if self.in_flight > 0 {
+            return;
+        }
+        let assigned = consumer.context().assigned.lock().expect("lock").clone();
+        let positions = consumer.position().ok();
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let writer = self
+            .warehouse
+            .lock()
+            .expect("warehouse lock")
+            .writer_id()
+            .to_string();
+        // Every assigned partition, also one that never delivered a message (an empty topic is
+        // complete too).
+        for (topic, partition) in assigned {
+            let Ok(idx) = self.state_index(consumer, &topic, partition) else {
+                continue;
+            };
+            let p = &self.parts[idx];
+            if p.buf.is_some() {
+                continue;
+            }
+            let Some((low, high)) = cached_watermarks(consumer, &p.topic, p.partition) else {
+                continue;
+            };
+            let fetched = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&p.topic, p.partition))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(-1);
+            let pos = p.seen.max(p.next_offset).max(low.max(0)).max(fetched);
+            if high < 0 || pos < high {
+                continue;
+            }
+            self.marks.insert(
+                (p.topic.clone(), p.partition),
+                CaughtUp {
+                    table: primary_table(&self.cfg.gateway_topic, &p.topic)
+                        .name()
+                        .to_string(),
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    recorded_to: p.next_offset.max(0),
+                    high_watermark: high,
+                    at: at.clone(),
+                    writer: writer.clone(),
+                    closed: false,
+                },
+            );
+            self.marks_dirty = true;
+        }
+    }
+
+    /// Write the caught-up marks that changed, at most every [`MARK_EVERY`] unless `now`. A
+    /// failure is logged and retried later: a mark only ever delays a judgement of silence.
+    fn write_marks(&mut self, now: bool) {
+        if !self.marks_dirty
+            || (!now && self.marks_written.is_some_and(|t| t.elapsed() < MARK_EVERY))
+        {
+            return;
+        }
+        let marks: Vec<CaughtUp> = self.marks.values().cloned().collect();
+        let res = self
+            .warehouse
+            .lock()
+            .expect("warehouse lock")
+            .record_caught_up(&marks);
+        self.marks_written = Some(Instant::now());
+        match res {
+            Ok(()) => self.marks_dirty = false,
+            Err(e) => warn!(error = %e, "cannot write the caught-up marks (retrying)"),
+        }
+    }
+
     /// Look at the positions librdkafka reset since the last tick because Kafka answered "offset
     /// out of range". Below the earliest offset Kafka holds, that is retention (the range is
     /// recorded as a gap when the first message arrives); at or above it, the position is past
@@ -821,6 +920,8 @@ impl Ingestor<'_> {
         self.last_assign = Instant::now();
         self.last_msg = Instant::now();
         for (topic, partition) in changed {
+            // Its next owner marks it; an old mark from here must not overwrite a newer one.
+            self.marks.remove(&(topic.clone(), partition));
             if let Some(i) = self
                 .parts
                 .iter()

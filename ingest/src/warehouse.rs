@@ -56,6 +56,71 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub const STAGING_DIR: &str = "_staging";
 /// The Delta log directory of a table.
 pub const LOG_DIR: &str = "_delta_log";
+/// Where ingest records, per partition, the last time it had recorded everything Kafka held
+/// ([`CaughtUp`]): `_ingest/progress/<topic>-<partition>.json`.
+pub const PROGRESS_DIR: &str = "_ingest/progress";
+
+/// A partition's "caught up" mark: at `at`, every message Kafka held for the partition (its end
+/// was `high_watermark`) was recorded, which the log shows once it records every offset below
+/// `recorded_to`. The rules' watermarks read it as the wall-clock time up to which the partition
+/// is complete, so that a source that sends nothing is judged silent only once ingest has caught
+/// up (docs/rules.md, "Watermarks"). Ingest overwrites it as it goes; a mark the log does not
+/// back (an offset below `recorded_to` not recorded) counts for nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaughtUp {
+    /// The table the partition feeds (its quarantined messages aside).
+    pub table: String,
+    pub topic: String,
+    pub partition: i32,
+    pub recorded_to: i64,
+    pub high_watermark: i64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub writer: String,
+    /// The source will never hold more (an import recorded whole): complete for all time.
+    #[serde(default)]
+    pub closed: bool,
+}
+
+fn progress_path(prefix: &ObjectPath, topic: &str, partition: i32) -> ObjectPath {
+    let mut p = prefix.clone();
+    for part in PROGRESS_DIR.split('/') {
+        p = p.join(part);
+    }
+    p.join(format!("{topic}-{partition}.json"))
+}
+
+/// Every partition's caught-up mark kept in the warehouse (unreadable marks are skipped with a
+/// warning: they only ever delay a judgement).
+pub async fn read_caught_up(location: &Location) -> Result<Vec<CaughtUp>> {
+    use futures::TryStreamExt as _;
+    let (store, prefix) = location.store()?;
+    let mut dir = prefix.clone();
+    for part in PROGRESS_DIR.split('/') {
+        dir = dir.join(part);
+    }
+    let listed: Vec<_> = match store.list(Some(&dir)).try_collect().await {
+        Ok(l) => l,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Warehouse(format!("listing {dir}: {e}"))),
+    };
+    let mut out = Vec::new();
+    for m in listed {
+        let bytes = match get_bytes(store.as_ref(), &m.location).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %m.location, error = %e, "cannot read a caught-up mark");
+                continue;
+            }
+        };
+        match serde_json::from_slice::<CaughtUp>(&bytes) {
+            Ok(c) => out.push(c),
+            Err(e) => tracing::warn!(path = %m.location, error = %e, "not a caught-up mark"),
+        }
+    }
+    out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    Ok(out)
+}
 /// Key of flowaudit's object in a commit's `commitInfo`.
 pub const COMMIT_INFO_KEY: &str = "flowaudit";
 /// The key of a compaction's record in its commit info ([`CompactionMeta`]).
@@ -516,7 +581,20 @@ impl Warehouse {
             self.publish(f)?;
         }
         match self.commit_table(table, &staged, &meta, lo)? {
-            TableCommit::Committed { version } => Ok(version),
+            TableCommit::Committed { version } => {
+                // An import is whole when recorded: its source will never hold more.
+                self.record_caught_up(&[CaughtUp {
+                    table: table.name().to_string(),
+                    topic: source.to_string(),
+                    partition: 0,
+                    recorded_to: hi.saturating_add(1),
+                    high_watermark: hi.saturating_add(1),
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    writer: self.writer_id.clone(),
+                    closed: true,
+                }])?;
+                Ok(version)
+            }
             TableCommit::Stale { recorded_last } => Err(Error::Warehouse(format!(
                 "{}: {source} already recorded offsets up to {recorded_last}; import {lo}..={hi} refused",
                 table.name()
@@ -592,6 +670,23 @@ impl Warehouse {
     }
 
     /// The bytes of a data file (`rel` relative to the warehouse).
+    /// Overwrite each partition's caught-up mark ([`CaughtUp`]).
+    pub fn record_caught_up(&self, marks: &[CaughtUp]) -> Result<()> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        self.rt.block_on(async move {
+            for m in marks {
+                let path = progress_path(&prefix, &m.topic, m.partition);
+                let body = serde_json::to_vec(m).expect("json");
+                store
+                    .put(&path, body.into())
+                    .await
+                    .map_err(|e| Error::Warehouse(format!("writing {path}: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn read_file(&self, rel: &str) -> Result<bytes::Bytes> {
         let path = self.object_path(rel);
         let store = self.store.clone();

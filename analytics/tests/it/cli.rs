@@ -262,11 +262,16 @@ fn demo_runs_end_to_end_and_finds_exactly_what_was_planted() {
         out.contains("transfer_no_legal_basis (1 new, high)"),
         "{out}"
     );
-    // And it ends with the report.
+    // And it ends with the report and what the rules covered: the whole day, complete.
     let html = dir.path().join("report/report.html");
     assert!(
-        out.trim_end()
-            .ends_with(&format!("report: {} (violations found)", html.display())),
+        out.contains(&format!("report: {} (violations found)\n", html.display())),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with(
+            "evaluation coverage: every record committed for 2026-11-21 was evaluated by every rule on complete data"
+        ),
         "{out}"
     );
     assert!(html.is_file());

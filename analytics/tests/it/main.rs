@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod compact;
+mod coverage;
 mod crash;
 mod evidence;
 mod fuzz_corpus;

@@ -1,0 +1,332 @@
+//! The coverage ledger: which rule version evaluated which window over which table versions,
+//! as the run records (`_runs/runs.jsonl`) keep it, read back for the report's coverage statement
+//! and checked against the tables' logs by `verify`.
+//!
+//! Per rule and report window, the statement is either that every record committed for the
+//! window, up to the log heads now, was evaluated on complete data (by the rule versions named),
+//! or the list of what was not: parts of the window no complete evaluation covered, windows
+//! evaluated on incomplete data (`--force`), failed evaluations, and records committed after an
+//! evaluation with event times inside it (late data not evaluated yet).
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use flowaudit_ingest::warehouse::WarehouseLog;
+use serde_json::{json, Value};
+
+use crate::rules::Rule;
+use crate::runner::Position;
+use crate::watermark::rfc3339;
+
+/// One evaluation of a rule, as a run record holds it.
+#[derive(Debug, Clone)]
+struct Evaluation {
+    run_id: String,
+    sha256: String,
+    coverage: String,
+    window: (DateTime<Utc>, DateTime<Utc>),
+    evaluated: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    tables: Vec<String>,
+    positions: Vec<Position>,
+    heads: Vec<String>,
+    error: Option<String>,
+}
+
+fn time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()?.parse().ok()
+}
+
+fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
+    let mut out = Vec::new();
+    for r in runs {
+        let (Some(wf), Some(wt)) = (time(&r["window_from"]), time(&r["window_to"])) else {
+            continue;
+        };
+        let positions: Vec<Position> =
+            serde_json::from_value(r["positions"].clone()).unwrap_or_default();
+        for o in r["rules"].as_array().into_iter().flatten() {
+            if o["id"].as_str() != Some(rule_id) {
+                continue;
+            }
+            let tables: Vec<String> = o["tables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect();
+            let heads = r["log_heads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| {
+                    h["table"]
+                        .as_str()
+                        .is_some_and(|t| tables.iter().any(|x| x == t))
+                })
+                .map(|h| format!("{}@{}", h["table"].as_str().unwrap_or(""), h["version"]))
+                .collect();
+            out.push(Evaluation {
+                run_id: r["run_id"].as_str().unwrap_or_default().into(),
+                sha256: o["sha256"].as_str().unwrap_or_default().into(),
+                // Run records written before the ledger existed evaluated whole windows.
+                coverage: o["coverage"]
+                    .as_str()
+                    .unwrap_or(if o["error"].is_null() {
+                        "complete"
+                    } else {
+                        "failed"
+                    })
+                    .into(),
+                window: (wf, wt),
+                evaluated: match (time(&o["evaluated_from"]), time(&o["evaluated_to"])) {
+                    (Some(f), Some(t)) => Some((f, t)),
+                    _ if o.get("coverage").is_none() && o["error"].is_null() => Some((wf, wt)),
+                    _ => None,
+                },
+                tables,
+                positions: positions.clone(),
+                heads,
+                error: o["error"].as_str().map(String::from),
+            });
+        }
+    }
+    out
+}
+
+/// `[from, to)` less the union of `covered`.
+fn uncovered(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    mut covered: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    covered.sort();
+    let mut out = Vec::new();
+    let mut at = from;
+    for (f, t) in covered {
+        if t <= at || f >= to {
+            continue;
+        }
+        if f > at {
+            out.push((at, f.min(to)));
+        }
+        at = at.max(t);
+        if at >= to {
+            break;
+        }
+    }
+    if at < to {
+        out.push((at, to));
+    }
+    out
+}
+
+/// The coverage statement of every rule in `rules` over `[from, to)`.
+pub fn statement(
+    runs: &[Value],
+    rules: &[Rule],
+    log: &WarehouseLog,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Value {
+    let heads_now: Vec<String> = log
+        .heads
+        .iter()
+        .map(|h| format!("{}@{}", h.table, h.version))
+        .collect();
+    let mut per_rule = Vec::new();
+    let mut all_complete = true;
+    for rule in rules {
+        let evs: Vec<Evaluation> = evaluations(runs, &rule.id)
+            .into_iter()
+            .filter(|e| e.window.0 < to && e.window.1 > from)
+            .collect();
+        let good: Vec<&Evaluation> = evs
+            .iter()
+            .filter(|e| matches!(e.coverage.as_str(), "complete" | "partial"))
+            .collect();
+        let gaps = uncovered(from, to, good.iter().filter_map(|e| e.evaluated).collect());
+        // Late data: records committed after a complete evaluation with event times inside
+        // what it evaluated (and inside the report's window); only the latest evaluation of
+        // each window counts.
+        let mut latest: BTreeMap<(DateTime<Utc>, DateTime<Utc>), &Evaluation> = BTreeMap::new();
+        for e in &good {
+            if let Some(w) = e.evaluated {
+                latest.insert(w, e);
+            }
+        }
+        let mut late = Vec::new();
+        for ((f, t), e) in &latest {
+            let files = crate::serve::late_files(
+                log,
+                &crate::serve::Evaluated {
+                    rule_id: rule.id.clone(),
+                    from: (*f).max(from),
+                    to: (*t).min(to),
+                    tables: e.tables.clone(),
+                    positions: e.positions.clone(),
+                },
+            );
+            if !files.is_empty() {
+                late.push(json!({
+                    "run_id": e.run_id,
+                    "evaluated_from": rfc3339(*f),
+                    "evaluated_to": rfc3339(*t),
+                    "files": files,
+                }));
+            }
+        }
+        let incomplete: Vec<Value> = evs
+            .iter()
+            .filter(|e| e.coverage == "incomplete")
+            .map(|e| json!({"run_id": e.run_id, "from": rfc3339(e.window.0), "to": rfc3339(e.window.1)}))
+            .collect();
+        let failed: Vec<Value> = evs
+            .iter()
+            .filter(|e| e.coverage == "failed")
+            .map(|e| json!({"run_id": e.run_id, "from": rfc3339(e.window.0), "to": rfc3339(e.window.1), "error": e.error}))
+            .collect();
+        let versions: BTreeSet<String> = good.iter().map(|e| e.sha256.clone()).collect();
+        let complete = gaps.is_empty() && late.is_empty();
+        all_complete &= complete;
+        let names: Vec<String> = versions
+            .iter()
+            .map(|v| v[..v.len().min(12)].to_string())
+            .collect();
+        let text = if complete {
+            format!(
+                "every record committed for [{}, {}) up to {} was evaluated on complete data by {} version {}",
+                rfc3339(from),
+                rfc3339(to),
+                heads_now.join(", "),
+                rule.id,
+                names.join(", ")
+            )
+        } else {
+            let mut why = Vec::new();
+            if !gaps.is_empty() {
+                why.push(format!(
+                    "not evaluated on complete data: {}",
+                    gaps.iter()
+                        .map(|(f, t)| format!("[{}, {})", rfc3339(*f), rfc3339(*t)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            if !late.is_empty() {
+                why.push(format!(
+                    "records committed after {} evaluation(s) fall inside them and are not evaluated yet",
+                    late.len()
+                ));
+            }
+            format!("{}: {}", rule.id, why.join("; "))
+        };
+        per_rule.push(json!({
+            "rule_id": rule.id,
+            "current_version": rule.sha256,
+            "versions": versions,
+            "complete": complete,
+            "statement": text,
+            "not_evaluated": gaps.iter().map(|(f, t)| json!({"from": rfc3339(*f), "to": rfc3339(*t)})).collect::<Vec<_>>(),
+            "evaluated_on_incomplete_data": incomplete,
+            "failed": failed,
+            "late_data": late,
+            "evaluations": good.iter().map(|e| json!({
+                "run_id": e.run_id,
+                "sha256": e.sha256,
+                "coverage": e.coverage,
+                "from": e.evaluated.map(|w| rfc3339(w.0)),
+                "to": e.evaluated.map(|w| rfc3339(w.1)),
+                "table_versions": e.heads,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    json!({"complete": all_complete, "log_heads": heads_now, "rules": per_rule})
+}
+
+/// Check the ledger against the log: each run record's table versions must still be in the log
+/// with the chain hash it recorded, and each position it recorded must be where the log put the
+/// partition at that version. Returns one problem per line that disagrees.
+pub fn check(runs: &[Value], log: &WarehouseLog) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let run = r["run_id"].as_str().unwrap_or("?");
+        let mut versions: BTreeMap<String, i64> = BTreeMap::new();
+        for h in r["log_heads"].as_array().into_iter().flatten() {
+            let table = h["table"].as_str().unwrap_or_default();
+            let version = h["version"].as_i64().unwrap_or(-1);
+            let hash = h["hash"].as_str().unwrap_or_default();
+            versions.insert(table.to_string(), version);
+            let found = log
+                .commits
+                .iter()
+                .find(|c| c.table == table && c.version == version);
+            match found {
+                None => problems.push(format!(
+                    "runs.jsonl line {}: run {run} evaluated {table}@{version}, which the log no longer holds",
+                    i + 1
+                )),
+                Some(c) if c.hash != hash => problems.push(format!(
+                    "runs.jsonl line {}: run {run} evaluated {table}@{version} with chain hash {hash}; the log's is now {}: the log was rewritten after the run",
+                    i + 1,
+                    c.hash
+                )),
+                Some(_) => {}
+            }
+        }
+        let positions: Vec<Position> = match serde_json::from_value(r["positions"].clone()) {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        for p in positions {
+            let Some(v) = versions.get(&p.table) else {
+                continue;
+            };
+            let at = log
+                .commits
+                .iter()
+                .filter(|c| c.table == p.table && c.version <= *v)
+                .filter_map(|c| c.meta.as_ref())
+                .filter(|m| m.topic == p.topic && m.partition == p.partition)
+                .map(|m| m.covers_last_offset.saturating_add(1))
+                .max()
+                .unwrap_or(0);
+            if at != p.next_offset {
+                problems.push(format!(
+                    "runs.jsonl line {}: run {run} recorded {}/{}/{} at offset {}; the log at {}@{v} has it at {at}",
+                    i + 1,
+                    p.table,
+                    p.topic,
+                    p.partition,
+                    p.next_offset,
+                    p.table
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_parts_are_what_no_interval_covers() {
+        let t = |h: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 22)
+                .unwrap()
+                .and_hms_opt(h, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        assert_eq!(uncovered(t(0), t(23), vec![]), vec![(t(0), t(23))]);
+        assert_eq!(
+            uncovered(
+                t(0),
+                t(23),
+                vec![(t(5), t(8)), (t(0), t(6)), (t(10), t(23))]
+            ),
+            vec![(t(8), t(10))]
+        );
+        assert!(uncovered(t(2), t(4), vec![(t(0), t(23))]).is_empty());
+    }
+}

@@ -1,0 +1,538 @@
+//! Rules on complete data (issue 13): watermarks, late data, the alert lifecycle and the
+//! coverage ledger, through a real broker.
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use flowaudit_analytics::alerts::Alert;
+use flowaudit_ingest::generate::{self, GenerateOptions, Generated, Message};
+
+use crate::support::*;
+
+const DATE: &str = "2026-11-22";
+
+fn day(seed: u64) -> Generated {
+    generate::generate(&GenerateOptions {
+        date: DATE.parse().unwrap(),
+        seed,
+        policy: repo("fixtures/policy"),
+        geoip_csv: repo("fixtures/geoip/ranges.csv"),
+        events: 3000,
+        flows: 20000,
+        malformed: 0,
+        flow_format: None,
+    })
+    .unwrap()
+}
+
+fn at(hour: u32) -> i64 {
+    chrono::NaiveDate::parse_from_str(DATE, "%Y-%m-%d")
+        .unwrap()
+        .and_hms_opt(hour, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
+fn split(msgs: &[Message], before: i64) -> (Vec<Message>, Vec<Message>) {
+    let (a, b): (Vec<&Message>, Vec<&Message>) = msgs.iter().partition(|m| m.ts_us < before);
+    (
+        a.into_iter().cloned().collect(),
+        b.into_iter().cloned().collect(),
+    )
+}
+
+fn produce(s: &Setup, gateway: &[Message], flows: &[Message]) {
+    flowaudit_ingest::produce::produce(&brokers(), &s.gateway_topic, gateway).unwrap();
+    flowaudit_ingest::produce::produce(&brokers(), &s.flow_topic, flows).unwrap();
+}
+
+fn rules_run(s: &Setup, alerts: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["rules", "run", "--date", DATE, "--warehouse"])
+        .arg(s.warehouse_arg())
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .arg("--alerts-file")
+        .arg(alerts)
+        .env("FLOWAUDIT_RULES_DIR", repo("queries"))
+        .env("FLOWAUDIT_LOG", "warn")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .env_remove("FLOWAUDIT_BROKERS");
+    c
+}
+
+fn report(s: &Setup, out: &Path) -> serde_json::Value {
+    let mut c = Command::new(bin());
+    c.args(["report", "--date", DATE, "--reproducible", "--out"])
+        .arg(out)
+        .arg("--warehouse")
+        .arg(s.warehouse_arg())
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .env_remove("FLOWAUDIT_CONFIG");
+    run_ok(c);
+    serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
+}
+
+fn verify(s: &Setup) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("verify")
+        .arg("--warehouse")
+        .arg(s.warehouse_arg())
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn lines(path: &Path) -> Vec<Alert> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Each fingerprint's latest line.
+fn latest(all: &[Alert]) -> BTreeMap<String, Alert> {
+    all.iter()
+        .map(|a| (a.fingerprint.clone(), a.clone()))
+        .collect()
+}
+
+/// Half a day ingested (ingest caught up) and evaluated: every source is silent from noon, and
+/// since ingest shows it had everything, the silences are raised. The rest arrives later: the
+/// same window evaluated again finds the violations of the afternoon, closes every silence the
+/// data filled (with its reason, on the file sink too) and keeps the one exporter that really
+/// went silent. Nothing is deleted and nothing is raised twice.
+#[test]
+fn half_a_day_then_the_rest_finds_the_late_violations_and_closes_the_filled_silences() {
+    let s = Setup::new(2);
+    let gen = day(11);
+    let (gw_am, gw_pm) = split(&gen.gateway, at(12));
+    let (fl_am, fl_pm) = split(&gen.flows, at(12));
+    produce(&s, &gw_am, &fl_am);
+    let mut c = s.ingest();
+    c.arg("--until-caught-up");
+    run_ok(c);
+    let file = s.dir.path().join("alerts.jsonl");
+    let (out, _) = run_ok(rules_run(&s, &file));
+    assert!(out.contains("complete"), "{out}");
+    let first = lines(&file);
+    let silences: BTreeSet<String> = first
+        .iter()
+        .filter(|a| a.rule_id == "telemetry_silent")
+        .map(|a| a.entity_key.clone())
+        .collect();
+    let planted = serde_json::to_value(&gen.planted).unwrap();
+    let silent_exporter = planted["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "exporter_silent")
+        .map(|p| format!("source={}", p["entity"]["source"].as_str().unwrap()))
+        .unwrap();
+    assert!(
+        silences.len() >= 3 && silences.contains(&silent_exporter),
+        "every source is silent after noon: {silences:?}"
+    );
+
+    produce(&s, &gw_pm, &fl_pm);
+    let mut c = s.ingest();
+    c.arg("--until-caught-up");
+    run_ok(c);
+    // Before the rules see it, the afternoon is late data the report names: its "findings"
+    // cover only what was evaluated.
+    let r = report(&s, &s.dir.path().join("report-before"));
+    assert_eq!(r["evaluation"]["complete"], false);
+    let flows_rule = r["evaluation"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["rule_id"] == "gateway_bypass")
+        .unwrap();
+    assert_eq!(flows_rule["complete"], false, "{flows_rule}");
+    assert!(
+        !flows_rule["late_data"][0]["files"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{flows_rule}"
+    );
+    assert!(flows_rule["statement"]
+        .as_str()
+        .unwrap()
+        .contains("not evaluated yet"));
+    let (out, _) = run_ok(rules_run(&s, &file));
+    let all = lines(&file);
+    let now = latest(&all);
+    let open: Vec<Alert> = now
+        .values()
+        .filter(|a| a.status != "closed")
+        .cloned()
+        .collect();
+    let cov = flowaudit_analytics::planted::check(&planted, &open);
+    assert!(cov.missed.is_empty(), "missed {:?}\n{out}", cov.missed);
+    assert!(
+        cov.unexpected_high.is_empty(),
+        "still open: {:?}",
+        cov.unexpected_high
+            .iter()
+            .map(|a| &a.summary)
+            .collect::<Vec<_>>()
+    );
+    // The afternoon's violations were raised by the second run.
+    let afternoon: Vec<&Alert> = all[first.len()..]
+        .iter()
+        .filter(|a| a.status == "new")
+        .collect();
+    assert!(
+        afternoon.iter().any(|a| a
+            .first_seen
+            .as_deref()
+            .is_some_and(|t| t >= "2026-11-22T12")),
+        "{out}"
+    );
+    // Each filled silence is closed, once, with its reason; the real one stays open.
+    let closed: BTreeSet<String> = all
+        .iter()
+        .filter(|a| a.status == "closed")
+        .map(|a| a.entity_key.clone())
+        .collect();
+    let filled: BTreeSet<String> = silences
+        .iter()
+        .filter(|k| **k != silent_exporter)
+        .cloned()
+        .collect();
+    assert_eq!(closed, filled, "{out}");
+    for a in all.iter().filter(|a| a.status == "closed") {
+        let why = a.close_reason.as_deref().unwrap();
+        assert!(
+            why.contains("no longer found") && why.contains("flows@"),
+            "{why}"
+        );
+        assert_eq!(
+            all.iter()
+                .filter(|b| b.fingerprint == a.fingerprint)
+                .count(),
+            2
+        );
+    }
+    assert_eq!(
+        now[&first
+            .iter()
+            .find(|a| a.entity_key == silent_exporter)
+            .unwrap()
+            .fingerprint]
+            .status,
+        "new"
+    );
+    assert!(out.contains("closed"), "{out}");
+
+    // Now every rule covered the whole day, up to the heads: the report says so, per rule.
+    let r = report(&s, &s.dir.path().join("report-after"));
+    assert_eq!(r["evaluation"]["complete"], true, "{}", r["evaluation"]);
+    assert_eq!(r["summary"]["closed"], closed.len());
+    for e in r["evaluation"]["rules"].as_array().unwrap() {
+        let text = e["statement"].as_str().unwrap();
+        assert!(
+            text.starts_with("every record committed for [2026-11-22T00:00:00.000000Z, 2026-11-23T00:00:00.000000Z) up to ")
+                && text.contains("flows@"),
+            "{text}"
+        );
+    }
+    assert!(r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["status"] != "closed"));
+    let html = std::fs::read_to_string(s.dir.path().join("report-after/report.html")).unwrap();
+    assert!(html.contains("Evaluation coverage"));
+
+    // The ledger is checked against the log by verify; a run record that claims a table version
+    // the log does not hold (or holds with another chain hash) is named.
+    let (ok, out) = verify(&s);
+    assert!(
+        ok && out.contains(
+            "coverage ledger: the table versions and positions of 2 rule runs are in the log"
+        ),
+        "{out}"
+    );
+    let runs_path = s.warehouse().join("_runs/runs.jsonl");
+    let text = std::fs::read_to_string(&runs_path).unwrap();
+    let mut first_run: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let heads = first_run["log_heads"].as_array_mut().unwrap();
+    let flows = heads.iter_mut().find(|h| h["table"] == "flows").unwrap();
+    let claimed = flows["version"].as_i64().unwrap() + 1;
+    flows["hash"] = "0".repeat(64).into();
+    let forged = format!("{}\n{}\n", first_run, text.lines().nth(1).unwrap());
+    std::fs::write(&runs_path, &forged).unwrap();
+    let (ok, out) = verify(&s);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("runs.jsonl line 1: run ")
+            && out.contains("the log was rewritten after the run"),
+        "{out}"
+    );
+    let flows = first_run["log_heads"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|h| h["table"] == "flows")
+        .unwrap();
+    flows["version"] = claimed.into();
+    flows["hash"] = "0".repeat(64).into();
+    let _ = claimed;
+    std::fs::write(
+        &runs_path,
+        format!("{}\n{}\n", first_run, text.lines().nth(1).unwrap()),
+    )
+    .unwrap();
+    let (ok, out) = verify(&s);
+    assert!(!ok, "{out}");
+    std::fs::write(&runs_path, &text).unwrap();
+
+    // The run records are the coverage ledger: both runs evaluated the whole day, complete.
+    let runs = flowaudit_analytics::runner::read_runs(&s.warehouse()).unwrap();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        for o in r["rules"].as_array().unwrap() {
+            assert_eq!(o["coverage"], "complete", "{o}");
+            assert_eq!(o["evaluated_to"], "2026-11-23T00:00:00.000000Z");
+        }
+    }
+}
+
+/// Without the ingest marks (ingest still behind), half a day is complete only up to noon less
+/// the lateness: `rules run` evaluates that part, says which sources hold the rest back, raises
+/// no silence; `--force` evaluates the whole day and marks it incomplete.
+#[test]
+fn a_warehouse_behind_is_evaluated_as_far_as_it_is_complete_or_forced_and_marked() {
+    let s = Setup::new(1);
+    let gen = day(23);
+    let (gw_am, _) = split(&gen.gateway, at(12));
+    let (fl_am, _) = split(&gen.flows, at(12));
+    produce(&s, &gw_am, &fl_am);
+    let mut c = s.ingest();
+    c.arg("--until-caught-up");
+    run_ok(c);
+    // What an ingest that is still behind leaves: no caught-up marks.
+    std::fs::remove_dir_all(s.warehouse().join("_ingest")).unwrap();
+    let file = s.dir.path().join("alerts.jsonl");
+    let (out, _) = run_ok(rules_run(&s, &file));
+    assert!(out.contains("partial"), "{out}");
+    assert!(out.contains("complete up to 2026-11-22T11:5"), "{out}");
+    let alerts = lines(&file);
+    assert!(
+        alerts.iter().all(|a| a.rule_id != "telemetry_silent"),
+        "no source is judged silent while ingest is behind: {:?}",
+        alerts.iter().map(|a| &a.summary).collect::<Vec<_>>()
+    );
+    let runs = flowaudit_analytics::runner::read_runs(&s.warehouse()).unwrap();
+    let o = &runs[0]["rules"][0];
+    assert_eq!(o["coverage"], "partial", "{o}");
+    assert!(
+        o["evaluated_to"].as_str().unwrap() < "2026-11-22T12:00:00",
+        "{o}"
+    );
+    assert!(!o["lagging"].as_array().unwrap().is_empty());
+
+    let mut c = rules_run(&s, &file);
+    c.arg("--force");
+    let (out, _) = run_ok(c);
+    assert!(out.contains("incomplete"), "{out}");
+    let runs = flowaudit_analytics::runner::read_runs(&s.warehouse()).unwrap();
+    assert_eq!(runs[1]["evaluate"], "forced");
+    for o in runs[1]["rules"].as_array().unwrap() {
+        let reads_ingest = o["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "flows" || t == "gateway_events");
+        let want = if reads_ingest {
+            "incomplete"
+        } else {
+            "complete"
+        };
+        assert_eq!(o["coverage"], want, "{o}");
+    }
+}
+
+/// `serve` with ingest alongside, started on a day of backlog (all of yesterday waiting in
+/// Kafka): the nightly window waits until the watermarks pass its end, so it raises exactly the
+/// planted alerts and the one exporter that really stopped, and no silence for a source that was
+/// merely behind.
+#[test]
+fn serve_started_on_a_backlog_waits_for_complete_data_and_raises_only_what_is_real() {
+    use std::time::Duration;
+    let s = Setup::new(2);
+    let today = chrono::Utc::now().date_naive();
+    let day = today - chrono::Duration::days(1);
+    let gen = generate::generate(&GenerateOptions {
+        date: day,
+        seed: 11,
+        policy: repo("fixtures/policy"),
+        geoip_csv: repo("fixtures/geoip/ranges.csv"),
+        events: 3000,
+        flows: 20000,
+        malformed: 0,
+        flow_format: None,
+    })
+    .unwrap();
+    // Exporter 10.20.255.2 stops for good at 18:00.
+    let stop = day
+        .and_hms_opt(18, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros();
+    let stopper = "10.20.255.2";
+    let flows: Vec<Message> = gen
+        .flows
+        .iter()
+        .filter(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let who = v["sampler_address"].as_str().or(v["exporter"].as_str());
+            !(who == Some(stopper) && m.ts_us >= stop)
+        })
+        .cloned()
+        .collect();
+    assert!(flows.len() < gen.flows.len());
+    produce(&s, &gen.gateway, &flows);
+
+    // Every rule once a night over the day before (the pack's own schedules fire every few
+    // minutes over the last hour or day).
+    let rules = s.dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    let mut last = BTreeMap::new();
+    for e in std::fs::read_dir(repo("queries")).unwrap() {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("-- schedule:") {
+                    "-- schedule: 0 0 * * *".to_string()
+                } else if l.starts_with("-- lookback:") {
+                    "-- lookback: 1d".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("-- id: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        std::fs::write(rules.join(e.file_name()), text + "\n").unwrap();
+        last.insert(
+            id,
+            (today.and_hms_opt(0, 0, 0).unwrap().and_utc() - chrono::Duration::minutes(1))
+                .to_rfc3339(),
+        );
+    }
+    let wh = s.warehouse();
+    std::fs::create_dir_all(wh.join("_runs")).unwrap();
+    std::fs::write(
+        wh.join("_runs/schedule.json"),
+        serde_json::to_vec(&last).unwrap(),
+    )
+    .unwrap();
+    let file = s.dir.path().join("alerts.jsonl");
+    let cfg = s.dir.path().join("flowaudit.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ingest]\ngroup = \"{}\"\ngateway_topic = \"{}\"\nflow_topic = \"{}\"\nflush_interval_ms = 500\nsession_timeout_ms = 6000\n\n[serve]\ningest = true\ntick_s = 1\n",
+            s.group, s.gateway_topic, s.flow_topic
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--brokers", &brokers()])
+        .arg("--warehouse")
+        .arg(&wh)
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--geoip")
+        .arg(repo("fixtures/geoip/ranges.csv"))
+        .arg("--rules-dir")
+        .arg(&rules)
+        .arg("--alerts-file")
+        .arg(&file)
+        .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
+        .env_remove("FLOWAUDIT_CONFIG");
+    let mut p = Running::spawn(c);
+    // Each rule's window is evaluated once what that rule reads is complete.
+    let evaluated = || -> Vec<serde_json::Value> {
+        flowaudit_analytics::runner::read_runs(&wh)
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|o| o["coverage"] != "due")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while evaluated().len() < last.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every rule was evaluated: {:?}\n{}",
+            evaluated(),
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    p.signal(libc::SIGTERM);
+    let st = p.wait(Duration::from_secs(60));
+    assert!(st.success(), "{st:?}\n{}", p.log());
+
+    let done = evaluated();
+    assert_eq!(done.len(), last.len(), "each rule once\n{}", p.log());
+    for o in &done {
+        assert_eq!(o["coverage"], "complete", "{o}");
+        assert_eq!(o["evaluated_to"].as_str().unwrap()[..10], today.to_string());
+    }
+    assert_eq!(
+        crate::support::table_rows(&wh, "flows") as usize,
+        flows.len(),
+        "the window was evaluated after all of the day was recorded"
+    );
+    let alerts = lines(&file);
+    let planted = serde_json::to_value(&gen.planted).unwrap();
+    let cov = flowaudit_analytics::planted::check(&planted, &alerts);
+    assert!(cov.missed.is_empty(), "missed {:?}", cov.missed);
+    let unexpected: Vec<String> = cov
+        .unexpected_high
+        .iter()
+        .map(|a| format!("{} {}", a.rule_id, a.entity_key))
+        .collect();
+    assert_eq!(
+        unexpected,
+        vec![format!("telemetry_silent source={stopper}")],
+        "{:?}",
+        cov.unexpected_high
+            .iter()
+            .map(|a| &a.summary)
+            .collect::<Vec<_>>()
+    );
+}
