@@ -13,7 +13,7 @@
 //! tables and sources passed the window's end plus the rule's lateness, [`crate::watermark`]);
 //! until then it waits in `_runs/due.json`. A window already evaluated becomes due again when a
 //! later commit adds records with event times inside it (late data, looked for over the windows
-//! that ended in the last [`LATE_DATA_HORIZON`]); its re-evaluation raises only new findings and
+//! that ended in the last [`LATE_DATA_HORIZON`], every [`LATE_CHECK_TICKS`] ticks); its re-evaluation raises only new findings and
 //! closes the alerts it no longer supports.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,9 @@ pub struct ServeOptions {
     /// The lateness of rules that name none.
     pub lateness: Duration,
 }
+
+/// Late data is looked for every this many ticks.
+pub const LATE_CHECK_TICKS: u32 = 6;
 
 /// How far back windows already evaluated are watched for late data.
 pub const LATE_DATA_HORIZON: chrono::Duration = chrono::Duration::days(2);
@@ -485,11 +488,11 @@ async fn tick(
         }
         keep
     });
-    // Late data: at most once a minute, look for commits that added records inside windows
+    // Late data: every few ticks (a minute at the default tick), look for commits that added records inside windows
     // already evaluated.
     if pending
         .late_checked
-        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        .is_none_or(|t| t.elapsed() >= opts.tick * LATE_CHECK_TICKS)
         && !pending.evaluated.is_empty()
     {
         pending.late_checked = Some(std::time::Instant::now());
