@@ -456,7 +456,21 @@ struct Latest {
     seq: u64,
     status: String,
     rule_id: String,
+    day: String,
     window: (String, String),
+}
+
+/// Whether the window `[from, to)` (RFC 3339) holds the whole UTC day `day` (`YYYY-MM-DD`).
+fn covers_day(window: (&str, &str), day: &str) -> bool {
+    let parse = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().ok();
+    let start = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc());
+    match (parse(window.0), parse(window.1), start) {
+        (Some(f), Some(t), Some(d)) => f <= d && d + chrono::Duration::days(1) <= t,
+        _ => false,
+    }
 }
 
 /// The alert store of a state directory (see the module docs). Holding it holds the store's lock.
@@ -529,6 +543,7 @@ impl AlertStore {
                     seq: a.seq,
                     status: a.status,
                     rule_id: a.rule_id,
+                    day: a.day,
                     window: (a.window_from, a.window_to),
                 },
             );
@@ -632,6 +647,7 @@ impl AlertStore {
                 seq: a.seq,
                 status: a.status.clone(),
                 rule_id: a.rule_id.clone(),
+                day: a.day.clone(),
                 window: (a.window_from.clone(), a.window_to.clone()),
             },
         );
@@ -649,8 +665,10 @@ impl AlertStore {
     }
 
     /// Close the open alerts (`new`, not suppressed) of `rule_id` first raised over the window
-    /// `window` whose fingerprints are not in `found`: a re-evaluation of that same window no
-    /// longer supports them. Each gets a `closed` line (a copy with `reason`, the closing run and
+    /// `window`, whose day lies wholly inside it, and whose fingerprints are not in `found`: a
+    /// re-evaluation of that same window, which sees every finding of their day, no longer
+    /// supports them. (Alerts of sliding windows, which see only part of a day, are not closed:
+    /// another window of the same day may still support them.) Each gets a `closed` line (a copy with `reason`, the closing run and
     /// its time), sent to the sinks like any line; nothing is deleted. Returns those lines.
     pub fn close_unsupported(
         &mut self,
@@ -668,6 +686,7 @@ impl AlertStore {
                     && l.rule_id == rule_id
                     && l.window.0 == window.0
                     && l.window.1 == window.1
+                    && covers_day(window, &l.day)
                     && !found.contains(*fp)
             })
             .map(|(_, l)| l.seq)
@@ -1007,6 +1026,29 @@ mod tests {
             alerts[5].fingerprint,
             fingerprint("x", "who=alice, dst_country=NL", "2026-11-21")
         );
+    }
+
+    #[test]
+    fn only_a_window_holding_the_whole_day_closes_its_alerts() {
+        let day = "2026-11-22";
+        assert!(covers_day(
+            ("2026-11-22T00:00:00.000000Z", "2026-11-23T00:00:00.000000Z"),
+            day
+        ));
+        assert!(covers_day(
+            ("2026-11-21T00:00:00Z", "2026-11-24T00:00:00Z"),
+            day
+        ));
+        // A sliding window sees part of the day.
+        assert!(!covers_day(
+            ("2026-11-21T10:15:00Z", "2026-11-22T10:15:00Z"),
+            day
+        ));
+        assert!(!covers_day(
+            ("2026-11-22T00:00:00Z", "2026-11-22T23:55:00Z"),
+            day
+        ));
+        assert!(!covers_day(("x", "2026-11-23T00:00:00Z"), day));
     }
 
     #[test]

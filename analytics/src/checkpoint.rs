@@ -16,7 +16,7 @@
 //!   statement without one.
 //!
 //! Objects are written with create-only puts: nothing in the witness is ever overwritten.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -131,6 +131,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The statement of checkpoint `seq` for the warehouse `log` and the runner's records.
+///
+/// `since` holds each table's version at the previous checkpoint: the statement names every
+/// commit after it (version and SHA-256 of the commit file) and every live file those commits
+/// added (path, SHA-256, rows), so that `verify` names the commit or file a rewrite changed.
 pub fn statement(
     seq: u64,
     previous: &str,
@@ -138,6 +142,7 @@ pub fn statement(
     location: &Location,
     log: &WarehouseLog,
     state: &StatePaths,
+    since: &BTreeMap<String, i64>,
 ) -> Result<Value> {
     let mut tables = Vec::new();
     for h in &log.heads {
@@ -146,9 +151,22 @@ pub fn statement(
             files += 1;
             rows += f.rows;
         }
+        let after = since.get(&h.table).copied().unwrap_or(-1);
+        let commits: Vec<Value> = log
+            .commits
+            .iter()
+            .filter(|c| c.table == h.table && c.version > after)
+            .map(|c| json!([c.version, c.file_sha256]))
+            .collect();
+        let added: Vec<Value> = log
+            .files
+            .iter()
+            .filter(|f| f.table == h.table && f.version > after)
+            .map(|f| json!({"path": f.path, "sha256": f.sha256, "rows": f.rows, "version": f.version}))
+            .collect();
         tables.push(
             json!({"table": h.table, "version": h.version, "hash": h.hash,
-            "files": files, "rows": rows}),
+            "files": files, "rows": rows, "commits": commits, "added": added}),
         );
     }
     let mut positions: BTreeMap<(String, String, i32), i64> = BTreeMap::new();
@@ -365,6 +383,7 @@ pub async fn write(s: &Settings) -> Result<Written> {
     // statement someone else put in the witness) is never chained to, let alone signed.
     let vk = s.key.verifying_key();
     let mut previous = GENESIS_HASH.to_string();
+    let mut since: BTreeMap<String, i64> = BTreeMap::new();
     for (n, _) in index
         .iter()
         .rev()
@@ -376,6 +395,12 @@ pub async fn write(s: &Settings) -> Result<Written> {
         );
         if crate::signing::signed_by(&vk, &st, &sig) {
             previous = sha256_hex(&st);
+            let prev: Value = serde_json::from_slice(&st).unwrap_or_default();
+            for t in prev["tables"].as_array().into_iter().flatten() {
+                if let (Some(table), Some(v)) = (t["table"].as_str(), t["version"].as_i64()) {
+                    since.insert(table.to_string(), v);
+                }
+            }
             break;
         }
         warn!(
@@ -384,7 +409,15 @@ pub async fn write(s: &Settings) -> Result<Written> {
         );
     }
     let log = warehouse::read_log(&s.warehouse).await?;
-    let st = statement(seq, &previous, Utc::now(), &s.warehouse, &log, &s.state)?;
+    let st = statement(
+        seq,
+        &previous,
+        Utc::now(),
+        &s.warehouse,
+        &log,
+        &s.state,
+        &since,
+    )?;
     let bytes = serde_json::to_vec(&st).expect("json");
     let sig = s.key.sign(&bytes);
     // The signature first: a checkpointer stopped between the two puts leaves a signature
@@ -700,6 +733,56 @@ fn check_tables(
                     .entry(table.to_string())
                     .and_modify(|f| f.1 += 1)
                     .or_insert((p, 0));
+            }
+        }
+    }
+    // Which commit and which file changed: every commit and added file a checkpoint named,
+    // against the log now (only for tables found rewritten; a file removed by a later commit,
+    // a compaction, is not a change).
+    let mut named = BTreeSet::new();
+    for (seq, st, _) in statements {
+        for t in st["tables"].as_array().into_iter().flatten() {
+            let Some(table) = t["table"].as_str() else {
+                continue;
+            };
+            if !failed.contains_key(table) {
+                continue;
+            }
+            for c in t["commits"].as_array().into_iter().flatten() {
+                let (Some(version), Some(sha)) = (c[0].as_i64(), c[1].as_str()) else {
+                    continue;
+                };
+                if let Some(now) = log
+                    .commits
+                    .iter()
+                    .find(|x| x.table == table && x.version == version)
+                    .filter(|x| x.file_sha256 != sha)
+                {
+                    if named.insert(format!("{table}/{version}")) {
+                        out.push(format!(
+                            "{table}: commit {version} was changed: checkpoint {seq} recorded its file's SHA-256 {sha}, it is now {}",
+                            now.file_sha256
+                        ));
+                    }
+                }
+            }
+            for f in t["added"].as_array().into_iter().flatten() {
+                let (Some(path), Some(sha)) = (f["path"].as_str(), f["sha256"].as_str()) else {
+                    continue;
+                };
+                if !named.insert(path.to_string()) {
+                    continue;
+                }
+                match log.files.iter().find(|x| x.path == path) {
+                    Some(now) if now.sha256 != sha => out.push(format!(
+                        "{table}: file {path} was replaced: checkpoint {seq} recorded SHA-256 {sha} ({} rows), the log now records {} ({} rows)",
+                        f["rows"], now.sha256, now.rows
+                    )),
+                    None if !log.removed.iter().any(|r| r == path) => out.push(format!(
+                        "{table}: file {path}, recorded by checkpoint {seq}, is no longer in the log and no commit removed it"
+                    )),
+                    _ => {}
+                }
             }
         }
     }

@@ -1053,7 +1053,8 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
     if let Some(state) = state_dir {
         let runs = crate::runner::read_runs(&state).map_err(anyhow::Error::msg)?;
         if !runs.is_empty() {
-            let log = flowaudit_ingest::warehouse::read_log_blocking(&location).unwrap_or_default();
+            let log = flowaudit_ingest::warehouse::read_log_blocking(&location)
+                .context("reading the tables' logs for the coverage ledger")?;
             let problems = crate::ledger::check(&runs, &log);
             if problems.is_empty() {
                 ledger = format!(

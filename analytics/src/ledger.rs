@@ -67,11 +67,11 @@ fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
             out.push(Evaluation {
                 run_id: r["run_id"].as_str().unwrap_or_default().into(),
                 sha256: o["sha256"].as_str().unwrap_or_default().into(),
-                // Run records written before the ledger existed evaluated whole windows.
+                // Run records written before the ledger existed never checked completeness.
                 coverage: o["coverage"]
                     .as_str()
                     .unwrap_or(if o["error"].is_null() {
-                        "complete"
+                        "unknown"
                     } else {
                         "failed"
                     })
@@ -79,7 +79,6 @@ fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
                 window: (wf, wt),
                 evaluated: match (time(&o["evaluated_from"]), time(&o["evaluated_to"])) {
                     (Some(f), Some(t)) => Some((f, t)),
-                    _ if o.get("coverage").is_none() && o["error"].is_null() => Some((wf, wt)),
                     _ => None,
                 },
                 tables,
@@ -189,7 +188,7 @@ pub fn statement(
         all_complete &= complete;
         let names: Vec<String> = versions
             .iter()
-            .map(|v| v[..v.len().min(12)].to_string())
+            .map(|v| v.chars().take(12).collect())
             .collect();
         let text = if complete {
             format!(
@@ -259,6 +258,10 @@ pub fn check(runs: &[Value], log: &WarehouseLog) -> Vec<String> {
                 .commits
                 .iter()
                 .find(|c| c.table == table && c.version == version);
+            if found.is_none_or(|c| c.hash != hash) {
+                // Its positions cannot be checked against a version the log does not hold.
+                versions.remove(table);
+            }
             match found {
                 None => problems.push(format!(
                     "runs.jsonl line {}: run {run} evaluated {table}@{version}, which the log no longer holds",

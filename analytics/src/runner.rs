@@ -213,10 +213,15 @@ pub async fn run_window(
     let marks = flowaudit_ingest::warehouse::read_caught_up(&site.tables).await?;
     let log_heads = log.heads.clone();
     let positions = positions(&log);
-    let watermarks =
-        crate::watermark::Watermarks::compute(catalog, &log, &marks, from.date_naive())
-            .await
-            .map_err(|e| RunError::Watermark(e.to_string()))?;
+    let watermarks = crate::watermark::Watermarks::compute(
+        catalog,
+        &log,
+        &marks,
+        from.date_naive(),
+        to.date_naive() + chrono::Duration::days(1),
+    )
+    .await
+    .map_err(|e| RunError::Watermark(e.to_string()))?;
     let raised_at = ts(started);
     let mut outcomes = Vec::new();
     let (mut raised, mut suppressed, mut expired, mut closed) =

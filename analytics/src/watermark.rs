@@ -99,12 +99,13 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl Watermarks {
     /// Compute the watermarks from the log, the caught-up marks and (for each source's newest
-    /// record) the tables from `since` on.
+    /// record) the tables' partitions from `since` to `until`.
     pub async fn compute(
         catalog: &Catalog,
         log: &WarehouseLog,
         marks: &[CaughtUp],
         since: NaiveDate,
+        until: NaiveDate,
     ) -> Result<Self, WatermarkError> {
         // Every offset below this is recorded for (topic, partition), in any table.
         let mut recorded: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -127,7 +128,13 @@ impl Watermarks {
         }
         let mut newest: BTreeMap<(&str, &str, i32), DateTime<Utc>> = BTreeMap::new();
         for f in &log.files {
-            if let Some(t) = parse_ts(&f.max_event_time) {
+            // An event time after its commit is a clock ahead (or hostile): it shows progress
+            // only up to when it was committed.
+            let committed = parse_ts(&f.committed_at);
+            if let Some(t) = parse_ts(&f.max_event_time).map(|t| match committed {
+                Some(c) => t.min(c),
+                None => t,
+            }) {
                 let e = newest
                     .entry((f.table.as_str(), f.topic.as_str(), f.partition))
                     .or_insert(t);
@@ -158,7 +165,7 @@ impl Watermarks {
                 .collect();
             out.partitions.insert(table.to_string(), clocks);
         }
-        let since = since.format("%Y-%m-%d");
+        let (since, until) = (since.format("%Y-%m-%d"), until.format("%Y-%m-%d"));
         let query = |sql: String| async move {
             let batches = catalog.ctx.sql(&sql).await?.collect().await?;
             crate::runner::batches_to_json(&batches)
@@ -176,14 +183,14 @@ impl Watermarks {
         let flows = newest_of(
             query(format!(
                 "SELECT exporter AS source, CAST(date_part('epoch', max(ts)) * 1000000 AS BIGINT) AS newest_us \
-                 FROM flows WHERE date >= '{since}' AND exporter IS NOT NULL GROUP BY exporter"
+                 FROM flows WHERE date BETWEEN '{since}' AND '{until}' AND exporter IS NOT NULL GROUP BY exporter"
             ))
             .await?,
         );
         let gateways = newest_of(
             query(format!(
                 "SELECT gateway_id AS source, CAST(date_part('epoch', max(ts)) * 1000000 AS BIGINT) AS newest_us \
-                 FROM gateway_events WHERE date >= '{since}' GROUP BY gateway_id"
+                 FROM gateway_events WHERE date BETWEEN '{since}' AND '{until}' GROUP BY gateway_id"
             ))
             .await?,
         );

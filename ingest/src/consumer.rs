@@ -463,7 +463,7 @@ struct Ingestor<'c> {
     last_msg: Instant,
     last_assign: Instant,
     /// Each partition's latest caught-up mark, and whether it changed since last written.
-    marks: BTreeMap<(String, i32), CaughtUp>,
+    marks: BTreeMap<(String, i32), (CaughtUp, bool)>,
     marks_dirty: bool,
     marks_written: Option<Instant>,
     first_msg: Option<Instant>,
@@ -471,6 +471,9 @@ struct Ingestor<'c> {
 
 /// How often the caught-up marks are written at most while ingest runs.
 const MARK_EVERY: Duration = Duration::from_secs(5);
+
+/// A partition's unchanged mark is renewed (its time moved on) at most this often.
+const MARK_REFRESH: chrono::Duration = chrono::Duration::seconds(30);
 
 /// Below this `max_buffer_bytes` is smaller than what ingest needs regardless of it (measured in
 /// make bench, docs/benchmarks.md table 4): a warning at start.
@@ -805,12 +808,14 @@ impl Ingestor<'_> {
     /// nothing in flight) and whose position reached the high watermark librdkafka last saw:
     /// everything Kafka held for it is recorded as of now ([`CaughtUp`]).
     fn mark_caught_up(&mut self, consumer: &BaseConsumer<Ctx>) {
-        if self.in_flight > 0 {
+        // Nothing in flight, and Kafka usable (a stale cached high watermark proves nothing).
+        if self.in_flight > 0 || self.health.since.is_some() {
             return;
         }
+        let now = chrono::Utc::now();
         let assigned = consumer.context().assigned.lock().expect("lock").clone();
         let positions = consumer.position().ok();
-        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let writer = self
             .warehouse
             .lock()
@@ -839,23 +844,41 @@ impl Ingestor<'_> {
                 })
                 .unwrap_or(-1);
             let pos = p.seen.max(p.next_offset).max(low.max(0)).max(fetched);
-            if high < 0 || pos < high {
+            let recorded_to = p.next_offset.max(0);
+            // Not caught up; or messages expired unrecorded (below the low watermark: a gap not
+            // recorded yet); or a position past the end (a recreated topic, about to stop).
+            if high < 0 || pos < high || recorded_to < low || p.next_offset > high {
+                continue;
+            }
+            // Unchanged and recent: not rewritten (each mark is a PUT).
+            if self
+                .marks
+                .get(&(p.topic.clone(), p.partition))
+                .is_some_and(|(m, _)| {
+                    m.recorded_to == recorded_to
+                        && chrono::DateTime::parse_from_rfc3339(&m.at)
+                            .is_ok_and(|t| now.signed_duration_since(t) < MARK_REFRESH)
+                })
+            {
                 continue;
             }
             self.marks.insert(
                 (p.topic.clone(), p.partition),
-                CaughtUp {
-                    table: primary_table(&self.cfg.gateway_topic, &p.topic)
-                        .name()
-                        .to_string(),
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    recorded_to: p.next_offset.max(0),
-                    high_watermark: high,
-                    at: at.clone(),
-                    writer: writer.clone(),
-                    closed: false,
-                },
+                (
+                    CaughtUp {
+                        table: primary_table(&self.cfg.gateway_topic, &p.topic)
+                            .name()
+                            .to_string(),
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        recorded_to,
+                        high_watermark: high,
+                        at: at.clone(),
+                        writer: writer.clone(),
+                        closed: false,
+                    },
+                    true,
+                ),
             );
             self.marks_dirty = true;
         }
@@ -869,7 +892,12 @@ impl Ingestor<'_> {
         {
             return;
         }
-        let marks: Vec<CaughtUp> = self.marks.values().cloned().collect();
+        let marks: Vec<CaughtUp> = self
+            .marks
+            .values()
+            .filter(|(_, dirty)| *dirty)
+            .map(|(m, _)| m.clone())
+            .collect();
         let res = self
             .warehouse
             .lock()
@@ -877,7 +905,12 @@ impl Ingestor<'_> {
             .record_caught_up(&marks);
         self.marks_written = Some(Instant::now());
         match res {
-            Ok(()) => self.marks_dirty = false,
+            Ok(()) => {
+                self.marks_dirty = false;
+                for (_, dirty) in self.marks.values_mut() {
+                    *dirty = false;
+                }
+            }
             Err(e) => warn!(error = %e, "cannot write the caught-up marks (retrying)"),
         }
     }

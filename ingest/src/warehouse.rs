@@ -57,7 +57,7 @@ pub const STAGING_DIR: &str = "_staging";
 /// The Delta log directory of a table.
 pub const LOG_DIR: &str = "_delta_log";
 /// Where ingest records, per partition, the last time it had recorded everything Kafka held
-/// ([`CaughtUp`]): `_ingest/progress/<topic>-<partition>.json`.
+/// ([`CaughtUp`]): `_ingest/progress/<table>/<topic>-<partition>.json`.
 pub const PROGRESS_DIR: &str = "_ingest/progress";
 
 /// A partition's "caught up" mark: at `at`, every message Kafka held for the partition (its end
@@ -82,12 +82,12 @@ pub struct CaughtUp {
     pub closed: bool,
 }
 
-fn progress_path(prefix: &ObjectPath, topic: &str, partition: i32) -> ObjectPath {
+fn progress_path(prefix: &ObjectPath, table: &str, topic: &str, partition: i32) -> ObjectPath {
     let mut p = prefix.clone();
     for part in PROGRESS_DIR.split('/') {
         p = p.join(part);
     }
-    p.join(format!("{topic}-{partition}.json"))
+    p.join(table).join(format!("{topic}-{partition}.json"))
 }
 
 /// Every partition's caught-up mark kept in the warehouse (unreadable marks are skipped with a
@@ -582,8 +582,9 @@ impl Warehouse {
         }
         match self.commit_table(table, &staged, &meta, lo)? {
             TableCommit::Committed { version } => {
-                // An import is whole when recorded: its source will never hold more.
-                self.record_caught_up(&[CaughtUp {
+                // An import is whole when recorded: its source will never hold more. (Without
+                // the mark the import is still recorded; its table is then not known complete.)
+                if let Err(e) = self.record_caught_up(&[CaughtUp {
                     table: table.name().to_string(),
                     topic: source.to_string(),
                     partition: 0,
@@ -592,7 +593,9 @@ impl Warehouse {
                     at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     writer: self.writer_id.clone(),
                     closed: true,
-                }])?;
+                }]) {
+                    tracing::warn!(error = %e, "the import is recorded, but its caught-up mark could not be written");
+                }
                 Ok(version)
             }
             TableCommit::Stale { recorded_last } => Err(Error::Warehouse(format!(
@@ -676,7 +679,7 @@ impl Warehouse {
         let prefix = self.prefix.clone();
         self.rt.block_on(async move {
             for m in marks {
-                let path = progress_path(&prefix, &m.topic, m.partition);
+                let path = progress_path(&prefix, &m.table, &m.topic, m.partition);
                 let body = serde_json::to_vec(m).expect("json");
                 store
                     .put(&path, body.into())

@@ -284,6 +284,11 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
         logs.len() >= 3,
         "the demo's flows log is too short: {logs:?}"
     );
+    let lost = logs[logs.len() - 2..]
+        .iter()
+        .flat_map(|(_, l)| adds(l))
+        .next()
+        .expect("the lost commits added a file");
     for (_, log) in &logs[logs.len() - 2..] {
         for a in adds(log) {
             std::fs::remove_file(wh.join("flows").join(a)).unwrap();
@@ -293,10 +298,14 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
     let last = logs[logs.len() - 1].0;
     expect_caught(
         s.verify(&wh, &policy, &witness),
-        &[&format!(
-            "flows: truncated: its log ends at version {}, checkpoint 1 (",
-            last - 2
-        )],
+        &[
+            &format!(
+                "flows: truncated: its log ends at version {}, checkpoint 1 (",
+                last - 2
+            ),
+            // Each file the lost commits added is named.
+            &format!("flows: file flows/{lost}, recorded by checkpoint 1, is no longer in the log"),
+        ],
     );
 
     // One row deleted from a file, and the log rewritten around it (hash, size, rows).
@@ -319,6 +328,9 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
             "checkpoint 1 (",
             "chain hash",
             "a commit of versions 0..=",
+            // The commit and the file are named.
+            "was changed: checkpoint 1 recorded its file's SHA-256",
+            &format!("flows: file {rel} was replaced: checkpoint 1 recorded SHA-256 "),
         ],
     );
 
@@ -351,7 +363,10 @@ fn checkpoints_catch_truncation_a_deleted_row_and_a_replaced_file_that_verify_al
     });
     expect_caught(
         s.verify(&wh, &policy, &witness),
-        &["gateway_events: rewritten: version "],
+        &[
+            "gateway_events: rewritten: version ",
+            &format!("gateway_events: file {rel} was replaced: checkpoint 1 recorded SHA-256 "),
+        ],
     );
 }
 
