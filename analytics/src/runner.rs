@@ -5,7 +5,9 @@
 //! A run record names everything the result depends on: the window, every rule's id and
 //! SHA-256, the policy files' SHA-256, the GeoIP database, each ingest table's Delta log head
 //! (version and chain hash) at the start of the run, and flowaudit's version; and what came out: per rule the
-//! rows, alerts, new, already-raised and suppressed counts, time taken and any error.
+//! rows, alerts, new, already-raised and suppressed counts, time taken and any error; and what
+//! each rule covered (the coverage ledger): how much of the window it evaluated, on complete
+//! data or not, over which tables and positions ([`crate::watermark`], [`crate::ledger`]).
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
