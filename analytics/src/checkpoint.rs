@@ -169,19 +169,11 @@ pub fn statement(
             "files": files, "rows": rows, "commits": commits, "added": added}),
         );
     }
-    let mut positions: BTreeMap<(String, String, i32), i64> = BTreeMap::new();
-    for c in &log.commits {
-        if let Some(m) = &c.meta {
-            let p = positions
-                .entry((c.table.clone(), m.topic.clone(), m.partition))
-                .or_insert(m.covers_last_offset);
-            *p = (*p).max(m.covers_last_offset);
-        }
-    }
-    let positions: Vec<Value> = positions
+    let positions: Vec<Value> = crate::runner::positions(log)
         .into_iter()
-        .map(|((table, topic, partition), last)| {
-            json!({"table": table, "topic": topic, "partition": partition, "last_offset": last})
+        .map(|p| {
+            json!({"table": p.table, "topic": p.topic, "partition": p.partition,
+                "last_offset": p.next_offset - 1})
         })
         .collect();
     let gaps: Vec<Value> = log

@@ -19,14 +19,18 @@ use crate::watermark::rfc3339;
 
 /// One evaluation of a rule, as a run record holds it.
 #[derive(Debug, Clone)]
-struct Evaluation {
-    run_id: String,
-    sha256: String,
-    coverage: String,
-    window: (DateTime<Utc>, DateTime<Utc>),
-    evaluated: Option<(DateTime<Utc>, DateTime<Utc>)>,
-    tables: Vec<String>,
-    positions: Vec<Position>,
+pub struct Evaluation {
+    pub rule_id: String,
+    pub run_id: String,
+    pub sha256: String,
+    /// `complete`, `partial`, `incomplete`, `due`, `failed`, or `unknown` (a record written
+    /// before the ledger existed).
+    pub coverage: String,
+    /// The run's window, and the part of it evaluated.
+    pub window: (DateTime<Utc>, DateTime<Utc>),
+    pub evaluated: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub tables: Vec<String>,
+    pub positions: Vec<Position>,
     heads: Vec<String>,
     error: Option<String>,
 }
@@ -35,7 +39,8 @@ fn time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str()?.parse().ok()
 }
 
-fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
+/// Every rule's evaluations in the run records `runs`, oldest first.
+pub fn evaluations(runs: &[Value]) -> Vec<Evaluation> {
     let mut out = Vec::new();
     for r in runs {
         let (Some(wf), Some(wt)) = (time(&r["window_from"]), time(&r["window_to"])) else {
@@ -44,9 +49,6 @@ fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
         let positions: Vec<Position> =
             serde_json::from_value(r["positions"].clone()).unwrap_or_default();
         for o in r["rules"].as_array().into_iter().flatten() {
-            if o["id"].as_str() != Some(rule_id) {
-                continue;
-            }
             let tables: Vec<String> = o["tables"]
                 .as_array()
                 .into_iter()
@@ -65,6 +67,7 @@ fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
                 .map(|h| format!("{}@{}", h["table"].as_str().unwrap_or(""), h["version"]))
                 .collect();
             out.push(Evaluation {
+                rule_id: o["id"].as_str().unwrap_or_default().into(),
                 run_id: r["run_id"].as_str().unwrap_or_default().into(),
                 sha256: o["sha256"].as_str().unwrap_or_default().into(),
                 // Run records written before the ledger existed never checked completeness.
@@ -89,6 +92,36 @@ fn evaluations(runs: &[Value], rule_id: &str) -> Vec<Evaluation> {
         }
     }
     out
+}
+
+/// The live files of `log`, in `tables`, that commits made after a run that saw `positions`
+/// added with event times inside `[from, to)` (late data for that run), as their paths.
+pub fn late_files(
+    log: &WarehouseLog,
+    tables: &[String],
+    positions: &[Position],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<String> {
+    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
+    log.files
+        .iter()
+        .filter(|f| tables.contains(&f.table))
+        .filter(|f| {
+            let seen = positions
+                .iter()
+                .find(|p| p.table == f.table && p.topic == f.topic && p.partition == f.partition)
+                .map_or(0, |p| p.next_offset);
+            f.last_offset >= seen
+        })
+        .filter(
+            |f| match (parse(&f.min_event_time), parse(&f.max_event_time)) {
+                (Some(lo), Some(hi)) => lo < to && hi >= from,
+                _ => true,
+            },
+        )
+        .map(|f| f.path.clone())
+        .collect()
 }
 
 /// `[from, to)` less the union of `covered`.
@@ -131,15 +164,17 @@ pub fn statement(
         .iter()
         .map(|h| format!("{}@{}", h.table, h.version))
         .collect();
+    let all = evaluations(runs);
     let mut per_rule = Vec::new();
     let mut all_complete = true;
     for rule in rules {
-        let evs: Vec<Evaluation> = evaluations(runs, &rule.id)
-            .into_iter()
-            .filter(|e| e.window.0 < to && e.window.1 > from)
+        let evs: Vec<&Evaluation> = all
+            .iter()
+            .filter(|e| e.rule_id == rule.id && e.window.0 < to && e.window.1 > from)
             .collect();
         let good: Vec<&Evaluation> = evs
             .iter()
+            .copied()
             .filter(|e| matches!(e.coverage.as_str(), "complete" | "partial"))
             .collect();
         let gaps = uncovered(from, to, good.iter().filter_map(|e| e.evaluated).collect());
@@ -154,16 +189,7 @@ pub fn statement(
         }
         let mut late = Vec::new();
         for ((f, t), e) in &latest {
-            let files = crate::serve::late_files(
-                log,
-                &crate::serve::Evaluated {
-                    rule_id: rule.id.clone(),
-                    from: (*f).max(from),
-                    to: (*t).min(to),
-                    tables: e.tables.clone(),
-                    positions: e.positions.clone(),
-                },
-            );
+            let files = late_files(log, &e.tables, &e.positions, (*f).max(from), (*t).min(to));
             if !files.is_empty() {
                 late.push(json!({
                     "run_id": e.run_id,

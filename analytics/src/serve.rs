@@ -91,72 +91,23 @@ pub struct Evaluated {
 /// end is after `since`; the latest evaluation of each.
 pub fn evaluated_windows(runs: &[serde_json::Value], since: DateTime<Utc>) -> Vec<Evaluated> {
     let mut latest: BTreeMap<(String, DateTime<Utc>, DateTime<Utc>), Evaluated> = BTreeMap::new();
-    for r in runs {
-        let (Some(from), Some(to)) = (
-            r["window_from"]
-                .as_str()
-                .and_then(|s| s.parse::<DateTime<Utc>>().ok()),
-            r["window_to"]
-                .as_str()
-                .and_then(|s| s.parse::<DateTime<Utc>>().ok()),
-        ) else {
-            continue;
-        };
-        if to < since {
+    for e in crate::ledger::evaluations(runs) {
+        let (from, to) = e.window;
+        if to < since || !matches!(e.coverage.as_str(), "complete" | "incomplete") {
             continue;
         }
-        let positions: Vec<crate::runner::Position> =
-            serde_json::from_value(r["positions"].clone()).unwrap_or_default();
-        for o in r["rules"].as_array().into_iter().flatten() {
-            let cov = o["coverage"].as_str().unwrap_or("");
-            if cov != "complete" && cov != "incomplete" {
-                continue;
-            }
-            let id = o["id"].as_str().unwrap_or_default().to_string();
-            let tables = o["tables"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect();
-            latest.insert(
-                (id.clone(), from, to),
-                Evaluated {
-                    rule_id: id,
-                    from,
-                    to,
-                    tables,
-                    positions: positions.clone(),
-                },
-            );
-        }
+        latest.insert(
+            (e.rule_id.clone(), from, to),
+            Evaluated {
+                rule_id: e.rule_id,
+                from,
+                to,
+                tables: e.tables,
+                positions: e.positions,
+            },
+        );
     }
     latest.into_values().collect()
-}
-
-/// The live files of `log` that a commit made after `e` was evaluated added with event times
-/// inside its window (late data), as `table/path`.
-pub fn late_files(log: &flowaudit_ingest::warehouse::WarehouseLog, e: &Evaluated) -> Vec<String> {
-    let parse = |s: &str| s.parse::<DateTime<Utc>>().ok();
-    log.files
-        .iter()
-        .filter(|f| e.tables.contains(&f.table))
-        .filter(|f| {
-            let seen = e
-                .positions
-                .iter()
-                .find(|p| p.table == f.table && p.topic == f.topic && p.partition == f.partition)
-                .map_or(0, |p| p.next_offset);
-            f.last_offset >= seen
-        })
-        .filter(
-            |f| match (parse(&f.min_event_time), parse(&f.max_event_time)) {
-                (Some(lo), Some(hi)) => lo < e.to && hi >= e.from,
-                _ => true,
-            },
-        )
-        .map(|f| f.path.clone())
-        .collect()
 }
 
 fn due_path(state: &Path) -> PathBuf {
@@ -509,7 +460,7 @@ async fn tick(
             {
                 continue;
             }
-            let late = late_files(&log, e);
+            let late = crate::ledger::late_files(&log, &e.tables, &e.positions, e.from, e.to);
             if !late.is_empty() {
                 info!(rule = %e.rule_id, from = %e.from, to = %e.to, files = late.len(), first = %late[0],
                       "late data: records committed after the window was evaluated fall inside it; due again");
