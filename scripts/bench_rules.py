@@ -11,10 +11,15 @@ interleaved:
   B. DuckDB (Python) running the same rule files, rendered for the same windows, over the same
      Parquet files (scripts/duckdb_rules.py --per-day); wall time of the process, and the sum of
      its query times.
-Both engines must return the same number of rows per rule (checked every round).
+  C. the same `rules run` with `--engine ballista://…` on a local cluster (`flowaudit cluster`:
+     a scheduler and one executor with 2 slots, on the same 2 cores: this measures the cluster's
+     overhead, not a speed-up); BENCH_CLUSTER=0 leaves it out.
+All must return the same number of rows per rule (checked every round).
 Usage: python scripts/bench_rules.py BIN OUTDIR
 """
+import contextlib
 import datetime as dt
+import socket
 import glob
 import json
 import os
@@ -66,6 +71,54 @@ def build_week(bin_, out):
     return wh
 
 
+def free_port():
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(bin_, wh, policy, geoip, logdir):
+    """A scheduler and one executor on 127.0.0.1; returns (engine URL, processes)."""
+    sp, ep = free_port(), free_port()
+    while ep + 1 == sp:
+        ep = free_port()
+    common = ["--warehouse", wh, "--policy", policy, "--geoip", geoip]
+    env = {**os.environ, "FLOWAUDIT_LOG": "info"}
+    logs = [open(os.path.join(logdir, f"{n}.log"), "w") for n in ("scheduler", "executor")]
+    procs = [subprocess.Popen([bin_, "cluster", "scheduler", "--bind", f"127.0.0.1:{sp}", *common],
+                              stdout=logs[0], stderr=logs[0], env=env)]
+    time.sleep(2)
+    procs.append(subprocess.Popen([bin_, "cluster", "executor", "--scheduler", f"127.0.0.1:{sp}",
+                                   "--bind", f"127.0.0.1:{ep}", "--slots", "2", "--work-dir",
+                                   os.path.join(logdir, "executor-work"), *common],
+                                  stdout=logs[1], stderr=logs[1], env=env))
+    deadline = time.time() + 60
+    while "Executor registration succeed" not in open(os.path.join(logdir, "executor.log")).read():
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            sys.exit("the cluster did not start: see " + logdir)
+        time.sleep(0.2)
+    return f"ballista://127.0.0.1:{sp}", procs
+
+
+def run_flowaudit(bin_, wh, policy, last, engine=None):
+    """One `rules run` over the week with a fresh alert store: (wall s, queries s, rows, ms per rule)."""
+    for d in ["_alerts", "_runs", "alerts"]:
+        shutil.rmtree(os.path.join(wh, d), ignore_errors=True)
+    cmd = [bin_, "rules", "run", "--warehouse", wh, "--policy", policy, "--rules-dir",
+           os.path.join(ROOT, "queries"), "--from", str(FIRST), "--to", str(last)]
+    if engine:
+        cmd += ["--engine", engine]
+    t, _ = sh(cmd, env={**os.environ, "FLOWAUDIT_LOG": "warn"})
+    runs = [json.loads(l) for l in open(os.path.join(wh, "_runs", "runs.jsonl"))]
+    q = sum(x["millis"] for run in runs for x in run["rules"]) / 1000
+    rows, ms = {}, {}
+    for run in runs:
+        for x in run["rules"]:
+            rows[x["id"]] = rows.get(x["id"], 0) + x["rows"]
+            ms[x["id"]] = ms.get(x["id"], 0) + x["millis"]
+    return t, q, rows, ms
+
+
 def main(bin_, out):
     out = os.path.join(out, "rules")
     print(f"rules bench: {DAYS} days, {FLOWS} flows, {EVENTS} gateway events; {RUNS} rounds", flush=True)
@@ -74,26 +127,24 @@ def main(bin_, out):
     rules = sorted(glob.glob(os.path.join(ROOT, "queries", "*.sql")))
     last = FIRST + dt.timedelta(days=DAYS - 1)
     end = FIRST + dt.timedelta(days=DAYS)
-    fa_wall, fa_q, dk_wall, dk_q = [], [], [], []
+    fa_wall, fa_q, dk_wall, dk_q, cl_wall, cl_q = [], [], [], [], [], []
+    engine, procs = None, []
+    if os.environ.get("BENCH_CLUSTER", "1") != "0":
+        engine, procs = start_cluster(bin_, wh, policy, os.path.join(ROOT, "fixtures/geoip/ranges.csv"), out)
     per_rule_fa, per_rule_dk = {}, {}
     for r in range(RUNS):
         # flowaudit: a fresh alert store each round, so every round raises the same alerts.
-        for d in ["_alerts", "_runs", "alerts"]:
-            shutil.rmtree(os.path.join(wh, d), ignore_errors=True)
-        t, _ = sh([bin_, "rules", "run", "--warehouse", wh, "--policy", policy, "--rules-dir",
-                   os.path.join(ROOT, "queries"), "--from", str(FIRST), "--to", str(last)],
-                  env={**os.environ, "FLOWAUDIT_LOG": "warn"})
-        runs = [json.loads(l) for l in open(os.path.join(wh, "_runs", "runs.jsonl"))]
-        q = sum(x["millis"] for run in runs for x in run["rules"]) / 1000
-        rows_fa, ms_fa = {}, {}
-        for run in runs:
-            for x in run["rules"]:
-                rows_fa[x["id"]] = rows_fa.get(x["id"], 0) + x["rows"]
-                ms_fa[x["id"]] = ms_fa.get(x["id"], 0) + x["millis"]
+        t, q, rows_fa, ms_fa = run_flowaudit(bin_, wh, policy, last)
         for k, v in ms_fa.items():
             per_rule_fa.setdefault(k, []).append(v)
         fa_wall.append(t)
         fa_q.append(q)
+        if engine:
+            t, q, rows_cl, _ = run_flowaudit(bin_, wh, policy, last, engine)
+            if rows_cl != rows_fa:
+                sys.exit(f"row counts differ: embedded {rows_fa} cluster {rows_cl}")
+            cl_wall.append(t)
+            cl_q.append(q)
         t, so = sh([PY, os.path.join(HERE, "duckdb_rules.py"), "--per-day", wh, policy,
                     f"{FIRST}T00:00:00Z", f"{end}T00:00:00Z", *rules])
         res = json.loads(so)
@@ -104,8 +155,12 @@ def main(bin_, out):
         rows_dk = {k: len(v["rows"]) for k, v in res.items()}
         if rows_dk != rows_fa:
             sys.exit(f"row counts differ: flowaudit {rows_fa} duckdb {rows_dk}")
+        cluster = f", cluster {cl_wall[-1]:.2f} s (queries {cl_q[-1]:.2f} s)" if engine else ""
         print(f"  round {r + 1}: flowaudit {fa_wall[-1]:.2f} s (queries {fa_q[-1]:.2f} s), "
-              f"DuckDB {dk_wall[-1]:.2f} s (queries {dk_q[-1]:.2f} s); rows {sum(rows_fa.values())}", flush=True)
+              f"DuckDB {dk_wall[-1]:.2f} s (queries {dk_q[-1]:.2f} s){cluster}; rows {sum(rows_fa.values())}", flush=True)
+    for p in procs:
+        p.terminate()
+        p.wait()
     m = statistics.median
     summary = {
         "days": DAYS, "flows": FLOWS, "events": EVENTS, "runs": RUNS,
@@ -115,6 +170,10 @@ def main(bin_, out):
         "per_rule_ms": {k: {"flowaudit": m(per_rule_fa[k]), "duckdb": m(per_rule_dk[k])} for k in per_rule_fa},
         "rows": rows_fa,
     }
+    if engine:
+        summary.update({"cluster_wall_s": m(cl_wall), "cluster_queries_s": m(cl_q),
+                        "cluster_over_embedded_wall": m(cl_wall) / m(fa_wall),
+                        "cluster_over_embedded_queries": m(cl_q) / m(fa_q)})
     print(json.dumps(summary, indent=2))
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

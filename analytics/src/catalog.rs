@@ -24,12 +24,12 @@ use chrono::NaiveDate;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
-use datafusion::prelude::{CsvReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use flowaudit_ingest::geoip::GeoIp;
 use flowaudit_ingest::networks::{Cidr, Networks};
-use flowaudit_ingest::schema::Table;
 use flowaudit_ingest::warehouse::Location;
 
+use crate::cluster::Engine;
 use crate::site::Site;
 use sha2::{Digest, Sha256};
 
@@ -48,6 +48,8 @@ pub enum CatalogError {
     Ingest(#[from] flowaudit_ingest::Error),
     #[error("datafusion: {0}")]
     DataFusion(#[from] DataFusionError),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A legal basis for transfers to a country, valid over a period.
@@ -133,6 +135,20 @@ fn policy_csv_tables() -> Vec<(&'static str, SchemaRef)> {
     ]
 }
 
+/// The policy CSV file at `path` (its contents `bytes`) as a table of `schema`.
+fn csv_table(path: &Path, schema: SchemaRef, bytes: &[u8]) -> Result<MemTable, CatalogError> {
+    let perr = |e: arrow::error::ArrowError| CatalogError::Policy {
+        path: path.into(),
+        msg: e.to_string(),
+    };
+    let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_header(true)
+        .build(std::io::Cursor::new(bytes))
+        .map_err(perr)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(perr)?;
+    Ok(MemTable::try_new(schema, vec![batches])?)
+}
+
 fn sha256_of(path: &Path) -> Result<String, CatalogError> {
     let bytes = std::fs::read(path).map_err(|source| CatalogError::Io {
         what: "read",
@@ -166,11 +182,17 @@ impl Catalog {
         register_warehouse(&ctx, site).await?;
         let mut policy_versions = BTreeMap::new();
         for (name, schema) in policy_csv_tables() {
+            // Read once, at open: the table holds exactly the bytes whose hash the run records
+            // (and a cluster's plan carries them, crate::cluster).
             let path = policy.join(format!("{name}.csv"));
-            policy_versions.insert(format!("{name}.csv"), sha256_of(&path)?);
-            let opts = CsvReadOptions::new().has_header(true).schema(&schema);
-            ctx.register_csv(name, path.to_string_lossy().as_ref(), opts)
-                .await?;
+            let bytes = std::fs::read(&path).map_err(|source| CatalogError::Io {
+                what: "read",
+                path: path.clone(),
+                source,
+            })?;
+            policy_versions.insert(format!("{name}.csv"), hex::encode(Sha256::digest(&bytes)));
+            let table = csv_table(&path, schema, &bytes)?;
+            ctx.register_table(name, Arc::new(table))?;
         }
         let networks = Networks::load(policy)?;
         policy_versions.insert(
@@ -210,12 +232,19 @@ impl Catalog {
             ])
         });
         register_udfs(&ctx, Arc::new(networks), geoip, transfer_bases.clone());
-        Ok(Self {
+        let mut catalog = Self {
             ctx,
             policy_versions,
             transfer_bases,
             geoip: geoip_identity,
-        })
+        };
+        if let Engine::Ballista { scheduler } = &site.engine {
+            let member = Arc::new(crate::cluster::Member::of(&catalog, &site.tables)?);
+            let ctx = std::mem::take(&mut catalog.ctx);
+            catalog.ctx = crate::cluster::connect(ctx, scheduler, member)
+                .map_err(|e| CatalogError::Cluster(e.to_string()))?;
+        }
+        Ok(catalog)
     }
 }
 
@@ -295,40 +324,16 @@ async fn ingest_gaps(location: &Location) -> Result<MemTable, CatalogError> {
 
 async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), CatalogError> {
     let location = &site.tables;
-    for t in Table::ALL {
-        match crate::tables::DeltaWarehouseTable::open(location, t).await? {
-            Some(table) => {
-                ctx.register_table(t.name(), Arc::new(table))?;
-            }
-            None => {
-                // Nothing written yet: an empty table with the same columns.
-                let schema = crate::tables::sql_schema(t);
-                ctx.register_table(t.name(), Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-            }
-        }
+    // The ingest tables and `alerts` (the rule runner's, crate::alerts_table).
+    for spec in crate::tables::specs() {
+        let (name, schema) = (spec.name, spec.schema.clone());
+        match crate::tables::DeltaWarehouseTable::open_spec(location, spec).await? {
+            Some(table) => ctx.register_table(name, Arc::new(table))?,
+            // Nothing written yet: an empty table with the same columns.
+            None => ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
+        };
     }
     ctx.register_table("ingest_gaps", Arc::new(ingest_gaps(location).await?))?;
-    // The alerts the rule runner writes (crate::alerts_table), with `date` (the finding's day).
-    let mut fields: Vec<Field> = crate::alerts::table_schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("date", DataType::Utf8, false));
-    let schema = Arc::new(Schema::new(fields));
-    let name = crate::alerts_table::TABLE;
-    match crate::tables::DeltaWarehouseTable::open_named(
-        location,
-        name,
-        schema.clone(),
-        crate::alerts::table_schema(),
-        &["date"],
-    )
-    .await?
-    {
-        Some(table) => ctx.register_table(name, Arc::new(table))?,
-        None => ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
-    };
     Ok(())
 }
 

@@ -62,6 +62,151 @@ pub enum Command {
     Flight(crate::auth::FlightArgs),
     /// Load a GeoIP database, say what it holds (ranges, nesting, conflicts) and look addresses up.
     Geoip(crate::geoip_cmd::GeoipArgs),
+    /// Run a member of a Ballista cluster: the scheduler, or an executor (docs/scale.md).
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: clients (`--engine ballista://HOST:PORT`) send it their plans, it plans the
+    /// stages and hands them to the executors.
+    Scheduler(SchedulerArgs),
+    /// An executor: runs the stages its scheduler hands it, over the warehouse.
+    Executor(ExecutorArgs),
+}
+
+/// What every cluster member reads: the clients' warehouse, policy and GeoIP database.
+#[derive(Debug, Args, Clone)]
+pub struct MemberArgs {
+    /// Warehouse: a directory or s3://BUCKET/PREFIX, the clients' own. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// Policy folder, the same files as the clients'. [config: policy]
+    #[arg(long, env = "FLOWAUDIT_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// GeoIP database behind country_of(), the same as the clients'. [config: geoip]
+    #[arg(long, env = "FLOWAUDIT_GEOIP")]
+    pub geoip: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// HOST:PORT to listen on (clients and executors connect here).
+    #[arg(
+        long,
+        env = "FLOWAUDIT_CLUSTER_BIND",
+        default_value = "127.0.0.1:50050"
+    )]
+    pub bind: String,
+    /// Seconds without a heartbeat before an executor counts as lost and its tasks run on
+    /// the others.
+    #[arg(
+        long,
+        env = "FLOWAUDIT_CLUSTER_EXECUTOR_TIMEOUT_S",
+        default_value_t = 60
+    )]
+    pub executor_timeout_s: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    #[command(flatten)]
+    pub member: MemberArgs,
+    /// The scheduler's HOST:PORT.
+    #[arg(long, env = "FLOWAUDIT_CLUSTER_SCHEDULER")]
+    pub scheduler: String,
+    /// HOST:PORT of its Flight service (shuffle data); its gRPC service takes PORT+1.
+    #[arg(
+        long,
+        env = "FLOWAUDIT_CLUSTER_BIND",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub bind: String,
+    /// Tasks it runs at once (default: the cores).
+    #[arg(long, env = "FLOWAUDIT_CLUSTER_SLOTS")]
+    pub slots: Option<usize>,
+    /// Directory for its shuffle files (default: one under the system's temporary directory).
+    #[arg(long, env = "FLOWAUDIT_CLUSTER_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats to the scheduler (keep well under its --executor-timeout-s).
+    #[arg(long, env = "FLOWAUDIT_CLUSTER_HEARTBEAT_S", default_value_t = 10)]
+    pub heartbeat_s: u64,
+}
+
+impl MemberArgs {
+    fn open(self, file: &FileConfig) -> anyhow::Result<(crate::cluster::Member, Site)> {
+        let reader = ReaderArgs {
+            warehouse: self.warehouse,
+            state_dir: None,
+            policy: self.policy,
+            geoip: self.geoip,
+            engine: None,
+        };
+        let (site, policy, geoip) = reader.resolve_data(file)?;
+        let member = tokio::runtime::Runtime::new()?
+            .block_on(crate::cluster::Member::open(
+                &site,
+                &policy,
+                geoip.as_deref(),
+            ))
+            .context("opening the catalog")?;
+        Ok((member, site))
+    }
+}
+
+fn run_cluster(a: ClusterArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flowaudit-cluster")
+        .build()?;
+    match a.command {
+        ClusterCommand::Scheduler(s) => {
+            let (member, site) = s.member.open(file)?;
+            eprintln!(
+                "flowaudit cluster scheduler on {} over {site} (policy {})",
+                s.bind,
+                member.fingerprint()
+            );
+            rt.block_on(crate::cluster::run_scheduler(
+                member,
+                crate::cluster::SchedulerOptions {
+                    bind: s.bind,
+                    executor_timeout_s: s.executor_timeout_s,
+                },
+            ))
+            .context("cluster scheduler")
+        }
+        ClusterCommand::Executor(e) => {
+            let (member, site) = e.member.open(file)?;
+            eprintln!(
+                "flowaudit cluster executor on {} for {} over {site} (policy {})",
+                e.bind,
+                e.scheduler,
+                member.fingerprint()
+            );
+            rt.block_on(crate::cluster::run_executor(
+                member,
+                crate::cluster::ExecutorOptions {
+                    scheduler: e.scheduler,
+                    bind: e.bind,
+                    slots: e.slots.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
+                    work_dir: e.work_dir.map(|d| d.to_string_lossy().into_owned()),
+                    heartbeat_s: e.heartbeat_s,
+                },
+            ))
+            .context("cluster executor")
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -223,7 +368,7 @@ pub struct RulesArgs {
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
     /// Run the rules over a day or a range of days; raise, record and deliver new alerts.
-    Run(RulesRunArgs),
+    Run(Box<RulesRunArgs>),
     /// List the rules.
     List(RulesDirArgs),
     /// Run every rule against its test cases (events that must fire, near misses that must not).
@@ -269,6 +414,10 @@ pub struct ReaderArgs {
     /// GeoIP database behind country_of(): .mmdb or CSV ranges. [config: geoip]
     #[arg(long, env = "FLOWAUDIT_GEOIP")]
     pub geoip: Option<PathBuf>,
+    /// Where queries run: `embedded` (in this process, the default) or `ballista://HOST:PORT`,
+    /// a cluster's scheduler (`flowaudit cluster`). [config: engine]
+    #[arg(long, env = "FLOWAUDIT_ENGINE")]
+    pub engine: Option<String>,
 }
 
 impl ReaderArgs {
@@ -276,6 +425,16 @@ impl ReaderArgs {
     /// directory, the policy folder (which must exist) and the GeoIP database, from flags and
     /// the file.
     pub fn resolve(self, file: &FileConfig) -> anyhow::Result<(Site, PathBuf, Option<PathBuf>)> {
+        let engine = match self.engine.as_ref().or(file.engine.as_ref()) {
+            Some(e) => crate::cluster::Engine::parse(e)?,
+            None => crate::cluster::Engine::Embedded,
+        };
+        let (site, policy, geoip) = self.resolve_data(file)?;
+        Ok((site.with_engine(engine), policy, geoip))
+    }
+
+    /// [`Self::resolve`] without the engine: where the data and policy are.
+    fn resolve_data(self, file: &FileConfig) -> anyhow::Result<(Site, PathBuf, Option<PathBuf>)> {
         let geoip = self.geoip.or(file.geoip.clone());
         let state = self.state_dir.or(file.state_dir.clone());
         let Some(w) = self.warehouse.clone().or(file.warehouse.clone()) else {
@@ -613,7 +772,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => crate::demo::run(&a),
         Command::Convert(a) => run_convert(a),
         Command::Rules(r) => match r.command {
-            RulesCommand::Run(a) => run_rules(a, &file),
+            RulesCommand::Run(a) => run_rules(*a, &file),
             RulesCommand::List(a) => list_rules(a, &file),
             RulesCommand::Test(a) => test_rules(a, &file),
         },
@@ -626,6 +785,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(a) => run_sql(a, &file),
         Command::Flight(a) => crate::auth::run_flight(a),
         Command::Geoip(a) => crate::geoip_cmd::run(a, &file),
+        Command::Cluster(a) => run_cluster(a, &file),
     }
 }
 

@@ -18,6 +18,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub policy: Option<PathBuf>,
     pub geoip: Option<PathBuf>,
+    /// Where queries run: `embedded` (default) or `ballista://HOST:PORT` (docs/scale.md).
+    pub engine: Option<String>,
     #[serde(default)]
     pub ingest: IngestSettings,
     #[serde(default)]

@@ -9,6 +9,7 @@ pub mod cases;
 pub mod catalog;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod demo;

@@ -125,6 +125,9 @@ pub struct RunRecord {
     pub evaluate: String,
     pub policy_versions: BTreeMap<String, String>,
     pub geoip: Option<BTreeMap<String, String>>,
+    /// Where the queries ran: `embedded`, or `ballista://HOST:PORT` (docs/scale.md).
+    #[serde(default)]
+    pub engine: String,
     pub rules: Vec<RuleOutcome>,
     /// Fingerprints of the alerts this run raised (sent to the sinks).
     pub raised: Vec<String>,
@@ -373,6 +376,7 @@ pub async fn run_window(
         evaluate: evaluate.as_str().into(),
         policy_versions: catalog.policy_versions.clone(),
         geoip: catalog.geoip.clone(),
+        engine: site.engine.to_string(),
         rules: outcomes,
         raised: raised
             .iter()

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use flowaudit_ingest::warehouse::Location;
 
+use crate::cluster::Engine;
+
 /// The warehouse's tables and the rule runner's state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
@@ -20,6 +22,8 @@ pub struct Site {
     /// The alert store and the run records; `None` for a reader of an S3 warehouse that was
     /// given none (`sql`, Flight SQL, which read only the warehouse).
     pub state: Option<PathBuf>,
+    /// Where the queries over them run: in this process, or on a cluster (crate::cluster).
+    pub engine: Engine,
 }
 
 impl Site {
@@ -28,6 +32,7 @@ impl Site {
         Self {
             tables: Location::Local(dir.to_path_buf()),
             state: Some(dir.to_path_buf()),
+            engine: Engine::Embedded,
         }
     }
 
@@ -35,7 +40,16 @@ impl Site {
     /// `None` and the warehouse is local (an S3 warehouse then has none).
     pub fn reader(tables: Location, state: Option<PathBuf>) -> Self {
         let state = state.or_else(|| tables.local().map(Path::to_path_buf));
-        Self { tables, state }
+        Self {
+            tables,
+            state,
+            engine: Engine::Embedded,
+        }
+    }
+
+    /// The same site, its queries run by `engine`.
+    pub fn with_engine(self, engine: Engine) -> Self {
+        Self { engine, ..self }
     }
 
     /// The state directory, for those that read or write alerts and run records.

@@ -62,6 +62,8 @@ pub fn sql_schema(table: Table) -> SchemaRef {
 #[derive(Debug)]
 pub struct DeltaWarehouseTable {
     name: &'static str,
+    /// The URL of the table's directory.
+    url: String,
     schema: SchemaRef,
     /// The columns in the Parquet files: `schema` without the partition columns.
     file_schema: SchemaRef,
@@ -86,55 +88,122 @@ fn dferr(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::External(e.to_string().into())
 }
 
+/// A Delta table of the warehouse as SQL sees it: its name, its columns, the columns in its
+/// files and its partition columns.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: &'static str,
+    /// The SQL columns: `file_schema`, then the partition columns (Utf8).
+    pub schema: SchemaRef,
+    pub file_schema: SchemaRef,
+    pub partitions: &'static [&'static str],
+}
+
+/// Every Delta table the catalog reads: the ingest tables, and `alerts` (the rule runner's,
+/// partitioned by the finding's `date` only).
+pub fn specs() -> Vec<TableSpec> {
+    let mut out: Vec<TableSpec> = Table::ALL
+        .iter()
+        .map(|t| TableSpec {
+            name: t.name(),
+            schema: sql_schema(*t),
+            file_schema: t.schema(),
+            partitions: PARTITION_COLUMNS,
+        })
+        .collect();
+    let mut fields: Vec<Field> = crate::alerts::table_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new("date", DataType::Utf8, false));
+    out.push(TableSpec {
+        name: crate::alerts_table::TABLE,
+        schema: Arc::new(Schema::new(fields)),
+        file_schema: crate::alerts::table_schema(),
+        partitions: &["date"],
+    });
+    out
+}
+
+/// The spec of the Delta table `name`, if the catalog has one.
+pub fn spec(name: &str) -> Option<TableSpec> {
+    specs().into_iter().find(|s| s.name == name)
+}
+
+/// The Delta table `name` at `location`, not read yet (built without I/O).
+fn delta_table(location: &Location, name: &str) -> Result<DeltaTable> {
+    flowaudit_ingest::warehouse::register_s3();
+    let url = location.table_url(name).map_err(dferr)?;
+    let (store, _) = location.store().map_err(dferr)?;
+    deltalake::DeltaTableBuilder::from_url(url.clone())
+        .map_err(dferr)?
+        .with_storage_backend(store, url)
+        .build()
+        .map_err(dferr)
+}
+
+/// The object store a scan of the table `name` at `location` reads its files from, under the
+/// URL its scans name: what a cluster executor registers before it runs a scan planned elsewhere.
+pub fn scan_store(
+    location: &Location,
+    name: &str,
+) -> Result<(ObjectStoreUrl, Arc<dyn object_store::ObjectStore>)> {
+    let log_store = delta_table(location, name)?.log_store();
+    Ok((log_store.object_store_url(), log_store.object_store(None)))
+}
+
 impl DeltaWarehouseTable {
     /// Open `table` of the warehouse at `location`; `None` if it has no Delta log yet.
     pub async fn open(location: &Location, table: Table) -> Result<Option<Self>> {
-        Self::open_named(
+        Self::open_spec(
             location,
-            table.name(),
-            sql_schema(table),
-            table.schema(),
-            PARTITION_COLUMNS,
+            spec(table.name()).expect("every ingest table has a spec"),
         )
         .await
     }
 
-    /// Open the Delta table `name` of the warehouse, whose SQL columns are `schema`: the
-    /// columns in its files (`file_schema`), then its partition columns `partitions` (Utf8).
-    /// `None` if it has no Delta log yet.
-    pub async fn open_named(
-        location: &Location,
-        name: &'static str,
-        schema: SchemaRef,
-        file_schema: SchemaRef,
-        partitions: &'static [&'static str],
-    ) -> Result<Option<Self>> {
+    /// Open the Delta table of `spec` at `location`; `None` if it has no Delta log yet.
+    pub async fn open_spec(location: &Location, spec: TableSpec) -> Result<Option<Self>> {
         flowaudit_ingest::warehouse::register_s3();
-        if !flowaudit_ingest::warehouse::has_log(location, name)
+        if !flowaudit_ingest::warehouse::has_log(location, spec.name)
             .await
             .map_err(dferr)?
         {
             return Ok(None);
         }
-        let url = location.table_url(name).map_err(dferr)?;
-        let (store, _) = location.store().map_err(dferr)?;
-        let mut dt = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .map_err(dferr)?
-            .with_storage_backend(store, url)
-            .build()
-            .map_err(dferr)?;
-        match dt.load().await {
+        let table = Self::unread(location, spec)?;
+        let name = table.name;
+        match table.table.lock().await.load().await {
             Ok(()) => {}
             Err(deltalake::DeltaTableError::NotATable(_)) => return Ok(None),
             Err(e) => return Err(dferr(format!("{name}: {e}"))),
         }
-        Ok(Some(Self {
-            name,
-            schema,
-            file_schema,
-            partitions,
+        Ok(Some(table))
+    }
+
+    /// The Delta table of `spec` at `location`, read at its first scan (which fails if it has
+    /// no log by then): how a cluster member opens a table a client's plan names.
+    pub fn unread(location: &Location, spec: TableSpec) -> Result<Self> {
+        let dt = delta_table(location, spec.name)?;
+        Ok(Self {
+            name: spec.name,
+            url: location.table_url(spec.name).map_err(dferr)?.to_string(),
+            schema: spec.schema,
+            file_schema: spec.file_schema,
+            partitions: spec.partitions,
             table: Mutex::new(dt),
-        }))
+        })
+    }
+
+    /// The table's name in SQL.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The URL of the table's directory.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The partition columns, as in `schema`.

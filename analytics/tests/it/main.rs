@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod compact;
 mod coverage;
 mod crash;

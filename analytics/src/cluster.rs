@@ -1,0 +1,774 @@
+//! The cluster engine: the rule pack, the report and analysts' SQL on Apache DataFusion
+//! Ballista when one machine is not enough (docs/scale.md).
+//!
+//! `flowaudit cluster scheduler` and `flowaudit cluster executor` embed Ballista's scheduler
+//! and executor. A client (`rules run`, `serve`, `report`, `sql`, Flight SQL) started with
+//! `--engine ballista://HOST:PORT` plans each query in its own catalog, exactly as the embedded
+//! engine does, and sends the logical plan to the scheduler, which plans it physically and
+//! hands its stages to the executors. The same rule files run on both, unchanged.
+//!
+//! What a plan carries, and what each member brings of its own:
+//! - A warehouse table (a Delta table) travels by name and the URL of its directory. The
+//!   scheduler opens it in its own warehouse (refusing a plan whose URL is not its own) and
+//!   reads its latest version when it plans the scan; the executors read the files from the
+//!   same object store.
+//! - A table held in memory (the policy tables, `networks`, `gateways`, `exporters`,
+//!   `ingest_gaps`, `policy_files`) travels with its rows, so every member reads exactly what
+//!   the client's catalog read.
+//! - `in_cidr`, `country_of` and `basis_for` travel by name with the client's **policy
+//!   fingerprint**: the SHA-256 of its policy files and GeoIP database. Each member runs its
+//!   own copy of the functions, loaded from its own `--policy` and `--geoip`, and refuses a plan
+//!   whose fingerprint is not its own: a cluster with another policy or GeoIP database than the
+//!   client fails the query, naming both, instead of answering from other data.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use ballista_core::extension::{
+    ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
+    SessionConfigExt, SessionStateExt,
+};
+use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::catalog::TableProvider;
+use datafusion::common::TableReference;
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Extension, LogicalPlan, ScalarUDF};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use flowaudit_ingest::warehouse::Location;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::site::Site;
+use crate::tables::DeltaWarehouseTable;
+
+/// The functions a plan names that only flowaudit's members have.
+pub const FUNCTIONS: [&str; 3] = ["in_cidr", "country_of", "basis_for"];
+
+/// Where queries run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// In this process (the default).
+    #[default]
+    Embedded,
+    /// On the Ballista cluster whose scheduler listens at this `http://HOST:PORT`.
+    Ballista { scheduler: String },
+}
+
+impl Engine {
+    /// `embedded`, or `ballista://HOST:PORT` (port 50050 when left out).
+    pub fn parse(s: &str) -> Result<Self, ClusterError> {
+        let s = s.trim();
+        if s.is_empty() || s == "embedded" {
+            return Ok(Engine::Embedded);
+        }
+        let bad = |why: &str| {
+            ClusterError::Engine(format!(
+                "engine \"{s}\": {why} (expected `embedded` or `ballista://HOST:PORT`)"
+            ))
+        };
+        let Some(rest) = s.strip_prefix("ballista://") else {
+            return Err(bad("unknown engine"));
+        };
+        let url = url::Url::parse(&format!("http://{rest}")).map_err(|e| bad(&e.to_string()))?;
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no scheduler host"))?;
+        if url.path() != "/" || url.query().is_some() {
+            return Err(bad("only HOST:PORT may follow ballista://"));
+        }
+        Ok(Engine::Ballista {
+            scheduler: format!("http://{host}:{}", url.port().unwrap_or(50050)),
+        })
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::Embedded => write!(f, "embedded"),
+            Engine::Ballista { scheduler } => write!(
+                f,
+                "ballista://{}",
+                scheduler.strip_prefix("http://").unwrap_or(scheduler)
+            ),
+        }
+    }
+}
+
+/// Errors starting a cluster member or connecting to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Engine(String),
+    #[error("{what} \"{addr}\": {msg}")]
+    Address {
+        what: &'static str,
+        addr: String,
+        msg: String,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("datafusion: {0}")]
+    DataFusion(#[from] DataFusionError),
+    #[error("ballista: {0}")]
+    Ballista(String),
+}
+
+/// The policy fingerprint of `catalog`: the SHA-256 over its policy files' names and hashes and
+/// its GeoIP database's hash, what every member of a cluster must share with the client.
+pub fn fingerprint(catalog: &Catalog) -> String {
+    let mut h = Sha256::new();
+    for (file, sha) in &catalog.policy_versions {
+        h.update(format!("{file}={sha}\n"));
+    }
+    let geoip = catalog
+        .geoip
+        .as_ref()
+        .and_then(|g| g.get("sha256"))
+        .map_or("none", String::as_str);
+    h.update(format!("geoip={geoip}\n"));
+    hex::encode(h.finalize())
+}
+
+/// What one process (client, scheduler or executor) brings to the plans it encodes and decodes.
+#[derive(Debug)]
+pub struct Member {
+    /// Its policy fingerprint.
+    fingerprint: String,
+    /// Its own `in_cidr`, `country_of`, `basis_for`.
+    functions: HashMap<String, Arc<ScalarUDF>>,
+    /// Its warehouse, where the Delta tables a plan names are opened.
+    location: Location,
+    /// The Delta tables opened so far, kept so each scan reads only the commits since the last.
+    tables: Mutex<HashMap<String, Arc<DeltaWarehouseTable>>>,
+}
+
+impl Member {
+    /// The member whose catalog is `catalog`, over the warehouse at `location`.
+    pub fn of(catalog: &Catalog, location: &Location) -> Result<Self> {
+        let state = catalog.ctx.state();
+        let mut functions = HashMap::new();
+        for name in FUNCTIONS {
+            let f = state.scalar_functions().get(name).cloned().ok_or_else(|| {
+                DataFusionError::Plan(format!("the catalog has no function {name}"))
+            })?;
+            functions.insert(name.to_string(), f);
+        }
+        Ok(Self {
+            fingerprint: fingerprint(catalog),
+            functions,
+            location: location.clone(),
+            tables: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Open the catalog (warehouse, policy, GeoIP) a scheduler or executor works from.
+    pub async fn open(
+        site: &Site,
+        policy: &Path,
+        geoip: Option<&Path>,
+    ) -> Result<Self, ClusterError> {
+        let embedded = Site {
+            engine: Engine::Embedded,
+            ..site.clone()
+        };
+        let catalog = Catalog::open_at(&embedded, policy, geoip).await?;
+        Ok(Self::of(&catalog, &site.tables)?)
+    }
+
+    /// The fingerprint this member encodes and expects.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    fn encode_function(&self, f: &ScalarUDF, buf: &mut Vec<u8>) {
+        if self.functions.contains_key(f.name()) {
+            buf.extend_from_slice(FUNCTION_TAG);
+            buf.extend_from_slice(self.fingerprint.as_bytes());
+        }
+    }
+
+    fn decode_function(&self, name: &str, buf: &[u8]) -> Result<Option<Arc<ScalarUDF>>> {
+        let Some(theirs) = buf.strip_prefix(FUNCTION_TAG) else {
+            return Ok(None);
+        };
+        let theirs = String::from_utf8_lossy(theirs);
+        if theirs != self.fingerprint {
+            return Err(DataFusionError::Plan(format!(
+                "{name}: the plan was made with policy fingerprint {theirs}, this cluster member has {}: start the client, the scheduler and every executor with the same --policy folder and --geoip database",
+                self.fingerprint
+            )));
+        }
+        let f = self.functions.get(name).ok_or_else(|| {
+            DataFusionError::Plan(format!("{name} is not a function this member has"))
+        })?;
+        Ok(Some(f.clone()))
+    }
+
+    /// The Delta table `name` whose directory the client named `url`, opened in this member's
+    /// warehouse.
+    fn delta_table(&self, name: &str, url: &str) -> Result<Arc<DeltaWarehouseTable>> {
+        let ours = self
+            .location
+            .table_url(name)
+            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        if ours.as_str() != url {
+            return Err(DataFusionError::Plan(format!(
+                "the plan reads the table {name} at {url}, this cluster member's warehouse has it at {ours}: start the scheduler and executors with the client's --warehouse"
+            )));
+        }
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.get(name) {
+            return Ok(t.clone());
+        }
+        let spec = crate::tables::spec(name).ok_or_else(|| {
+            DataFusionError::Plan(format!("{name} is not a table of the warehouse"))
+        })?;
+        let t = Arc::new(DeltaWarehouseTable::unread(&self.location, spec)?);
+        tables.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The runtime of an executor's task: its scans read the warehouse's tables under the URLs
+    /// the scheduler's scans name.
+    fn runtime(&self, work_dir: &str) -> Result<Arc<RuntimeEnv>> {
+        let env = RuntimeEnvBuilder::new()
+            .with_temp_file_path(work_dir)
+            .build()?;
+        for spec in crate::tables::specs() {
+            let (url, store) = crate::tables::scan_store(&self.location, spec.name)?;
+            env.register_object_store(url.as_ref(), store);
+        }
+        Ok(Arc::new(env))
+    }
+
+    /// A scheduler's session: Ballista's functions and this member's own.
+    fn session(&self, config: SessionConfig) -> Result<SessionState> {
+        let mut functions = ballista_scalar_functions();
+        functions.extend(self.functions.values().cloned());
+        Ok(SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_runtime_env(Arc::new(RuntimeEnvBuilder::new().build()?))
+            .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+            .with_scalar_functions(functions)
+            .with_aggregate_functions(ballista_aggregate_functions())
+            .with_window_functions(ballista_window_functions())
+            .build())
+    }
+}
+
+/// The tag before a policy fingerprint in an encoded function.
+const FUNCTION_TAG: &[u8] = b"flowaudit-policy:";
+/// The first byte of an encoded table: a Delta table by name, or a table's rows.
+const DELTA_TABLE: u8 = b'D';
+const MEMORY_TABLE: u8 = b'M';
+
+/// The logical plans a client sends: Ballista's own nodes, and flowaudit's tables and functions.
+#[derive(Debug)]
+pub struct LogicalCodec {
+    inner: BallistaLogicalExtensionCodec,
+    member: Arc<Member>,
+}
+
+impl LogicalCodec {
+    pub fn new(member: Arc<Member>) -> Self {
+        Self {
+            inner: BallistaLogicalExtensionCodec::default(),
+            member,
+        }
+    }
+}
+
+fn plan_err(table: &TableReference, e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Plan(format!("table {table}: {e}"))
+}
+
+/// The rows of `table`, as an Arrow IPC stream.
+fn encode_rows(table: &TableReference, mem: &MemTable, buf: &mut Vec<u8>) -> Result<()> {
+    let schema = mem.schema();
+    let mut w = StreamWriter::try_new(&mut *buf, &schema)?;
+    for part in &mem.batches {
+        let batches = part
+            .try_read()
+            .map_err(|_| plan_err(table, "its rows are being written"))?;
+        for b in batches.iter() {
+            w.write(b)?;
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+fn decode_rows(
+    table: &TableReference,
+    schema: arrow::datatypes::SchemaRef,
+    buf: &[u8],
+) -> Result<MemTable> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(buf), None)?;
+    let batches = reader
+        .map(|b| {
+            b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
+                .map_err(|e| plan_err(table, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    MemTable::try_new(schema, vec![batches])
+}
+
+impl LogicalExtensionCodec for LogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: arrow::datatypes::SchemaRef,
+        _ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        match buf.split_first() {
+            Some((&DELTA_TABLE, rest)) => {
+                let url = std::str::from_utf8(rest).map_err(|e| plan_err(table_ref, e))?;
+                let t = self.member.delta_table(table_ref.table(), url)?;
+                if t.schema().fields() != schema.fields() {
+                    return Err(plan_err(
+                        table_ref,
+                        "the client's columns are not this member's (another version of flowaudit?)",
+                    ));
+                }
+                Ok(t)
+            }
+            Some((&MEMORY_TABLE, rest)) => Ok(Arc::new(decode_rows(table_ref, schema, rest)?)),
+            _ => Err(plan_err(table_ref, "not a table flowaudit encoded")),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        if let Some(t) = node.as_ref().downcast_ref::<DeltaWarehouseTable>() {
+            buf.push(DELTA_TABLE);
+            buf.extend_from_slice(t.url().as_bytes());
+            return Ok(());
+        }
+        if let Some(m) = node.as_ref().downcast_ref::<MemTable>() {
+            buf.push(MEMORY_TABLE);
+            return encode_rows(table_ref, m, buf);
+        }
+        Err(plan_err(
+            table_ref,
+            "only the warehouse's tables and the policy's can be read on a cluster",
+        ))
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        match self.member.decode_function(name, buf)? {
+            Some(f) => Ok(f),
+            None => self.inner.try_decode_udf(name, buf),
+        }
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.member.encode_function(node, buf);
+        Ok(())
+    }
+}
+
+/// The physical plans the scheduler sends its executors: Ballista's shuffle nodes, and
+/// flowaudit's functions (the scans are DataFusion's own Parquet and memory scans).
+#[derive(Debug)]
+pub struct PhysicalCodec {
+    inner: BallistaPhysicalExtensionCodec,
+    member: Arc<Member>,
+}
+
+impl PhysicalCodec {
+    pub fn new(member: Arc<Member>) -> Self {
+        Self {
+            inner: BallistaPhysicalExtensionCodec::default(),
+            member,
+        }
+    }
+}
+
+impl PhysicalExtensionCodec for PhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.try_decode(buf, inputs, ctx, proto_converter)
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        self.inner.try_encode(node, buf, proto_converter)
+    }
+
+    fn try_decode_udf(&self, name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+        match self.member.decode_function(name, buf)? {
+            Some(f) => Ok(f),
+            None => self.inner.try_decode_udf(name, buf),
+        }
+    }
+
+    fn try_encode_udf(&self, node: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+        self.member.encode_function(node, buf);
+        Ok(())
+    }
+}
+
+/// `ctx` (a catalog's session) made a client of the cluster at `scheduler`: the same tables and
+/// functions, its plans executed there.
+pub fn connect(
+    ctx: SessionContext,
+    scheduler: &str,
+    member: Arc<Member>,
+) -> Result<SessionContext, ClusterError> {
+    let mut state = ctx.state();
+    // Ballista's upgrade rebuilds the state with this config: without this, the rebuilt state
+    // makes a new, empty default catalog in place of the one holding the tables.
+    *state.config_mut() = state
+        .config()
+        .clone()
+        .with_create_default_catalog_and_schema(false)
+        .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::new(member.clone())))
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::new(member.clone())));
+    let state = state.upgrade_for_ballista(scheduler.to_string())?;
+    let ctx = SessionContext::new_with_state(state);
+    // Ballista's upgrade sets the session's functions to its own list: flowaudit's come back.
+    for f in member.functions.values() {
+        ctx.register_udf(f.as_ref().clone());
+    }
+    Ok(ctx)
+}
+
+/// `HOST:PORT` as a socket address.
+fn socket(what: &'static str, addr: &str) -> Result<SocketAddr, ClusterError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| ClusterError::Address {
+            what,
+            addr: addr.into(),
+            msg: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ClusterError::Address {
+            what,
+            addr: addr.into(),
+            msg: "resolves to no address".into(),
+        })
+}
+
+/// How a scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Where it listens (gRPC for clients and executors).
+    pub bind: String,
+    /// Seconds without a heartbeat after which an executor counts as lost and its tasks run
+    /// elsewhere.
+    pub executor_timeout_s: u64,
+}
+
+/// Run a scheduler for `member` until the process is stopped.
+pub async fn run_scheduler(member: Member, opts: SchedulerOptions) -> Result<(), ClusterError> {
+    use ballista_scheduler::cluster::BallistaCluster;
+    use ballista_scheduler::config::SchedulerConfig;
+    let addr = socket("--bind", &opts.bind)?;
+    let member = Arc::new(member);
+    let logical: Arc<dyn LogicalExtensionCodec> = Arc::new(LogicalCodec::new(member.clone()));
+    let physical: Arc<dyn PhysicalExtensionCodec> = Arc::new(PhysicalCodec::new(member.clone()));
+    let (l, p) = (logical.clone(), physical.clone());
+    let m = member.clone();
+    let mut config = SchedulerConfig::default()
+        .with_hostname(addr.ip().to_string())
+        .with_port(addr.port())
+        .with_override_config_producer(Arc::new(move || {
+            SessionConfig::new_with_ballista()
+                .with_ballista_logical_extension_codec(l.clone())
+                .with_ballista_physical_extension_codec(p.clone())
+        }))
+        .with_override_session_builder(Arc::new(move |config| m.session(config)));
+    config.bind_host = addr.ip().to_string();
+    config.override_logical_codec = Some(logical);
+    config.override_physical_codec = Some(physical);
+    config.executor_timeout_seconds = opts.executor_timeout_s.max(2);
+    config.no_executors_grace_period_seconds = opts.executor_timeout_s.max(2);
+    config.expire_dead_executor_interval_seconds = (opts.executor_timeout_s / 3).clamp(1, 15);
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| ClusterError::Ballista(e.to_string()))?;
+    tracing::info!(
+        bind = %addr,
+        policy = %member.fingerprint(),
+        "cluster scheduler listening"
+    );
+    ballista_scheduler::scheduler_process::start_server(cluster, addr, Arc::new(config))
+        .await
+        .map_err(|e| ClusterError::Ballista(e.to_string()))
+}
+
+/// How an executor runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler's HOST:PORT.
+    pub scheduler: String,
+    /// Where its Flight service (shuffle data) listens; its gRPC service takes the next port.
+    pub bind: String,
+    /// Task slots (default: the cores).
+    pub slots: usize,
+    /// Directory for shuffle files (default: a temporary directory).
+    pub work_dir: Option<String>,
+    /// Seconds between heartbeats to the scheduler.
+    pub heartbeat_s: u64,
+}
+
+/// Run an executor for `member` until the process is stopped.
+pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), ClusterError> {
+    use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+    let bind = socket("--bind", &opts.bind)?;
+    let sched = socket("--scheduler", &opts.scheduler)?;
+    let member = Arc::new(member);
+    let work_dir = match &opts.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir()
+            .join(format!("flowaudit-executor-{}", bind.port()))
+            .to_string_lossy()
+            .into_owned(),
+    };
+    std::fs::create_dir_all(&work_dir).map_err(|e| ClusterError::Address {
+        what: "--work-dir",
+        addr: work_dir.clone(),
+        msg: e.to_string(),
+    })?;
+    let mut registry = BallistaFunctionRegistry::default();
+    for (name, f) in &member.functions {
+        registry.scalar_functions.insert(name.clone(), f.clone());
+    }
+    let m = member.clone();
+    let wd = work_dir.clone();
+    let config = ExecutorProcessConfig {
+        bind_host: bind.ip().to_string(),
+        external_host: Some(bind.ip().to_string()),
+        port: bind.port(),
+        grpc_port: bind
+            .port()
+            .checked_add(1)
+            .ok_or_else(|| ClusterError::Address {
+                what: "--bind",
+                addr: opts.bind.clone(),
+                msg: "the gRPC service takes the next port".into(),
+            })?,
+        scheduler_host: sched.ip().to_string(),
+        scheduler_port: sched.port(),
+        scheduler_connect_timeout_seconds: 30,
+        vcores: opts.slots,
+        work_dir: Some(work_dir),
+        print_thread_info: false,
+        executor_heartbeat_interval_seconds: opts.heartbeat_s.max(1),
+        override_function_registry: Some(Arc::new(registry)),
+        override_runtime_producer: Some(Arc::new(move |_| m.runtime(&wd))),
+        override_logical_codec: Some(Arc::new(LogicalCodec::new(member.clone()))),
+        override_physical_codec: Some(Arc::new(PhysicalCodec::new(member.clone()))),
+        ..Default::default()
+    };
+    tracing::info!(
+        bind = %bind,
+        scheduler = %sched,
+        policy = %member.fingerprint(),
+        "cluster executor starting"
+    );
+    start_executor_process(Arc::new(config))
+        .await
+        .map_err(|e| ClusterError::Ballista(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_parse_and_print() {
+        assert_eq!(Engine::parse("embedded").unwrap(), Engine::Embedded);
+        assert_eq!(Engine::parse("").unwrap(), Engine::Embedded);
+        let e = Engine::parse("ballista://127.0.0.1:50070").unwrap();
+        assert_eq!(
+            e,
+            Engine::Ballista {
+                scheduler: "http://127.0.0.1:50070".into()
+            }
+        );
+        assert_eq!(e.to_string(), "ballista://127.0.0.1:50070");
+        assert_eq!(
+            Engine::parse("ballista://sched").unwrap().to_string(),
+            "ballista://sched:50050"
+        );
+        for bad in ["spark://x:1", "ballista://", "ballista://h:1/path", "h:1"] {
+            let err = Engine::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(bad) && err.contains("ballista://HOST:PORT"),
+                "{err}"
+            );
+        }
+    }
+
+    fn repo(rel: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel)
+    }
+
+    async fn catalog(wh: &Path, geoip: Option<&str>) -> Catalog {
+        let g = geoip.map(repo);
+        Catalog::open(wh, &repo("fixtures/policy"), g.as_deref())
+            .await
+            .unwrap()
+    }
+
+    /// A plan made by one catalog, as another member decodes it.
+    async fn round_trip(
+        from: &Catalog,
+        from_wh: &Path,
+        to: &Catalog,
+        to_wh: &Path,
+        sql: &str,
+    ) -> Result<LogicalPlan> {
+        let plan = from.ctx.sql(sql).await?.into_optimized_plan()?;
+        let enc = LogicalCodec::new(Arc::new(
+            Member::of(from, &Location::Local(from_wh.into())).unwrap(),
+        ));
+        let bytes =
+            datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(&plan, &enc)?;
+        let dec = LogicalCodec::new(Arc::new(
+            Member::of(to, &Location::Local(to_wh.into())).unwrap(),
+        ));
+        datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(
+            &bytes,
+            &to.ctx.task_ctx(),
+            &dec,
+        )
+    }
+
+    #[test]
+    fn a_member_with_another_policy_or_warehouse_refuses_the_plan() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // The Delta tables in each warehouse, so the plans name them by URL.
+        for wh in [a.path(), b.path()] {
+            flowaudit_ingest::warehouse::Warehouse::open(&Location::Local(wh.into())).unwrap();
+        }
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(refusals(a.path(), b.path()));
+    }
+
+    async fn refusals(a: &Path, b: &Path) {
+        let geo = Some("fixtures/geoip/ranges.csv");
+        let client = catalog(a, geo).await;
+        let same = catalog(a, geo).await;
+        let no_geoip = catalog(a, None).await;
+        let elsewhere = catalog(b, geo).await;
+        assert_eq!(fingerprint(&client), fingerprint(&same));
+        assert_ne!(fingerprint(&client), fingerprint(&no_geoip));
+
+        let uses = "SELECT country_of(dst_ip) AS c, in_cidr(dst_ip, '10.0.0.0/8') AS i, \
+                    (SELECT count(*) FROM countries) AS n FROM flows";
+        // The same policy and GeoIP: the plan comes back with the policy table's rows and the
+        // member's own functions.
+        let plan = round_trip(&client, a, &same, a, uses).await.unwrap();
+        let text = format!("{}", plan.display_indent());
+        assert!(
+            text.contains("country_of") && text.contains("flows"),
+            "{text}"
+        );
+        // Another GeoIP database: refused, naming both fingerprints.
+        let e = round_trip(&client, a, &no_geoip, a, uses)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&fingerprint(&client))
+                && e.contains(&fingerprint(&no_geoip))
+                && e.contains("--geoip"),
+            "{e}"
+        );
+        // Another warehouse: refused, naming both URLs.
+        let e = round_trip(&client, a, &elsewhere, b, "SELECT count(*) FROM flows")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--warehouse") && e.contains("flows"), "{e}");
+        // A policy table travels with its rows: the member's answer is the client's rows.
+        let plan = round_trip(
+            &client,
+            a,
+            &same,
+            a,
+            "SELECT code FROM countries WHERE eea ORDER BY code LIMIT 3",
+        )
+        .await
+        .unwrap();
+        let rows = SessionContext::new()
+            .execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let got = arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(
+            got.contains("AT") && got.contains("BE") && got.contains("BG"),
+            "{got}"
+        );
+    }
+}
