@@ -39,6 +39,7 @@ use datafusion::common::TableReference;
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::TaskContext;
@@ -243,17 +244,13 @@ impl Member {
         Ok(t)
     }
 
-    /// The runtime of an executor's task: its scans read the warehouse's tables under the URLs
-    /// the scheduler's scans name.
-    fn runtime(&self, work_dir: &str) -> Result<Arc<RuntimeEnv>> {
-        let env = RuntimeEnvBuilder::new()
-            .with_temp_file_path(work_dir)
-            .build()?;
-        for spec in crate::tables::specs() {
-            let (url, store) = crate::tables::scan_store(&self.location, spec.name)?;
-            env.register_object_store(url.as_ref(), store);
-        }
-        Ok(Arc::new(env))
+    /// The object stores an executor's tasks read the warehouse's tables from, under the URLs
+    /// the scheduler's scans name: made once, their connections shared by every task.
+    fn scan_stores(&self) -> Result<Vec<(ObjectStoreUrl, Arc<dyn object_store::ObjectStore>)>> {
+        crate::tables::specs()
+            .iter()
+            .map(|spec| crate::tables::scan_store(&self.location, spec.name))
+            .collect()
     }
 
     /// A scheduler's session: Ballista's functions and this member's own.
@@ -594,8 +591,15 @@ pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), C
     for (name, f) in &member.functions {
         registry.scalar_functions.insert(name.clone(), f.clone());
     }
-    let m = member.clone();
+    let stores = member.scan_stores()?;
     let wd = work_dir.clone();
+    let runtime = move |_: &SessionConfig| -> Result<Arc<RuntimeEnv>> {
+        let env = RuntimeEnvBuilder::new().with_temp_file_path(&wd).build()?;
+        for (url, store) in &stores {
+            env.register_object_store(url.as_ref(), store.clone());
+        }
+        Ok(Arc::new(env))
+    };
     let config = ExecutorProcessConfig {
         bind_host: bind.ip().to_string(),
         external_host: Some(bind.ip().to_string()),
@@ -616,7 +620,7 @@ pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), C
         print_thread_info: false,
         executor_heartbeat_interval_seconds: opts.heartbeat_s.max(1),
         override_function_registry: Some(Arc::new(registry)),
-        override_runtime_producer: Some(Arc::new(move |_| m.runtime(&wd))),
+        override_runtime_producer: Some(Arc::new(runtime)),
         override_logical_codec: Some(Arc::new(LogicalCodec::new(member.clone()))),
         override_physical_codec: Some(Arc::new(PhysicalCodec::new(member.clone()))),
         ..Default::default()
