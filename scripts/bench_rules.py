@@ -77,12 +77,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_cluster(bin_, wh, policy, geoip, logdir):
-    """A scheduler and one executor on 127.0.0.1; returns (engine URL, processes)."""
+def start_cluster(bin_, wh, policy, logdir):
+    """A scheduler and one executor on 127.0.0.1 with the client's policy and no GeoIP database
+    (as the embedded arm's `rules run`: the policy fingerprints must match); returns (engine URL,
+    processes)."""
     sp, ep = free_port(), free_port()
     while ep + 1 == sp:
         ep = free_port()
-    common = ["--warehouse", wh, "--policy", policy, "--geoip", geoip]
+    common = ["--warehouse", wh, "--policy", policy]
     env = {**os.environ, "FLOWAUDIT_LOG": "info"}
     logs = [open(os.path.join(logdir, f"{n}.log"), "w") for n in ("scheduler", "executor")]
     procs = [subprocess.Popen([bin_, "cluster", "scheduler", "--bind", f"127.0.0.1:{sp}", *common],
@@ -130,7 +132,7 @@ def main(bin_, out):
     fa_wall, fa_q, dk_wall, dk_q, cl_wall, cl_q = [], [], [], [], [], []
     engine, procs = None, []
     if os.environ.get("BENCH_CLUSTER", "1") != "0":
-        engine, procs = start_cluster(bin_, wh, policy, os.path.join(ROOT, "fixtures/geoip/ranges.csv"), out)
+        engine, procs = start_cluster(bin_, wh, policy, out)
     per_rule_fa, per_rule_dk = {}, {}
     for r in range(RUNS):
         # flowaudit: a fresh alert store each round, so every round raises the same alerts.

@@ -149,13 +149,12 @@ fn csv_table(path: &Path, schema: SchemaRef, bytes: &[u8]) -> Result<MemTable, C
     Ok(MemTable::try_new(schema, vec![batches])?)
 }
 
-fn sha256_of(path: &Path) -> Result<String, CatalogError> {
-    let bytes = std::fs::read(path).map_err(|source| CatalogError::Io {
+fn read_policy(path: &Path) -> Result<Vec<u8>, CatalogError> {
+    std::fs::read(path).map_err(|source| CatalogError::Io {
         what: "read",
         path: path.into(),
         source,
-    })?;
-    Ok(hex::encode(Sha256::digest(bytes)))
+    })
 }
 
 impl Catalog {
@@ -181,24 +180,24 @@ impl Catalog {
         );
         register_warehouse(&ctx, site).await?;
         let mut policy_versions = BTreeMap::new();
+        let mut transfer_bases = Vec::new();
         for (name, schema) in policy_csv_tables() {
             // Read once, at open: the table holds exactly the bytes whose hash the run records
             // (and a cluster's plan carries them, crate::cluster).
             let path = policy.join(format!("{name}.csv"));
-            let bytes = std::fs::read(&path).map_err(|source| CatalogError::Io {
-                what: "read",
-                path: path.clone(),
-                source,
-            })?;
+            let bytes = read_policy(&path)?;
             policy_versions.insert(format!("{name}.csv"), hex::encode(Sha256::digest(&bytes)));
             let table = csv_table(&path, schema, &bytes)?;
             ctx.register_table(name, Arc::new(table))?;
+            if name == "transfer_bases" {
+                transfer_bases = parse_transfer_bases(&path, &String::from_utf8_lossy(&bytes))?;
+            }
         }
-        let networks = Networks::load(policy)?;
-        policy_versions.insert(
-            "networks.toml".into(),
-            sha256_of(&policy.join("networks.toml"))?,
-        );
+        // Each policy file is read once: what its hash names is what the tables and functions use.
+        let networks_path = policy.join("networks.toml");
+        let text = read_policy(&networks_path)?;
+        policy_versions.insert("networks.toml".into(), hex::encode(Sha256::digest(&text)));
+        let networks = Networks::parse(&networks_path, &String::from_utf8_lossy(&text))?;
         register_networks(&ctx, &networks)?;
         let files: Vec<(&String, &String)> = policy_versions.iter().collect();
         let batch = RecordBatch::try_new(
@@ -221,7 +220,7 @@ impl Catalog {
             Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?),
         )?;
 
-        let transfer_bases = Arc::new(load_transfer_bases(&policy.join("transfer_bases.csv"))?);
+        let transfer_bases = Arc::new(transfer_bases);
         let geoip = geoip.map(GeoIp::open).transpose()?.map(Arc::new);
         let geoip_identity = geoip.as_ref().map(|g| {
             let id = g.identity();
@@ -242,7 +241,7 @@ impl Catalog {
             let member = Arc::new(crate::cluster::Member::of(&catalog, &site.tables)?);
             let ctx = std::mem::take(&mut catalog.ctx);
             catalog.ctx = crate::cluster::connect(ctx, scheduler, member)
-                .map_err(|e| CatalogError::Cluster(e.to_string()))?;
+                .map_err(|e| CatalogError::Cluster(format!("{}: {e}", site.engine)))?;
         }
         Ok(catalog)
     }
@@ -413,13 +412,15 @@ fn register_networks(ctx: &SessionContext, n: &Networks) -> Result<(), CatalogEr
     Ok(())
 }
 
-/// Read `transfer_bases.csv` (the same file the `transfer_bases` table shows) for `basis_for`.
+/// Read `transfer_bases.csv` for `basis_for` (the catalog parses the bytes it hashed).
+#[cfg(test)]
 fn load_transfer_bases(path: &Path) -> Result<Vec<TransferBasis>, CatalogError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
-        what: "read",
-        path: path.into(),
-        source,
-    })?;
+    parse_transfer_bases(path, &String::from_utf8_lossy(&read_policy(path)?))
+}
+
+/// The legal bases of `text`, the contents of the `transfer_bases.csv` at `path` (the same rows
+/// the `transfer_bases` table shows), for `basis_for`.
+fn parse_transfer_bases(path: &Path, text: &str) -> Result<Vec<TransferBasis>, CatalogError> {
     let perr = |line: usize, msg: String| CatalogError::Policy {
         path: path.into(),
         msg: format!("line {line}: {msg}"),

@@ -80,15 +80,16 @@ impl Engine {
                 "engine \"{s}\": {why} (expected `embedded` or `ballista://HOST:PORT`)"
             ))
         };
-        let Some(rest) = s.strip_prefix("ballista://") else {
+        if !s.starts_with("ballista://") {
             return Err(bad("unknown engine"));
-        };
-        let url = url::Url::parse(&format!("http://{rest}")).map_err(|e| bad(&e.to_string()))?;
+        }
+        // A scheme with no default port: `:80` stays 80, and only a missing port is 50050.
+        let url = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no scheduler host"))?;
-        if url.path() != "/" || url.query().is_some() {
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
             return Err(bad("only HOST:PORT may follow ballista://"));
         }
         Ok(Engine::Ballista {
@@ -148,6 +149,8 @@ pub fn fingerprint(catalog: &Catalog) -> String {
 /// What one process (client, scheduler or executor) brings to the plans it encodes and decodes.
 #[derive(Debug)]
 pub struct Member {
+    /// What it is, in its errors: `client`, `scheduler HOST:PORT`, `executor HOST:PORT`.
+    role: String,
     /// Its policy fingerprint.
     fingerprint: String,
     /// Its own `in_cidr`, `country_of`, `basis_for`.
@@ -170,6 +173,7 @@ impl Member {
             functions.insert(name.to_string(), f);
         }
         Ok(Self {
+            role: "client".into(),
             fingerprint: fingerprint(catalog),
             functions,
             location: location.clone(),
@@ -191,6 +195,11 @@ impl Member {
         Ok(Self::of(&catalog, &site.tables)?)
     }
 
+    /// The same member, named `role` in its errors.
+    pub fn with_role(self, role: String) -> Self {
+        Self { role, ..self }
+    }
+
     /// The fingerprint this member encodes and expects.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -210,8 +219,8 @@ impl Member {
         let theirs = String::from_utf8_lossy(theirs);
         if theirs != self.fingerprint {
             return Err(DataFusionError::Plan(format!(
-                "{name}: the plan was made with policy fingerprint {theirs}, this cluster member has {}: start the client, the scheduler and every executor with the same --policy folder and --geoip database",
-                self.fingerprint
+                "{name}: the plan was made with policy fingerprint {theirs}, the {} has {}: start the client, the scheduler and every executor with the same --policy folder and --geoip database",
+                self.role, self.fingerprint
             )));
         }
         let f = self.functions.get(name).ok_or_else(|| {
@@ -229,7 +238,8 @@ impl Member {
             .map_err(|e| DataFusionError::Plan(e.to_string()))?;
         if ours.as_str() != url {
             return Err(DataFusionError::Plan(format!(
-                "the plan reads the table {name} at {url}, this cluster member's warehouse has it at {ours}: start the scheduler and executors with the client's --warehouse"
+                "the plan reads the table {name} at {url}, the {}'s warehouse has it at {ours}: start the scheduler and executors with the client's --warehouse",
+                self.role
             )));
         }
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,19 +263,62 @@ impl Member {
             .collect()
     }
 
-    /// A scheduler's session: Ballista's functions and this member's own.
+    /// A scheduler's session: Ballista's functions; flowaudit's come only with a plan whose
+    /// fingerprint is this member's (not by name, so a plan without one cannot reach them), and
+    /// only the warehouse's tables and tables sent with their rows are read.
     fn session(&self, config: SessionConfig) -> Result<SessionState> {
-        let mut functions = ballista_scalar_functions();
-        functions.extend(self.functions.values().cloned());
         Ok(SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
             .with_runtime_env(Arc::new(RuntimeEnvBuilder::new().build()?))
             .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
-            .with_scalar_functions(functions)
+            .with_analyzer_rule(Arc::new(OnlyFlowauditTables {
+                role: self.role.clone(),
+            }))
+            .with_scalar_functions(ballista_scalar_functions())
             .with_aggregate_functions(ballista_aggregate_functions())
             .with_window_functions(ballista_window_functions())
             .build())
+    }
+}
+
+/// The scheduler's guard: a plan may read only the warehouse's Delta tables and tables sent
+/// with their rows, never a file path of the scheduler's or executors' machines (which a plan
+/// naming a listing table would).
+#[derive(Debug)]
+struct OnlyFlowauditTables {
+    role: String,
+}
+
+impl datafusion::optimizer::AnalyzerRule for OnlyFlowauditTables {
+    fn analyze(
+        &self,
+        plan: LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> Result<LogicalPlan> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+                let ours = provider
+                    .as_ref()
+                    .downcast_ref::<DeltaWarehouseTable>()
+                    .is_some()
+                    || provider.as_ref().downcast_ref::<MemTable>().is_some();
+                if !ours {
+                    return Err(DataFusionError::Plan(format!(
+                        "table {}: the {} reads only the warehouse's tables and tables sent with the plan",
+                        scan.table_name, self.role
+                    )));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "flowaudit_only_flowaudit_tables"
     }
 }
 
@@ -298,16 +351,17 @@ fn plan_err(table: &TableReference, e: impl std::fmt::Display) -> DataFusionErro
 /// The rows of `table`, as an Arrow IPC stream.
 fn encode_rows(table: &TableReference, mem: &MemTable, buf: &mut Vec<u8>) -> Result<()> {
     let schema = mem.schema();
-    let mut w = StreamWriter::try_new(&mut *buf, &schema)?;
+    let err = |e| plan_err(table, format_args!("its rows as Arrow IPC: {e}"));
+    let mut w = StreamWriter::try_new(&mut *buf, &schema).map_err(err)?;
     for part in &mem.batches {
         let batches = part
             .try_read()
             .map_err(|_| plan_err(table, "its rows are being written"))?;
         for b in batches.iter() {
-            w.write(b)?;
+            w.write(b).map_err(err)?;
         }
     }
-    w.finish()?;
+    w.finish().map_err(err)?;
     Ok(())
 }
 
@@ -316,14 +370,15 @@ fn decode_rows(
     schema: arrow::datatypes::SchemaRef,
     buf: &[u8],
 ) -> Result<MemTable> {
-    let reader = StreamReader::try_new(std::io::Cursor::new(buf), None)?;
+    let reader = StreamReader::try_new(std::io::Cursor::new(buf), None)
+        .map_err(|e| plan_err(table, format_args!("its rows as Arrow IPC: {e}")))?;
     let batches = reader
         .map(|b| {
             b.and_then(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()))
                 .map_err(|e| plan_err(table, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    MemTable::try_new(schema, vec![batches])
+    MemTable::try_new(schema, vec![batches]).map_err(|e| plan_err(table, e))
 }
 
 impl LogicalExtensionCodec for LogicalCodec {
@@ -521,7 +576,7 @@ pub async fn run_scheduler(member: Member, opts: SchedulerOptions) -> Result<(),
     use ballista_scheduler::cluster::BallistaCluster;
     use ballista_scheduler::config::SchedulerConfig;
     let addr = socket("--bind", &opts.bind)?;
-    let member = Arc::new(member);
+    let member = Arc::new(member.with_role(format!("scheduler {addr}")));
     let logical: Arc<dyn LogicalExtensionCodec> = Arc::new(LogicalCodec::new(member.clone()));
     let physical: Arc<dyn PhysicalExtensionCodec> = Arc::new(PhysicalCodec::new(member.clone()));
     let (l, p) = (logical.clone(), physical.clone());
@@ -574,7 +629,7 @@ pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), C
     use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
     let bind = socket("--bind", &opts.bind)?;
     let sched = socket("--scheduler", &opts.scheduler)?;
-    let member = Arc::new(member);
+    let member = Arc::new(member.with_role(format!("executor {bind}")));
     let work_dir = match &opts.work_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir()
@@ -587,10 +642,8 @@ pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), C
         addr: work_dir.clone(),
         msg: e.to_string(),
     })?;
-    let mut registry = BallistaFunctionRegistry::default();
-    for (name, f) in &member.functions {
-        registry.scalar_functions.insert(name.clone(), f.clone());
-    }
+    // flowaudit's functions only through the codec, with the plan's fingerprint checked.
+    let registry = BallistaFunctionRegistry::default();
     let stores = member.scan_stores()?;
     let wd = work_dir.clone();
     let runtime = move |_: &SessionConfig| -> Result<Arc<RuntimeEnv>> {
@@ -656,6 +709,10 @@ mod tests {
             Engine::parse("ballista://sched").unwrap().to_string(),
             "ballista://sched:50050"
         );
+        assert_eq!(
+            Engine::parse("ballista://sched:80").unwrap().to_string(),
+            "ballista://sched:80"
+        );
         for bad in ["spark://x:1", "ballista://", "ballista://h:1/path", "h:1"] {
             let err = Engine::parse(bad).unwrap_err().to_string();
             assert!(
@@ -671,34 +728,40 @@ mod tests {
             .join(rel)
     }
 
-    async fn catalog(wh: &Path, geoip: Option<&str>) -> Catalog {
+    async fn catalog(wh: &Path, policy: &Path, geoip: Option<&str>) -> Catalog {
         let g = geoip.map(repo);
-        Catalog::open(wh, &repo("fixtures/policy"), g.as_deref())
-            .await
-            .unwrap()
+        Catalog::open(wh, policy, g.as_deref()).await.unwrap()
     }
 
-    /// A plan made by one catalog, as another member decodes it.
+    /// A member of the warehouse `wh` with `catalog`'s policy.
+    fn member(catalog: &Catalog, wh: &Path) -> Arc<Member> {
+        Arc::new(
+            Member::of(catalog, &Location::Local(wh.into()))
+                .unwrap()
+                .with_role("scheduler test".into()),
+        )
+    }
+
+    /// The session a scheduler of `m` decodes and plans in.
+    fn scheduler_ctx(m: &Member) -> SessionContext {
+        SessionContext::new_with_state(m.session(SessionConfig::new()).unwrap())
+    }
+
+    /// A plan made by the client's catalog, as a scheduler of `to` decodes it.
     async fn round_trip(
         from: &Catalog,
         from_wh: &Path,
-        to: &Catalog,
-        to_wh: &Path,
+        to: &Arc<Member>,
         sql: &str,
     ) -> Result<LogicalPlan> {
         let plan = from.ctx.sql(sql).await?.into_optimized_plan()?;
-        let enc = LogicalCodec::new(Arc::new(
-            Member::of(from, &Location::Local(from_wh.into())).unwrap(),
-        ));
+        let enc = LogicalCodec::new(member(from, from_wh));
         let bytes =
             datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(&plan, &enc)?;
-        let dec = LogicalCodec::new(Arc::new(
-            Member::of(to, &Location::Local(to_wh.into())).unwrap(),
-        ));
         datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(
             &bytes,
-            &to.ctx.task_ctx(),
-            &dec,
+            &scheduler_ctx(to).task_ctx(),
+            &LogicalCodec::new(to.clone()),
         )
     }
 
@@ -709,53 +772,132 @@ mod tests {
         for wh in [a.path(), b.path()] {
             flowaudit_ingest::warehouse::Warehouse::open(&Location::Local(wh.into())).unwrap();
         }
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(refusals(a.path(), b.path()));
+        // Another policy folder: the fixtures with one transfer basis changed.
+        let other = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(repo("fixtures/policy")).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                std::fs::copy(&f, other.path().join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let bases = other.path().join("transfer_bases.csv");
+        let text = std::fs::read_to_string(&bases).unwrap();
+        std::fs::write(&bases, text.replacen("adequacy", "scc", 1)).unwrap();
+        tokio::runtime::Runtime::new().unwrap().block_on(refusals(
+            a.path(),
+            b.path(),
+            other.path(),
+        ));
     }
 
-    async fn refusals(a: &Path, b: &Path) {
-        let geo = Some("fixtures/geoip/ranges.csv");
-        let client = catalog(a, geo).await;
-        let same = catalog(a, geo).await;
-        let no_geoip = catalog(a, None).await;
-        let elsewhere = catalog(b, geo).await;
-        assert_eq!(fingerprint(&client), fingerprint(&same));
-        assert_ne!(fingerprint(&client), fingerprint(&no_geoip));
+    async fn refusals(a: &Path, b: &Path, other_policy: &Path) {
+        let (policy, geo) = (repo("fixtures/policy"), Some("fixtures/geoip/ranges.csv"));
+        let client = catalog(a, &policy, geo).await;
+        let same = member(&catalog(a, &policy, geo).await, a);
+        let no_geoip = member(&catalog(a, &policy, None).await, a);
+        let other = member(&catalog(a, other_policy, geo).await, a);
+        let elsewhere = member(&catalog(b, &policy, geo).await, b);
+        assert_eq!(fingerprint(&client), same.fingerprint());
 
         let uses = "SELECT country_of(dst_ip) AS c, in_cidr(dst_ip, '10.0.0.0/8') AS i, \
-                    (SELECT count(*) FROM countries) AS n FROM flows";
+                    basis_for(dst_country, ts) AS b, (SELECT count(*) FROM countries) AS n FROM flows";
         // The same policy and GeoIP: the plan comes back with the policy table's rows and the
         // member's own functions.
-        let plan = round_trip(&client, a, &same, a, uses).await.unwrap();
+        let plan = round_trip(&client, a, &same, uses).await.unwrap();
         let text = format!("{}", plan.display_indent());
         assert!(
             text.contains("country_of") && text.contains("flows"),
             "{text}"
         );
-        // Another GeoIP database: refused, naming both fingerprints.
-        let e = round_trip(&client, a, &no_geoip, a, uses)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains(&fingerprint(&client))
-                && e.contains(&fingerprint(&no_geoip))
-                && e.contains("--geoip"),
-            "{e}"
-        );
+        // Another GeoIP database, another policy file: refused, naming both fingerprints.
+        for (m, flag) in [(&no_geoip, "--geoip"), (&other, "--policy")] {
+            assert_ne!(fingerprint(&client), m.fingerprint());
+            let e = round_trip(&client, a, m, uses)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&fingerprint(&client))
+                    && e.contains(m.fingerprint())
+                    && e.contains(flag)
+                    && e.contains("scheduler test"),
+                "{e}"
+            );
+        }
         // Another warehouse: refused, naming both URLs.
-        let e = round_trip(&client, a, &elsewhere, b, "SELECT count(*) FROM flows")
+        let e = round_trip(&client, a, &elsewhere, "SELECT count(*) FROM flows")
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("--warehouse") && e.contains("flows"), "{e}");
+        // A plan without flowaudit's codec cannot reach the functions by name.
+        let plan = client
+            .ctx
+            .sql("SELECT country_of(code) FROM (VALUES ('1.2.3.4')) AS t(code)")
+            .await
+            .unwrap()
+            .into_unoptimized_plan();
+        let bytes = datafusion_proto::bytes::logical_plan_to_bytes(&plan).unwrap();
+        let e = datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(
+            &bytes,
+            &scheduler_ctx(&same).task_ctx(),
+            &LogicalCodec::new(same.clone()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("country_of"), "{e}");
+        // Nor can it read a file of the scheduler's machine through a listing table.
+        let sched = scheduler_ctx(&same);
+        sched
+            .register_csv(
+                "secrets",
+                policy.join("employees.csv").to_str().unwrap(),
+                datafusion::prelude::CsvReadOptions::new(),
+            )
+            .await
+            .unwrap();
+        let e = sched
+            .sql("SELECT * FROM secrets")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("secrets") && e.contains("reads only"), "{e}");
+        // The executors: the scheduler's physical plan carries its fingerprint, checked again.
+        let physical = client
+            .ctx
+            .sql("SELECT country_of(code) AS c FROM countries")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+            physical,
+            &PhysicalCodec::new(same.clone()),
+        )
+        .unwrap();
+        let decode = |m: &Arc<Member>| {
+            datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+                &bytes,
+                &SessionContext::new().task_ctx(),
+                &PhysicalCodec::new(m.clone()),
+            )
+        };
+        let ran = decode(&same).unwrap();
+        let rows = datafusion::physical_plan::collect(ran, SessionContext::new().task_ctx())
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 50);
+        let e = decode(&other).unwrap_err().to_string();
+        assert!(e.contains(other.fingerprint()), "{e}");
         // A policy table travels with its rows: the member's answer is the client's rows.
         let plan = round_trip(
             &client,
             a,
             &same,
-            a,
             "SELECT code FROM countries WHERE eea ORDER BY code LIMIT 3",
         )
         .await

@@ -16,7 +16,8 @@
 //!   join filters, which loop without giving their thread back, check the deadline themselves:
 //!   [`crate::sqlstop`]) and fails with [`SqlError::Timeout`]; a result past `max_result_rows` or
 //!   `max_result_bytes` fails with [`SqlError::ResultTooLarge`]. Results are streamed batch by
-//!   batch.
+//!   batch. On a cluster engine ([`crate::cluster`]) only the result limits apply as here: the
+//!   memory limit and the value guard are the executors', and a stopped query's job runs on.
 //! - **Threads.** Every query of an engine runs on one pool of `threads` worker threads (default
 //!   half the cores), never on the caller's: the caller keeps its threads for timers, signals,
 //!   I/O and (in `serve`) ingest, however many queries run.

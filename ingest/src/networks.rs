@@ -138,7 +138,13 @@ impl Networks {
     pub fn load(policy_dir: &Path) -> Result<Self> {
         let path = policy_dir.join("networks.toml");
         let text = std::fs::read_to_string(&path).map_err(io_err("read", &path))?;
-        let n: Networks = toml::from_str(&text).map_err(|e| Error::Policy {
+        Self::parse(&path, &text)
+    }
+
+    /// The networks of `text`, the contents of the `networks.toml` at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let path = path.to_path_buf();
+        let n: Networks = toml::from_str(text).map_err(|e| Error::Policy {
             path: path.clone(),
             msg: e.to_string(),
         })?;
