@@ -37,9 +37,7 @@ scored AS (
          count(p.hour) AS baseline_hours
   FROM hourly c
   LEFT JOIN hourly p
-    -- Both keys as IS NOT DISTINCT FROM (scope is never null): DataFusion then hashes on both;
-    -- with `=` on one it hashed on scope alone and filtered every pair of hours of a scope.
-    ON (p.scope IS NOT DISTINCT FROM c.scope) AND (p.subject IS NOT DISTINCT FROM c.subject)
+    ON p.scope = c.scope AND (p.subject IS NOT DISTINCT FROM c.subject)
    AND p.hour < c.hour AND p.hour >= c.hour - INTERVAL '7 days'
   WHERE c.last_seen >= {{from}}
   GROUP BY c.scope, c.subject, c.hour, c.bytes, c.events, c.first_seen, c.last_seen
