@@ -566,6 +566,9 @@ pub struct ServeArgs {
     /// Time one Flight query may run (default 5m). [config: sql.timeout]
     #[arg(long, env = "FLOWAUDIT_SQL_TIMEOUT")]
     pub timeout: Option<String>,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on HOST:PORT. [config: serve.metrics]
+    #[arg(long, env = "FLOWAUDIT_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -694,6 +697,9 @@ pub struct IngestArgs {
     /// How long Kafka may stay unusable (unknown host, authentication refused, missing topic) before ingest writes what it holds and exits non-zero, ms (default 60000). [config: ingest.give_up_after_ms]
     #[arg(long, env = "FLOWAUDIT_GIVE_UP_AFTER_MS")]
     pub give_up_after_ms: Option<u64>,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz) on HOST:PORT. [config: ingest.metrics]
+    #[arg(long, env = "FLOWAUDIT_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -740,6 +746,7 @@ impl IngestArgs {
             session_timeout_ms: self.session_timeout_ms,
             idle_ms: self.idle_ms,
             give_up_after_ms: self.give_up_after_ms,
+            metrics: self.metrics.clone(),
             ..Default::default()
         }
     }
@@ -757,7 +764,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .resolve()
                 .context("ingest configuration")?;
             let shutdown = shutdown_flag()?;
-            let summary = flowaudit_ingest::consumer::run(&cfg, shutdown).context("ingest")?;
+            let endpoint = match a.metrics.clone().or(file.ingest_settings().metrics) {
+                Some(addr) => Some(crate::ops::start(
+                    &addr,
+                    crate::ops::ReadyChecks {
+                        kafka: Some(flowaudit_ingest::consumer::client_config(&cfg)),
+                        warehouse: Some(cfg.warehouse.clone()),
+                    },
+                    shutdown.clone(),
+                )?),
+                None => None,
+            };
+            let summary = flowaudit_ingest::consumer::run(&cfg, shutdown.clone());
+            if let Some(e) = endpoint {
+                shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+                e.join();
+            }
+            let summary = summary.context("ingest")?;
             print_summary(&summary);
             if !summary.reconciles() {
                 bail!(
@@ -1854,7 +1877,41 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         checkpoint,
         lateness: default_lateness(file)?,
     };
-    crate::serve::serve(opts, shutdown_flag()?)
+    let shutdown = shutdown_flag()?;
+    let endpoint = match a.metrics.or(s.metrics.clone()) {
+        Some(addr) => Some(crate::ops::start(
+            &addr,
+            crate::ops::ReadyChecks {
+                kafka: match &opts.ingest {
+                    Some(cfg) => Some(flowaudit_ingest::consumer::client_config(cfg)),
+                    None => opts.sinks.iter().find_map(|s| match s {
+                        crate::sinks::Sink::Kafka {
+                            brokers,
+                            properties,
+                            ..
+                        } => {
+                            let mut c = rdkafka::ClientConfig::new();
+                            c.set("bootstrap.servers", brokers);
+                            for (k, v) in properties {
+                                c.set(k, v);
+                            }
+                            Some(c)
+                        }
+                        _ => None,
+                    }),
+                },
+                warehouse: opts.ingest.as_ref().map(|c| c.warehouse.clone()),
+            },
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let served = crate::serve::serve(opts, shutdown.clone());
+    if let Some(e) = endpoint {
+        shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+        e.join();
+    }
+    served
 }
 
 /// SIGINT and SIGTERM set the returned flag; the ingest loop then flushes, records and exits.

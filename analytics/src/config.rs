@@ -213,6 +213,8 @@ pub struct ServeSettings {
     pub catch_up_max: Option<String>,
     /// Run the rules and the nightly report (default true; false serves only Flight SQL/ingest).
     pub scheduler: Option<bool>,
+    /// Address of the metrics and health endpoint, e.g. `127.0.0.1:9464` (off when unset).
+    pub metrics: Option<String>,
 }
 
 /// `[generate]`: defaults for `flowaudit generate`.

@@ -488,6 +488,7 @@ impl FlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let started = Instant::now();
         let admitted = self.admit(user).inspect_err(|s| {
+            count_query(user, "refused", None);
             warn!(user, sql, error = s.message(), "flight query refused");
         })?;
         let run = async {
@@ -497,6 +498,7 @@ impl FlightSql {
         let stream = match run.await {
             Ok(s) => s,
             Err(e) => {
+                count_query(user, "error", Some(started.elapsed()));
                 warn!(user, sql, error = %e, "flight query refused or failed");
                 return Err(status(e));
             }
@@ -697,14 +699,36 @@ struct QueryLog {
     _admitted: Admitted,
 }
 
+/// Count a query in the metrics by user and outcome (`ok`, `error`, `refused`).
+fn count_query(user: &str, outcome: &str, took: Option<std::time::Duration>) {
+    let m = flowaudit_ingest::metrics::metrics();
+    let l = flowaudit_ingest::metrics::FlightLabels {
+        user: user.into(),
+        outcome: outcome.into(),
+    };
+    m.flight_queries.get_or_create(&l).inc();
+    if let Some(t) = took {
+        m.flight_query_seconds
+            .get_or_create(&l)
+            .observe(t.as_secs_f64());
+    }
+}
+
 impl Drop for QueryLog {
     fn drop(&mut self) {
         let rows = self.rows.load(Ordering::Relaxed);
         let ms = self.started.elapsed().as_millis() as u64;
-        match lock(&self.failed).take() {
-            Some(error) => warn!(user = %self.user, rows, ms, error, "flight query failed"),
-            None => info!(user = %self.user, rows, ms, "flight query done"),
-        }
+        let outcome = match lock(&self.failed).take() {
+            Some(error) => {
+                warn!(user = %self.user, rows, ms, error, "flight query failed");
+                "error"
+            }
+            None => {
+                info!(user = %self.user, rows, ms, "flight query done");
+                "ok"
+            }
+        };
+        count_query(&self.user, outcome, Some(self.started.elapsed()));
     }
 }
 

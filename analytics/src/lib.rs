@@ -17,6 +17,7 @@ pub mod flight;
 pub mod fuzz;
 pub mod geoip_cmd;
 pub mod ledger;
+pub mod ops;
 pub mod planted;
 pub mod report;
 pub mod rules;

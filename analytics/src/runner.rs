@@ -396,12 +396,40 @@ pub async fn run_window(
     if evaluate != Evaluate::CompleteOnly || record.rules.iter().any(|o| o.coverage != "due") {
         append_run(state, &record)?;
     }
+    count_run(&record, &raised);
     Ok(RunResult {
         record,
         raised,
         suppressed,
         closed,
     })
+}
+
+/// Add a run's rule outcomes and the alerts it raised to the metrics.
+fn count_run(record: &RunRecord, raised: &[Alert]) {
+    use flowaudit_ingest::metrics::{metrics, AlertLabels, RuleLabels, RuleOutcomeLabels};
+    let m = metrics();
+    for o in &record.rules {
+        m.rule_runs
+            .get_or_create(&RuleOutcomeLabels {
+                rule: o.id.clone(),
+                outcome: o.coverage.clone(),
+            })
+            .inc();
+        if o.coverage != "due" {
+            m.rule_seconds
+                .get_or_create(&RuleLabels { rule: o.id.clone() })
+                .observe(o.millis as f64 / 1000.0);
+        }
+    }
+    for a in raised {
+        m.alerts_raised
+            .get_or_create(&AlertLabels {
+                rule: a.rule_id.clone(),
+                severity: a.severity.clone(),
+            })
+            .inc();
+    }
 }
 
 /// Append a run record to `_runs/runs.jsonl` (fsynced).

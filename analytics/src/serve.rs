@@ -168,13 +168,24 @@ fn checkpointer(c: ScheduledCheckpoint, shutdown: Arc<AtomicBool>) {
     info!(witness = %c.settings.witness, interval_s = c.interval.as_secs(), "checkpoints on");
     while !shutdown.load(Ordering::Relaxed) {
         match rt.block_on(crate::checkpoint::write(&c.settings)) {
-            Ok(w) => info!(
-                seq = w.seq,
-                stamped = ?w.stamped,
-                unstamped = w.unstamped.len(),
-                "checkpoint written"
-            ),
-            Err(e) => error!(error = %e, "checkpoint failed; retrying at the next interval"),
+            Ok(w) => {
+                let m = flowaudit_ingest::metrics::metrics();
+                m.checkpoints.inc();
+                m.checkpoint_timestamp
+                    .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+                info!(
+                    seq = w.seq,
+                    stamped = ?w.stamped,
+                    unstamped = w.unstamped.len(),
+                    "checkpoint written"
+                )
+            }
+            Err(e) => {
+                flowaudit_ingest::metrics::metrics()
+                    .checkpoint_failures
+                    .inc();
+                error!(error = %e, "checkpoint failed; retrying at the next interval")
+            }
         }
         let until = std::time::Instant::now() + c.interval;
         while std::time::Instant::now() < until && !shutdown.load(Ordering::Relaxed) {
@@ -320,7 +331,32 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        if let Err(e) = rt.block_on(tick(&opts, &mut state, &mut pending, &shutdown)) {
+        if flowaudit_ingest::metrics::readiness().policy().is_none() {
+            // What the rules and the report will read: loaded once here for /readyz (each tick
+            // opens the catalog again, and so reads the policy as it is then).
+            match rt.block_on(Catalog::open_at(
+                &opts.site,
+                &opts.policy,
+                opts.geoip.as_deref(),
+            )) {
+                Ok(c) => flowaudit_ingest::metrics::readiness().policy_loaded(format!(
+                    "{} (fingerprint {})",
+                    opts.policy.display(),
+                    crate::cluster::fingerprint(&c)
+                )),
+                Err(e) => {
+                    error!(error = %e, "the policy and the warehouse's tables could not be loaded; retrying next tick")
+                }
+            }
+        }
+        let ticked = rt.block_on(tick(&opts, &mut state, &mut pending, &shutdown));
+        flowaudit_ingest::metrics::metrics()
+            .windows_due
+            .set(pending.due.len() as i64);
+        if let Err(e) = ticked {
+            flowaudit_ingest::metrics::metrics()
+                .scheduler_ticks_failed
+                .inc();
             error!(
                 error = format!("{e:#}"),
                 "scheduler tick failed; retrying next tick"
@@ -367,6 +403,8 @@ fn start_flight(
             f.limits,
         ))
         .context("opening the catalog for Flight SQL")?;
+    flowaudit_ingest::metrics::readiness()
+        .policy_loaded(format!("{} (Flight SQL's catalog)", opts.policy.display()));
     let options = f.options.clone();
     let stop = async move {
         while !shutdown.load(Ordering::Relaxed) {
@@ -641,6 +679,7 @@ async fn nightly_report(
         if let Some(k) = &rep.sign_key {
             crate::signing::sign(&out, &r, k).map_err(anyhow::Error::msg)?;
         }
+        flowaudit_ingest::metrics::metrics().reports.inc();
         info!(day = %day, out = %out.display(), verdict = r["summary"]["verdict"].as_str().unwrap_or_default(), "nightly report written");
         state.insert(REPORT_KEY.into(), t);
         save_state(opts.state()?, state)?;

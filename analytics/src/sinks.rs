@@ -61,6 +61,16 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// The sink's kind (`kafka`, `file`, `webhook`): its metrics' label (a name may hold a
+    /// URL's credentials).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Sink::Kafka { .. } => "kafka",
+            Sink::File(_) => "file",
+            Sink::Webhook { .. } => "webhook",
+        }
+    }
+
     /// The sink's name (its cursor is kept under it).
     pub fn name(&self) -> String {
         match self {
@@ -122,13 +132,25 @@ pub fn deliver_all(store: &AlertStore, sinks: &[Sink], new_sink_start: u64) -> V
         .iter()
         .map(|s| {
             let name = s.name();
+            let m = flowaudit_ingest::metrics::metrics();
+            let label = flowaudit_ingest::metrics::SinkLabels {
+                sink: s.kind().into(),
+            };
             match deliver(store, s, new_sink_start) {
-                Ok(n) => Delivery {
-                    sink: name,
-                    delivered: n,
-                    error: None,
-                },
+                Ok(n) => {
+                    m.sink_delivered.get_or_create(&label).inc_by(n);
+                    m.sink_backlog.get_or_create(&label).set(0);
+                    Delivery {
+                        sink: name,
+                        delivered: n,
+                        error: None,
+                    }
+                }
                 Err(e) => {
+                    m.sink_failures.get_or_create(&label).inc();
+                    if let SinkError::Down { pending, .. } = &e {
+                        m.sink_backlog.get_or_create(&label).set(*pending as i64);
+                    }
                     warn!(sink = %name, error = %e, "alert delivery failed");
                     Delivery {
                         sink: name,

@@ -118,6 +118,14 @@ pub fn request(digest: &[u8; 32], nonce: u64) -> Vec<u8> {
 /// its status grants it and it carries a token over `data` with our nonce. The token's signature
 /// is not checked here (that needs the TSA's CA: [`verify`]).
 pub fn stamp(url: &str, data: &[u8], timeout: Duration) -> Result<Vec<u8>, TsaError> {
+    let r = stamp_once(url, data, timeout);
+    if r.is_err() {
+        flowaudit_ingest::metrics::metrics().tsa_failures.inc();
+    }
+    r
+}
+
+fn stamp_once(url: &str, data: &[u8], timeout: Duration) -> Result<Vec<u8>, TsaError> {
     let digest: [u8; 32] = Sha256::digest(data).into();
     let nonce: u64 = rand::random::<u64>() >> 1;
     let req = request(&digest, nonce);

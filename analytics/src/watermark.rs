@@ -220,7 +220,36 @@ impl Watermarks {
         }
         out.sources
             .sort_by(|a, b| (&a.table, &a.source).cmp(&(&b.table, &b.source)));
+        out.export_ages(Utc::now());
         Ok(out)
+    }
+
+    /// Set the watermark-age metric of each table and source with a known clock.
+    fn export_ages(&self, now: DateTime<Utc>) {
+        use flowaudit_ingest::metrics::{metrics, SourceLabels};
+        let m = metrics();
+        let age = |t: DateTime<Utc>| (now - t).num_milliseconds().max(0) as f64 / 1000.0;
+        for table in TRACKED {
+            if let Some(t) = self
+                .table_clock(table)
+                .filter(|t| *t < DateTime::<Utc>::MAX_UTC)
+            {
+                m.watermark_age
+                    .get_or_create(&SourceLabels {
+                        source: format!("table:{table}"),
+                    })
+                    .set(age(t));
+            }
+        }
+        for s in &self.sources {
+            if let Some(t) = s.newest {
+                m.watermark_age
+                    .get_or_create(&SourceLabels {
+                        source: format!("{}:{}", s.kind, s.source),
+                    })
+                    .set(age(t));
+            }
+        }
     }
 
     /// Up to when `table` is complete (its slowest partition), `None` when nothing feeds it

@@ -344,6 +344,27 @@ fn commit(
             }
         }
     }
+    let m = crate::metrics::metrics();
+    let elapsed = started.elapsed().as_secs_f64();
+    for (t, fs) in &staged {
+        let l = crate::metrics::table(t.name());
+        m.commit_bytes
+            .get_or_create(&l)
+            .observe(fs.iter().map(|f| f.bytes as f64).sum());
+        m.commit_rows
+            .get_or_create(&l)
+            .observe(fs.iter().map(|f| f.rows as f64).sum());
+        m.commits.get_or_create(&l).inc();
+    }
+    if !staged.contains_key(&primary) {
+        // A commit of the primary table with no file (a gap, or only quarantined messages).
+        m.commits
+            .get_or_create(&crate::metrics::table(primary.name()))
+            .inc();
+    }
+    m.commit_seconds
+        .get_or_create(&crate::metrics::table(primary.name()))
+        .observe(elapsed);
     info!(
         topic,
         partition,

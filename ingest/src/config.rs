@@ -56,6 +56,8 @@ pub struct IngestSettings {
     pub give_up_after_ms: Option<u64>,
     /// Extra librdkafka properties (TLS, SASL, …), e.g. `"security.protocol" = "ssl"`.
     pub kafka: Option<BTreeMap<String, String>>,
+    /// `ingest --metrics`: the address of the metrics and health endpoint (read by the binary).
+    pub metrics: Option<String>,
 }
 
 impl IngestSettings {
@@ -83,6 +85,7 @@ impl IngestSettings {
             idle_ms: self.idle_ms.or(lower.idle_ms),
             progress_interval_s: self.progress_interval_s.or(lower.progress_interval_s),
             give_up_after_ms: self.give_up_after_ms.or(lower.give_up_after_ms),
+            metrics: self.metrics.or(lower.metrics),
             kafka: match (self.kafka, lower.kafka) {
                 (Some(mut hi), Some(lo)) => {
                     for (k, v) in lo {

@@ -106,6 +106,7 @@ impl Ctx {
     /// Record a client or consume error: logged (at most every [`LOG_REPEAT`]) and left for the
     /// loop's health check.
     fn report(&self, problem: Problem) {
+        crate::metrics::metrics().kafka_errors.inc();
         let mut last = self.last_logged.lock().expect("lock");
         if last.is_none_or(|t| t.elapsed() >= LOG_REPEAT) {
             warn!(error = %problem.what, "kafka client error; librdkafka keeps retrying with backoff");
@@ -467,6 +468,10 @@ struct Ingestor<'c> {
     marks_dirty: bool,
     marks_written: Option<Instant>,
     first_msg: Option<Instant>,
+    /// Each partition's next offset the warehouse records, as last known (for the lag metric).
+    recorded: BTreeMap<(String, i32), i64>,
+    /// When the lag metric was last updated.
+    lag_updated: Option<Instant>,
 }
 
 /// How often the caught-up marks are written at most while ingest runs.
@@ -564,6 +569,7 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
 /// before this returns `Ok`.
 pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummary> {
     let networks = Networks::load(&cfg.policy)?;
+    crate::metrics::readiness().policy_loaded(format!("{} (networks.toml)", cfg.policy.display()));
     let geoip = cfg.geoip.as_deref().map(GeoIp::open).transpose()?;
     match &geoip {
         Some(g) => {
@@ -620,6 +626,8 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             marks_dirty: false,
             marks_written: None,
             first_msg: None,
+            recorded: BTreeMap::new(),
+            lag_updated: None,
         };
         let result = ing.consume(&consumer, &shutdown).and_then(|stop| {
             // Write and record everything before exiting, also when Kafka became unusable
@@ -707,7 +715,72 @@ fn commit_kafka_offsets(c: &BaseConsumer<Ctx>, parts: &[PartState], mode: Commit
     }
 }
 
+/// Add a committed job's counts to the metrics.
+fn count_outcome(gateway_topic: &str, topic: &str, counts: &Counts) {
+    let m = crate::metrics::metrics();
+    m.consumed
+        .get_or_create(&crate::metrics::topic(topic))
+        .inc_by(counts.msgs);
+    if counts.already_recorded > 0 {
+        m.skipped_recorded
+            .get_or_create(&crate::metrics::topic(topic))
+            .inc_by(counts.already_recorded);
+    }
+    for (table, n) in [
+        (Table::GatewayEvents, counts.gateway),
+        (Table::Flows, counts.flows),
+    ] {
+        // Created at zero too, so that a scraper sees the series from the first commit.
+        m.rows_written
+            .get_or_create(&crate::metrics::table(table.name()))
+            .inc_by(n);
+    }
+    let for_table = primary_table(gateway_topic, topic).name();
+    for (reason, n) in &counts.reasons {
+        m.rows_quarantined
+            .get_or_create(&crate::metrics::QuarantineLabels {
+                table: for_table.into(),
+                reason: (*reason).into(),
+            })
+            .inc_by(*n);
+    }
+}
+
+/// How often the lag metric is updated.
+const LAG_EVERY: Duration = Duration::from_secs(1);
+
 impl Ingestor<'_> {
+    /// Set each assigned partition's lag: the high watermark librdkafka last saw minus the next
+    /// offset the warehouse records (its position at assignment, then each commit's).
+    fn update_lag(&mut self, consumer: &BaseConsumer<Ctx>) {
+        if self.lag_updated.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+            return;
+        }
+        self.lag_updated = Some(Instant::now());
+        let m = crate::metrics::metrics();
+        let assigned = consumer.context().assigned.lock().expect("lock").clone();
+        m.partitions_assigned.set(assigned.len() as i64);
+        let starts = consumer.context().starts.lock().expect("lock").clone();
+        for (topic, partition) in assigned {
+            let Some((low, high)) = cached_watermarks(consumer, &topic, partition) else {
+                continue;
+            };
+            if high < 0 {
+                continue;
+            }
+            let key = (topic.clone(), partition);
+            let next = self
+                .recorded
+                .get(&key)
+                .or(starts.get(&key))
+                .copied()
+                .unwrap_or(low.max(0));
+            let l = crate::metrics::partition(&topic, partition);
+            m.consumer_lag.get_or_create(&l).set((high - next).max(0));
+            m.recorded_offset.get_or_create(&l).set(next);
+        }
+    }
+
     fn consume(&mut self, consumer: &BaseConsumer<Ctx>, shutdown: &AtomicBool) -> Result<Stop> {
         let cfg = self.cfg;
         let progress = Duration::from_secs(cfg.progress_interval_s.max(1));
@@ -752,6 +825,7 @@ impl Ingestor<'_> {
                 self.mark_caught_up(consumer);
             }
             self.write_marks(false);
+            self.update_lag(consumer);
             if let Some(reason) = self.check_health(consumer) {
                 return Ok(Stop::Unrecoverable(reason));
             }
@@ -955,6 +1029,12 @@ impl Ingestor<'_> {
         for (topic, partition) in changed {
             // Its next owner marks it; an old mark from here must not overwrite a newer one.
             self.marks.remove(&(topic.clone(), partition));
+            // Its next owner reports its lag.
+            self.recorded.remove(&(topic.clone(), partition));
+            let m = crate::metrics::metrics();
+            let l = crate::metrics::partition(&topic, partition);
+            m.consumer_lag.remove(&l);
+            m.recorded_offset.remove(&l);
             if let Some(i) = self
                 .parts
                 .iter()
@@ -1124,6 +1204,9 @@ impl Ingestor<'_> {
             next_offset = next,
             "resuming partition from the warehouse"
         );
+        if next != i64::MIN {
+            self.recorded.insert((topic.to_string(), partition), next);
+        }
         self.next_epoch += 1;
         self.parts.push(PartState {
             topic: topic.to_string(),
@@ -1316,6 +1399,13 @@ impl Ingestor<'_> {
     fn record_gap(&mut self, idx: usize, first: i64, last: i64) -> Result<()> {
         self.flush(idx)?;
         let st = &mut self.parts[idx];
+        let m = crate::metrics::metrics();
+        m.gaps
+            .get_or_create(&crate::metrics::topic(&st.topic))
+            .inc();
+        m.gap_offsets
+            .get_or_create(&crate::metrics::topic(&st.topic))
+            .inc_by((last - first + 1) as u64);
         warn!(
             topic = %st.topic,
             partition = st.partition,
@@ -1396,6 +1486,9 @@ impl Ingestor<'_> {
                     files,
                     ..
                 } => {
+                    self.recorded
+                        .insert((topic.clone(), partition), last_offset.saturating_add(1));
+                    count_outcome(&self.cfg.gateway_topic, &topic, &counts);
                     let s = &mut self.summary;
                     s.consumed += counts.msgs;
                     s.skipped_recorded += counts.already_recorded;
@@ -1422,6 +1515,8 @@ impl Ingestor<'_> {
                     recorded_last,
                 } => {
                     self.summary.stale_commits += 1;
+                    self.recorded
+                        .insert((topic.clone(), partition), recorded_last.saturating_add(1));
                     warn!(topic, partition, recorded_last, "another writer already recorded these offsets: buffers dropped, resuming after them");
                     let Some(st) = self
                         .parts

@@ -21,6 +21,7 @@ pub mod fuzz;
 pub mod gateway;
 pub mod generate;
 pub mod geoip;
+pub mod metrics;
 pub mod networks;
 pub mod produce;
 pub mod schema;

@@ -868,6 +868,10 @@ impl Warehouse {
             Err(DeltaTableError::Transaction {
                 source: TransactionError::CommitConflict(_),
             }) => {
+                crate::metrics::metrics()
+                    .commit_conflicts
+                    .get_or_create(&crate::metrics::table(table.name()))
+                    .inc();
                 // Another writer committed this partition's offsets between our read and our
                 // commit, or our own commit was stored and its answer lost: look for ours first.
                 if let Some(v) = self.find_commit(table, base_version, &meta.commit_id)? {

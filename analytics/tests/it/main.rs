@@ -15,6 +15,7 @@ mod group;
 mod hostile_ingest;
 mod ingest_e2e;
 mod malformed;
+mod ops;
 mod rules;
 mod s3;
 mod signals;
