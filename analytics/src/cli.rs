@@ -64,6 +64,17 @@ pub enum Command {
     Geoip(crate::geoip_cmd::GeoipArgs),
     /// Run a member of a Ballista cluster: the scheduler, or an executor (docs/scale.md).
     Cluster(ClusterArgs),
+    /// Check a configuration file (--config FILE) and print the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate flowaudit.toml as the subcommands read it (each problem as FILE:LINE:COL: KEY:
+    /// what), then print the effective configuration (the file, with the environment variables
+    /// that override it) with secrets masked. Exits 1 when there is a problem.
+    Check,
 }
 
 #[derive(Debug, Args)]
@@ -754,6 +765,9 @@ impl IngestArgs {
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Config(ConfigCommand::Check) = cli.command {
+        return config_check(cli.config.as_deref());
+    }
     let file = FileConfig::load(cli.config.as_deref())?;
     match cli.command {
         Command::Generate(a) => run_generate(a, &file),
@@ -809,6 +823,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Flight(a) => crate::auth::run_flight(a),
         Command::Geoip(a) => crate::geoip_cmd::run(a, &file),
         Command::Cluster(a) => run_cluster(a, &file),
+        Command::Config(ConfigCommand::Check) => unreachable!("handled before the file is loaded"),
     }
 }
 
@@ -1912,6 +1927,33 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         e.join();
     }
     served
+}
+
+fn config_check(path: Option<&Path>) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        bail!("config check needs the file: flowaudit config check --config FILE (or FLOWAUDIT_CONFIG)");
+    };
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let checked = crate::config_check::check(path, &env)?;
+    println!(
+        "# The effective configuration of {} (secrets masked).",
+        path.display()
+    );
+    for (key, var) in &checked.from_env {
+        println!("# {key}: from the environment ({var})");
+    }
+    println!(
+        "# Keys not shown take their defaults (flowaudit COMMAND --help, docs/operations.md)."
+    );
+    print!("{}", checked.effective);
+    if checked.problems.is_empty() {
+        eprintln!("{}: OK", path.display());
+        return Ok(());
+    }
+    for p in &checked.problems {
+        eprintln!("{p}");
+    }
+    bail!("{}: {} problem(s)", path.display(), checked.problems.len())
 }
 
 /// SIGINT and SIGTERM set the returned flag; the ingest loop then flushes, records and exits.

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod config_check;
 pub mod cron;
 pub mod demo;
 pub mod flight;

@@ -296,3 +296,122 @@ fn readyz_fails_while_the_broker_is_down_and_recovers() {
     tansu.kill().unwrap();
     let _ = tansu.wait();
 }
+
+fn config_check(file: &std::path::Path) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", "--config"])
+        .arg(file)
+        .env_remove("FLOWAUDIT_TICK_S")
+        .env_remove("FLOWAUDIT_METRICS")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_problem() {
+    // The file the systemd units use passes, and its secrets are not printed.
+    let (ok, out, err) = config_check(&repo("deploy/flowaudit.toml"));
+    assert!(ok, "{err}");
+    assert!(out.contains("metrics = \"127.0.0.1:9464\""), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "brokers = \"127.0.0.1:9092\"\n\n[ingest.kafka]\n\"sasl.password\" = \"hunter2\"\n\n\
+         [alerts]\nwebhook = \"https://hooks.example/a?token=s3cr3t\"\n\n\
+         [[flight.users]]\nname = \"ana\"\npassword = \"open-sesame\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = config_check(&good);
+    assert!(ok, "{err}");
+    for secret in ["hunter2", "s3cr3t", "open-sesame"] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(
+        out.contains("name = \"ana\"") && out.contains("brokers = \"127.0.0.1:9092\""),
+        "{out}"
+    );
+
+    // A bad key and bad values, each named by file:line:column and key; all of them reported.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "brokers = \"127.0.0.1:9092\"\n\n[serve]\ntick_s = 10\ntick = 5\n\n[sql]\ntimeout = \"5 minutes\"\n\n\
+         [ingest]\nzstd_level = \"high\"\n\n[report]\nschedule = \"61 2 * * *\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = config_check(&bad);
+    assert!(!ok, "{err}");
+    let at = bad.display().to_string();
+    for (line, key, what) in [
+        (5, "serve.tick", "unknown field `tick`"),
+        (8, "sql.timeout", "\"5 minutes\" is not a duration"),
+        (11, "ingest.zstd_level", "invalid type: string \"high\""),
+        (14, "report.schedule", "`61` is not a number from 0 to 59"),
+    ] {
+        let want = format!("{at}:{line}:");
+        assert!(
+            err.lines().any(|l| l.starts_with(&want)
+                && l.contains(&format!(": {key}: "))
+                && l.contains(what)),
+            "no {want}…: {key}: …{what}… in:\n{err}"
+        );
+    }
+    assert!(err.contains("4 problem(s)"), "{err}");
+
+    // A syntax error: where it is.
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "brokers = \"a\"\n[serve\n").unwrap();
+    let (ok, _, err) = config_check(&broken);
+    assert!(
+        !ok && err.contains(&format!("{}:2:", broken.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_systemd_units_and_the_container_run_commands_the_binary_accepts() {
+    use clap::Parser;
+    let mut seen = 0;
+    for unit in [
+        "deploy/systemd/flowaudit.service",
+        "deploy/systemd/flowaudit-checkpoint.service",
+    ] {
+        let text = std::fs::read_to_string(repo(unit)).unwrap();
+        for line in text.lines() {
+            let Some(cmd) = line
+                .strip_prefix("ExecStart=")
+                .or_else(|| line.strip_prefix("ExecStartPre="))
+            else {
+                continue;
+            };
+            let args: Vec<&str> = cmd.split_whitespace().collect();
+            assert_eq!(args[0], "/usr/local/bin/flowaudit", "{unit}: {line}");
+            if let Err(e) = flowaudit_analytics::cli::Cli::try_parse_from(&args) {
+                panic!("{unit}: {line}: {e}");
+            }
+            seen += 1;
+        }
+        assert!(
+            text.contains("NoNewPrivileges=yes") && text.contains("ProtectSystem=strict"),
+            "{unit}"
+        );
+    }
+    assert_eq!(seen, 3);
+    let container = std::fs::read_to_string(repo("deploy/Containerfile")).unwrap();
+    let cmd = container
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .expect("a CMD");
+    let mut args: Vec<String> = serde_json::from_str(cmd).unwrap();
+    args.insert(0, "flowaudit".into());
+    if let Err(e) = flowaudit_analytics::cli::Cli::try_parse_from(&args) {
+        panic!("Containerfile CMD {cmd}: {e}");
+    }
+}
