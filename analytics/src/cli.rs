@@ -1514,7 +1514,14 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
     let suppressions = crate::alerts::load_suppressions(&r.policy.join("suppressions.csv"))?;
     let mut failed = Vec::new();
     let mut undelivered = Vec::new();
+    // A bar only for a backfill (more than a day), and only on a terminal.
+    let progress = (days.len() > 1)
+        .then(|| flowaudit_ingest::progress::bar(days.len() as u64, "rules", "days"));
     for day in days {
+        if let Some(p) = &progress {
+            p.set_message(format!("rules {day}"));
+            p.inc(1);
+        }
         let from = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
         let to = from + chrono::Duration::days(1);
         let catalog = rt
@@ -1564,6 +1571,9 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
     }
     if !failed.is_empty() {
         bail!(

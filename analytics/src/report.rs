@@ -83,18 +83,26 @@ async fn rows(c: &Catalog, sql: &str) -> Result<Vec<Map<String, Value>>, String>
 
 /// Build the report document.
 pub async fn build(o: &ReportOptions) -> Result<Value, String> {
+    // The catalog and the window's five scans; the rest reads the state directory.
+    let progress =
+        flowaudit_ingest::progress::bar(6, &format!("report {}..{}", o.from, o.to), "steps");
     let c = Catalog::open_at(&o.site, &o.policy, o.geoip.as_deref())
         .await
         .map_err(|e| e.to_string())?;
+    progress.inc(1);
     let (f, t) = (o.from.to_string(), o.to.to_string());
     let window = format!("date BETWEEN '{f}' AND '{t}'");
     let gateways = rows(&c, &format!("SELECT gateway_id AS source, hour, count(*) AS records FROM gateway_events WHERE {window} GROUP BY gateway_id, hour ORDER BY source, hour")).await?;
+    progress.inc(1);
     let exporters = rows(&c, &format!("SELECT exporter AS source, hour, count(*) AS records FROM flows WHERE {window} AND exporter IS NOT NULL GROUP BY exporter, hour ORDER BY source, hour")).await?;
+    progress.inc(1);
     let quarantine = rows(&c, &format!("SELECT target_table, reason_code, count(*) AS messages FROM quarantine WHERE {window} GROUP BY target_table, reason_code ORDER BY target_table, reason_code")).await?;
+    progress.inc(1);
     let egress = rows(&c, &format!(
         "SELECT coalesce(dst_country, 'unknown') AS country, coalesce(basis_for(dst_country, ts), 'none') AS basis, \
          count(*) AS flows, sum(bytes) AS bytes FROM flows WHERE {window} AND src_zone = 'enclave' AND dst_zone = 'external' \
          GROUP BY 1, 2 ORDER BY bytes DESC, country, basis")).await?;
+    progress.inc(1);
     let totals = rows(
         &c,
         &format!(
@@ -104,6 +112,7 @@ pub async fn build(o: &ReportOptions) -> Result<Value, String> {
         ),
     )
     .await?;
+    progress.finish_and_clear();
 
     // Findings: the alerts whose day is in the window, most severe first.
     // Each alert's latest line: a closed alert is listed apart, with why.

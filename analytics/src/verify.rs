@@ -110,7 +110,13 @@ async fn verify_async(location: &Location) -> Verification {
     // Every live file: in place, unchanged, its rows as recorded; collect its offsets.
     let mut offsets: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
     let mut live = BTreeSet::new();
+    let progress = flowaudit_ingest::progress::bar(
+        log.files.iter().map(|f| f.bytes).sum(),
+        "verifying",
+        "bytes",
+    );
     for f in &log.files {
+        progress.inc(f.bytes);
         live.insert(f.path.clone());
         let at = format!("{} version {}", f.table, f.version);
         let bytes = match store.get(&obj(&f.path)).await {
@@ -159,6 +165,7 @@ async fn verify_async(location: &Location) -> Verification {
                 .push(format!("not readable as Parquet: {}: {e}", f.path)),
         }
     }
+    progress.finish_and_clear();
     let replaced = verify_compactions(&log, store.as_ref(), &obj, &mut v).await;
     // Files in the tables' directories that no commit lists (those compactions replaced are
     // kept for older versions until a vacuum).

@@ -146,11 +146,18 @@ pub fn compact(location: &Location, opts: &CompactOptions) -> Result<Vec<TableCo
             continue;
         };
         let mut staged = Vec::with_capacity(groups.len());
+        let progress = crate::progress::bar(
+            done.written as u64,
+            &format!("compacting {}", table.name()),
+            "groups",
+        );
         for (i, g) in groups.into_iter().enumerate() {
             let f = merge(wh, table, &g, &opts.settings)?;
+            progress.inc(1);
             info!(table = table.name(), group = i + 1, of = done.written, replaced = g.len(), rows = f.rows, file = %f.rel_path, "compacted");
             staged.push((g, f));
         }
+        progress.finish_and_clear();
         done.version = wh.commit_compaction(table, &staged)?;
         if done.version.is_none() {
             tracing::warn!(

@@ -41,6 +41,8 @@ struct Chunk<'a> {
 struct Decoded {
     seq: u64,
     lines: u64,
+    /// The chunk's input bytes (for progress).
+    bytes: usize,
     batch: RecordBatch,
     rejected: HashMap<&'static str, u64>,
 }
@@ -79,6 +81,7 @@ fn decode_chunk(
     Ok(Decoded {
         seq: chunk.seq,
         lines,
+        bytes: chunk.data.len(),
         batch: rows.finish()?,
         rejected,
     })
@@ -168,6 +171,7 @@ pub fn convert_jsonl(
             }
         });
         // Writer (this thread): in input order.
+        let progress = crate::progress::bar(data.len() as u64, "converting", "bytes");
         let mut pending: BTreeMap<u64, Decoded> = BTreeMap::new();
         let mut next = 0u64;
         for d in out_rx {
@@ -182,10 +186,12 @@ pub fn convert_jsonl(
                 if d.batch.num_rows() > 0 {
                     sink.write(&d.batch)?;
                 }
+                progress.inc(d.bytes as u64);
                 next += 1;
             }
         }
         summary.input_bytes = data.len() as u64;
+        progress.finish_and_clear();
         Ok(())
     })?;
     let (sha256, bytes) = sink.finish()?;

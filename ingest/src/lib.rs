@@ -24,6 +24,7 @@ pub mod geoip;
 pub mod metrics;
 pub mod networks;
 pub mod produce;
+pub mod progress;
 pub mod schema;
 pub mod warehouse;
 pub mod writer;

@@ -100,7 +100,13 @@ pub fn produce(brokers: &str, topic: &str, msgs: &[Message]) -> Result<u64> {
         .set("queue.buffering.max.messages", "1000000")
         .create_with_context(Deliveries::default())?;
     let mut sent = 0u64;
+    let progress = crate::progress::bar(
+        msgs.len() as u64,
+        &format!("producing to {topic}"),
+        "messages",
+    );
     for m in msgs {
+        progress.inc(1);
         let mut rec = BaseRecord::to(topic)
             .key(&m.key)
             .payload(&m.payload)
@@ -117,6 +123,7 @@ pub fn produce(brokers: &str, topic: &str, msgs: &[Message]) -> Result<u64> {
         }
         sent += 1;
     }
+    progress.finish_and_clear();
     producer.flush(Duration::from_secs(120))?;
     let failed = producer.context().failed.load(Ordering::Relaxed);
     if failed > 0 {

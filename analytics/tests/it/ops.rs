@@ -415,3 +415,48 @@ fn the_systemd_units_and_the_container_run_commands_the_binary_accepts() {
         panic!("Containerfile CMD {cmd}: {e}");
     }
 }
+
+#[test]
+fn long_work_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen = day(3, 100, 30_000, 0);
+    generate::write_jsonl(&gen, dir.path()).unwrap();
+    let convert = |out: &str| -> Vec<String> {
+        vec![
+            bin().to_string(),
+            "convert".into(),
+            "--table".into(),
+            "flows".into(),
+            "--input".into(),
+            dir.path().join("flows.jsonl").display().to_string(),
+            "--out".into(),
+            dir.path().join(out).display().to_string(),
+            "--policy".into(),
+            repo("fixtures/policy").display().to_string(),
+        ]
+    };
+    // On a terminal: a bar with the bytes done and the total.
+    let args = convert("tty.parquet");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let on_tty = String::from_utf8_lossy(&python_script("pty_run.py", &args)).into_owned();
+    assert!(
+        on_tty.contains("converting [") && on_tty.contains("MiB"),
+        "no progress bar on a terminal:\n{on_tty}"
+    );
+    // In a pipe: the log only.
+    let args = convert("pipe.parquet");
+    let out = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("converting ["),
+        "a bar in a pipe:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "terminal escapes in a pipe:\n{stderr}"
+    );
+}
