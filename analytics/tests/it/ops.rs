@@ -10,14 +10,14 @@ use serde_json::Value;
 use crate::support::*;
 
 /// One scrape: samples by (name, sorted labels).
-struct Scrape {
-    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+pub struct Scrape {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
     families: BTreeMap<String, String>,
     content_type: String,
 }
 
 impl Scrape {
-    fn of(addr: &str) -> Self {
+    pub fn of(addr: &str) -> Self {
         let out = python_script(
             "scrape_metrics.py",
             &[format!("http://{addr}/metrics").as_ref()],
@@ -42,7 +42,7 @@ impl Scrape {
     }
 
     /// The sum of a sample over the series whose labels include `with`.
-    fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+    pub fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
             .filter(|(n, l, _)| {
@@ -65,14 +65,14 @@ impl Scrape {
 }
 
 /// The endpoint's address, from the line the binary logs when it is listening.
-fn endpoint(p: &mut Running) -> String {
+pub fn endpoint(p: &mut Running) -> String {
     p.wait_for("metrics on http://", Duration::from_secs(60));
     let log = p.log();
     let at = log.find("metrics on http://").unwrap() + "metrics on http://".len();
     log[at..].split('/').next().unwrap().to_string()
 }
 
-fn get(url: &str) -> (u16, String) {
+pub fn get(url: &str) -> (u16, String) {
     match ureq::get(url).timeout(Duration::from_secs(15)).call() {
         Ok(r) => (r.status(), r.into_string().unwrap()),
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),

@@ -545,6 +545,8 @@ fn serve_catches_up_the_firings_it_missed_and_stops_on_sigterm() {
         "1",
         "--rule",
         "transfer_no_legal_basis,unknown_employee",
+        "--metrics",
+        "127.0.0.1:0",
     ])
     .arg("--warehouse")
     .arg(&wh)
@@ -556,8 +558,29 @@ fn serve_catches_up_the_firings_it_missed_and_stops_on_sigterm() {
     .env_remove("FLOWAUDIT_CONFIG")
     .env_remove("FLOWAUDIT_BROKERS");
     let mut s = Running::spawn(c);
+    let addr = crate::ops::endpoint(&mut s);
     s.wait_for("run recorded", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
+    // The operator sees the runs: by rule and outcome, timed; ready with the policy loaded.
+    let m = crate::ops::Scrape::of(&addr);
+    let runs_seen = m.sum(
+        "flowaudit_rule_runs_total",
+        &[("rule", "transfer_no_legal_basis"), ("outcome", "complete")],
+    );
+    assert!(runs_seen >= 1.0, "{:?}", m.samples);
+    assert_eq!(
+        m.sum(
+            "flowaudit_rule_run_duration_seconds_count",
+            &[("rule", "transfer_no_legal_basis")]
+        ),
+        runs_seen
+    );
+    let (code, body) = crate::ops::get(&format!("http://{addr}/readyz"));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("policy: ok") && !body.contains("broker"),
+        "{body}"
+    );
     s.signal(libc::SIGTERM);
     assert!(s.wait(Duration::from_secs(30)).success(), "{}", s.log());
     let runs = flowaudit_analytics::runner::read_runs(&wh).unwrap();
@@ -580,6 +603,7 @@ fn serve_catches_up_the_firings_it_missed_and_stops_on_sigterm() {
     }
     assert!(expected.len() >= 3, "{expected:?}");
     assert_eq!(windows.len(), expected.len(), "{windows:?}\n{}", s.log());
+    assert!(runs_seen as usize <= windows.len());
     for (i, (w, (to, trigger, rule))) in expected.iter().zip(&windows).enumerate() {
         let got: chrono::DateTime<chrono::Utc> = to.parse().unwrap();
         assert_eq!(got, *w);
