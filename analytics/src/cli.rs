@@ -134,11 +134,12 @@ pub struct ExecutorArgs {
     /// The scheduler's HOST:PORT.
     #[arg(long, env = "FLOWAUDIT_CLUSTER_SCHEDULER")]
     pub scheduler: String,
-    /// HOST:PORT of its Flight service (shuffle data); its gRPC service takes PORT+1.
+    /// HOST:PORT of its Flight service (shuffle data); its gRPC service takes PORT+1. The
+    /// default stays clear of the Flight SQL endpoint's usual 50051 on the same machine.
     #[arg(
         long,
         env = "FLOWAUDIT_CLUSTER_BIND",
-        default_value = "127.0.0.1:50051"
+        default_value = "127.0.0.1:50060"
     )]
     pub bind: String,
     /// Tasks it runs at once (default: the cores).

@@ -298,13 +298,18 @@ fn readyz_fails_while_the_broker_is_down_and_recovers() {
 }
 
 fn config_check(file: &std::path::Path) -> (bool, String, String) {
-    let out = std::process::Command::new(bin())
-        .args(["config", "check", "--config"])
-        .arg(file)
-        .env_remove("FLOWAUDIT_TICK_S")
-        .env_remove("FLOWAUDIT_METRICS")
-        .output()
-        .unwrap();
+    config_check_with(file, &[])
+}
+
+fn config_check_with(file: &std::path::Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut c = std::process::Command::new(bin());
+    c.args(["config", "check", "--config"]).arg(file);
+    // Only the file: no variable of the test's environment overrides a key.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLOWAUDIT_")) {
+        c.env_remove(k);
+    }
+    c.envs(env.iter().copied());
+    let out = c.output().unwrap();
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),
@@ -336,6 +341,21 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
     assert!(
         out.contains("name = \"ana\"") && out.contains("brokers = \"127.0.0.1:9092\""),
         "{out}"
+    );
+    // The environment's overrides are applied, named, and checked like the file's values.
+    let (ok, out, err) = config_check_with(&good, &[("FLOWAUDIT_TICK_S", "20")]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("tick_s = 20")
+            && out.contains("serve.tick_s: from the environment (FLOWAUDIT_TICK_S)"),
+        "{out}"
+    );
+    let (ok, _, err) = config_check_with(&good, &[("FLOWAUDIT_SQL_TIMEOUT", "soon")]);
+    assert!(
+        !ok && err.contains(
+            "FLOWAUDIT_SQL_TIMEOUT (environment): sql.timeout: \"soon\" is not a duration"
+        ),
+        "{err}"
     );
 
     // A bad key and bad values, each named by file:line:column and key; all of them reported.

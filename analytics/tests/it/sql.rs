@@ -415,6 +415,7 @@ fn serve_flight(wh: &Path, config: &Path, port: u16) -> Running {
         .arg(policy())
         .arg("--geoip")
         .arg(repo("fixtures/geoip/ranges.csv"))
+        .args(["--metrics", "127.0.0.1:0"])
         .env("FLOWAUDIT_LOG", "info");
     let mut r = Running::spawn(c);
     r.wait_for("Flight SQL listening", Duration::from_secs(30));
@@ -554,6 +555,23 @@ fn flight_sql_serves_adbc_and_pyarrow_with_auth_and_refuses_writes() {
             && log.contains("invalid or expired bearer token"),
         "{log}"
     );
+    // The operator sees the queries by user and outcome, timed.
+    let addr = crate::ops::endpoint(&mut server);
+    let m = crate::ops::Scrape::of(&addr);
+    for who in ["alice", "bob", "dbeaver-carol"] {
+        let ok = m.sum(
+            "flowaudit_flight_queries_total",
+            &[("user", who), ("outcome", "ok")],
+        );
+        assert!(ok >= 1.0, "no query of {who} counted: {:?}", m.samples);
+        assert_eq!(
+            m.sum(
+                "flowaudit_flight_query_duration_seconds_count",
+                &[("user", who), ("outcome", "ok")]
+            ),
+            ok
+        );
+    }
     stop(&mut server);
 }
 
