@@ -479,9 +479,11 @@ fn serve_started_on_a_backlog_waits_for_complete_data_and_raises_only_what_is_re
         .arg(&rules)
         .arg("--alerts-file")
         .arg(&file)
+        .args(["--metrics", "127.0.0.1:0"])
         .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
         .env_remove("FLOWAUDIT_CONFIG");
     let mut p = Running::spawn(c);
+    let metrics_at = crate::ops::endpoint(&mut p);
     // Each rule's window is evaluated once what that rule reads is complete.
     let evaluated = || -> Vec<serde_json::Value> {
         flowaudit_analytics::runner::read_runs(&wh)
@@ -524,6 +526,51 @@ fn serve_started_on_a_backlog_waits_for_complete_data_and_raises_only_what_is_re
         check(&lines(&file)),
         vec![format!("telemetry_silent source={stopper}")]
     );
+    // What the incident desk got, the operator sees counted: alerts raised by rule and
+    // severity, delivered to the file with nothing left behind, the sources' watermark ages.
+    let t = std::time::Instant::now();
+    loop {
+        let m = crate::ops::Scrape::of(&metrics_at);
+        let delivered = lines(&file);
+        let mut want: BTreeMap<(String, String), f64> = BTreeMap::new();
+        for a in delivered.iter().filter(|a| a.status == "new") {
+            *want
+                .entry((a.rule_id.clone(), a.severity.clone()))
+                .or_default() += 1.0;
+        }
+        let got: BTreeMap<(String, String), f64> = m
+            .samples
+            .iter()
+            .filter(|(n, _, _)| n == "flowaudit_alerts_raised_total")
+            .map(|(_, l, v)| ((l["rule"].clone(), l["severity"].clone()), *v))
+            .collect();
+        let sent = m.sum("flowaudit_sink_delivered_total", &[("sink", "file")]);
+        if got == want
+            && sent == delivered.len() as f64
+            && m.sum("flowaudit_sink_backlog", &[("sink", "file")]) == 0.0
+        {
+            assert!(
+                m.samples
+                    .iter()
+                    .any(|(n, l, v)| n == "flowaudit_watermark_age_seconds"
+                        && l["source"] == "table:flows"
+                        && *v >= 0.0),
+                "{:?}",
+                m.samples
+            );
+            assert_eq!(
+                m.sum("flowaudit_rule_runs_total", &[("outcome", "failed")]),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "metrics {got:?}, {sent} delivered; the file has {want:?}, {} lines",
+            delivered.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // Late data while serve runs: a transfer to China at 23:11 yesterday, recorded now. The
     // windows it falls in are due again; their re-evaluation raises it, and only it.
