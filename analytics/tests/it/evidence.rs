@@ -606,9 +606,11 @@ fn serve_checkpoints_while_ingesting_and_a_tsa_that_comes_back_stamps_what_it_mi
         .arg(s.warehouse())
         .arg("--policy")
         .arg(repo("fixtures/policy"))
+        .args(["--metrics", "127.0.0.1:0"])
         .env("FLOWAUDIT_LOG", "info,librdkafka=warn")
         .env_remove("FLOWAUDIT_CONFIG");
     let mut server = Running::spawn(c);
+    let metrics_at = crate::ops::endpoint(&mut server);
     let msgs: Vec<_> = (0..200).map(crate::compact::event).collect();
     s.produce_gateway(&msgs);
     let statements = |ext: &str| -> usize {
@@ -632,6 +634,24 @@ fn serve_checkpoints_while_ingesting_and_a_tsa_that_comes_back_stamps_what_it_mi
         "{}",
         server.log()
     );
+    // The operator sees checkpoints written (and when) while the TSA fails.
+    let m = crate::ops::Scrape::of(&metrics_at);
+    assert!(
+        m.sum("flowaudit_checkpoints_written_total", &[]) >= 2.0,
+        "{:?}",
+        m.samples
+    );
+    assert!(
+        m.sum("flowaudit_tsa_failures_total", &[]) >= 2.0,
+        "{:?}",
+        m.samples
+    );
+    let last = m.sum("flowaudit_checkpoint_last_success_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - last < 60.0 && now >= last - 1.0, "{last} vs {now}");
     // The TSA comes up at the configured address: every statement gets its token.
     let tsa_dir = dir.join("tsa");
     let mut tsa = Command::new("python3")
