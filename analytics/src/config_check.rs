@@ -182,16 +182,19 @@ pub fn env_keys() -> BTreeMap<String, std::collections::BTreeSet<String>> {
     out
 }
 
-/// A string from the environment as the TOML value the key takes.
-fn env_value(v: &str) -> toml::Value {
+/// The TOML values a string from the environment may stand for, most literal first: the key's
+/// type decides (a numeric consumer group stays a string, `1` is true for a flag).
+fn env_values(v: &str) -> Vec<toml::Value> {
+    let mut out = vec![toml::Value::String(v.into())];
     if let Ok(n) = v.parse::<i64>() {
-        return toml::Value::Integer(n);
+        out.push(toml::Value::Integer(n));
     }
-    match v {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(v.into()),
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => out.push(toml::Value::Boolean(true)),
+        "false" | "0" | "no" | "off" => out.push(toml::Value::Boolean(false)),
+        _ => {}
     }
+    out
 }
 
 /// Check `path`, with `env` the environment (variables that override keys are applied).
@@ -245,8 +248,19 @@ pub fn check(path: &Path, env: &BTreeMap<String, String>) -> Result<Checked, Rea
     {
         let Some(v) = env.get(&var) else { continue };
         let parts: Vec<&str> = key.split('.').collect();
-        set_path(&mut table, &parts, env_value(v));
-        set_path(&mut shown, &parts, env_value(v));
+        // The first reading the file's types accept (else the string, reported below).
+        let candidates = env_values(v);
+        let value = candidates
+            .iter()
+            .find(|c| {
+                let mut t = table.clone();
+                set_path(&mut t, &parts, (*c).clone());
+                toml::Value::Table(t).try_into::<FileConfig>().is_ok()
+            })
+            .unwrap_or(&candidates[0])
+            .clone();
+        set_path(&mut table, &parts, value.clone());
+        set_path(&mut shown, &parts, value);
         from_env.push((key, var));
     }
     let at_env: BTreeMap<&str, &str> = from_env
@@ -534,10 +548,23 @@ fn mask(table: &mut toml::Table, path: &str) {
                 }
             }
             toml::Value::String(s) if is_secret(&here, k) => *s = "***".into(),
+            // A webhook's path is often its token (`/services/T…/B…/XXXX`).
+            toml::Value::String(s) if k == "webhook" => *s = mask_url_path(s),
             toml::Value::String(s) if s.contains("://") => *s = mask_url(s),
             _ => {}
         }
     }
+}
+
+fn mask_url_path(s: &str) -> String {
+    let masked = mask_url(s);
+    let Ok(mut u) = url::Url::parse(&masked) else {
+        return "***".into();
+    };
+    if !matches!(u.path(), "" | "/") {
+        u.set_path("/***");
+    }
+    u.to_string()
 }
 
 fn mask_url(s: &str) -> String {
@@ -568,6 +595,10 @@ mod tests {
             "https://u:***@hooks.example/x?token=***&x=***"
         );
         assert_eq!(mask_url("s3://bucket/prefix"), "s3://bucket/prefix");
+        assert_eq!(
+            mask_url_path("https://hooks.slack.example/services/T0/B0/XXXX?x=1"),
+            "https://hooks.slack.example/***?x=***"
+        );
     }
 
     #[test]

@@ -117,19 +117,31 @@ impl Checker {
             }
         };
         let (b, w) = tokio::join!(broker, warehouse);
-        let policy = match readiness().policy() {
-            Some(p) => Check {
-                name: "policy",
-                ok: true,
-                detail: format!("loaded: {p}"),
-            },
-            None => Check {
+        let parts = readiness().parts();
+        let policy: Vec<Check> = if parts.is_empty() {
+            vec![Check {
                 name: "policy",
                 ok: false,
                 detail: "not loaded yet".into(),
-            },
+            }]
+        } else {
+            parts
+                .into_iter()
+                .map(|(part, state)| match state {
+                    Ok(p) => Check {
+                        name: "policy",
+                        ok: true,
+                        detail: format!("({part}) loaded: {p}"),
+                    },
+                    Err(e) => Check {
+                        name: "policy",
+                        ok: false,
+                        detail: format!("({part}) {e}"),
+                    },
+                })
+                .collect()
         };
-        b.into_iter().chain(w).chain([policy]).collect()
+        b.into_iter().chain(w).chain(policy).collect()
     }
 }
 

@@ -360,6 +360,8 @@ pub async fn run_window(
               suppressed = outcome.suppressed, closed = outcome.closed, ms = outcome.millis, "rule ran");
         outcomes.push(outcome);
     }
+    // Counted before the alerts table's sync: the alerts are in the store either way.
+    count_run(&outcomes, &raised);
     crate::alerts_table::sync(&site.tables, store).await?;
     let finished = Utc::now();
     let record = RunRecord {
@@ -396,7 +398,6 @@ pub async fn run_window(
     if evaluate != Evaluate::CompleteOnly || record.rules.iter().any(|o| o.coverage != "due") {
         append_run(state, &record)?;
     }
-    count_run(&record, &raised);
     Ok(RunResult {
         record,
         raised,
@@ -406,10 +407,10 @@ pub async fn run_window(
 }
 
 /// Add a run's rule outcomes and the alerts it raised to the metrics.
-fn count_run(record: &RunRecord, raised: &[Alert]) {
+fn count_run(outcomes: &[RuleOutcome], raised: &[Alert]) {
     use flowaudit_ingest::metrics::{metrics, AlertLabels, RuleLabels, RuleOutcomeLabels};
     let m = metrics();
-    for o in &record.rules {
+    for o in outcomes {
         m.rule_runs
             .get_or_create(&RuleOutcomeLabels {
                 rule: o.id.clone(),

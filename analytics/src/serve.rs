@@ -304,6 +304,8 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
     if opts.scheduler {
         info!(warehouse = %opts.site, rules = %opts.rules_dir.display(), "scheduler started");
     }
+    // The policy the scheduler's catalog loaded (for /readyz), once it did.
+    let mut loaded: Option<String> = None;
     while !shutdown.load(Ordering::Relaxed) {
         if flight.as_ref().is_some_and(|h| h.is_finished()) {
             let h = flight.take().expect("checked");
@@ -331,21 +333,27 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }
-        if flowaudit_ingest::metrics::readiness().policy().is_none() {
-            // What the rules and the report will read: loaded once here for /readyz (each tick
-            // opens the catalog again, and so reads the policy as it is then).
+        let ready = flowaudit_ingest::metrics::readiness();
+        if loaded.is_none() {
+            // What the rules and the report read, for /readyz (each tick opens the catalog
+            // again, and so reads the policy as it is then).
             match rt.block_on(Catalog::open_at(
                 &opts.site,
                 &opts.policy,
                 opts.geoip.as_deref(),
             )) {
-                Ok(c) => flowaudit_ingest::metrics::readiness().policy_loaded(format!(
-                    "{} (fingerprint {})",
-                    opts.policy.display(),
-                    crate::cluster::fingerprint(&c)
-                )),
+                Ok(c) => {
+                    let what = format!(
+                        "{} (fingerprint {})",
+                        opts.policy.display(),
+                        crate::cluster::fingerprint(&c)
+                    );
+                    ready.set("scheduler", Ok(what.clone()));
+                    loaded = Some(what);
+                }
                 Err(e) => {
-                    error!(error = %e, "the policy and the warehouse's tables could not be loaded; retrying next tick")
+                    ready.set("scheduler", Err(format!("the catalog does not open: {e}")));
+                    error!(error = %e, "the policy and the warehouse's tables could not be loaded; retrying next tick");
                 }
             }
         }
@@ -353,6 +361,15 @@ pub fn serve(mut opts: ServeOptions, shutdown: Arc<AtomicBool>) -> anyhow::Resul
         flowaudit_ingest::metrics::metrics()
             .windows_due
             .set(pending.due.len() as i64);
+        if let Some(what) = &loaded {
+            ready.set(
+                "scheduler",
+                match &ticked {
+                    Ok(()) => Ok(what.clone()),
+                    Err(e) => Err(format!("the last tick failed: {e:#}")),
+                },
+            );
+        }
         if let Err(e) = ticked {
             flowaudit_ingest::metrics::metrics()
                 .scheduler_ticks_failed
@@ -403,8 +420,10 @@ fn start_flight(
             f.limits,
         ))
         .context("opening the catalog for Flight SQL")?;
-    flowaudit_ingest::metrics::readiness()
-        .policy_loaded(format!("{} (Flight SQL's catalog)", opts.policy.display()));
+    flowaudit_ingest::metrics::readiness().set(
+        "flight",
+        Ok(format!("{} (the catalog)", opts.policy.display())),
+    );
     let options = f.options.clone();
     let stop = async move {
         while !shutdown.load(Ordering::Relaxed) {

@@ -346,6 +346,13 @@ fn commit(
     }
     let m = crate::metrics::metrics();
     let elapsed = started.elapsed().as_secs_f64();
+    if job.gap.is_some() {
+        // Counted once recorded: a gap job dropped on a rebalance is recorded by the next owner.
+        m.gaps.get_or_create(&crate::metrics::topic(&topic)).inc();
+        m.gap_offsets
+            .get_or_create(&crate::metrics::topic(&topic))
+            .inc_by((job.last_offset - job.first_offset + 1).max(0) as u64);
+    }
     for (t, fs) in &staged {
         let l = crate::metrics::table(t.name());
         m.commit_bytes

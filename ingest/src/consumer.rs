@@ -569,7 +569,10 @@ pub fn client_config(cfg: &IngestConfig) -> ClientConfig {
 /// before this returns `Ok`.
 pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummary> {
     let networks = Networks::load(&cfg.policy)?;
-    crate::metrics::readiness().policy_loaded(format!("{} (networks.toml)", cfg.policy.display()));
+    crate::metrics::readiness().set(
+        "ingest",
+        Ok(format!("{}/networks.toml", cfg.policy.display())),
+    );
     let geoip = cfg.geoip.as_deref().map(GeoIp::open).transpose()?;
     match &geoip {
         Some(g) => {
@@ -1399,13 +1402,6 @@ impl Ingestor<'_> {
     fn record_gap(&mut self, idx: usize, first: i64, last: i64) -> Result<()> {
         self.flush(idx)?;
         let st = &mut self.parts[idx];
-        let m = crate::metrics::metrics();
-        m.gaps
-            .get_or_create(&crate::metrics::topic(&st.topic))
-            .inc();
-        m.gap_offsets
-            .get_or_create(&crate::metrics::topic(&st.topic))
-            .inc_by((last - first + 1) as u64);
         warn!(
             topic = %st.topic,
             partition = st.partition,

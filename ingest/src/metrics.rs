@@ -41,8 +41,8 @@ pub struct QuarantineLabels {
     pub reason: String,
 }
 
-/// A rule and how its run ended (`ok`, `failed`, `incomplete`: evaluated on data not known to
-/// be complete, `due`: waiting for complete data).
+/// A rule and how its evaluation of a window ended: its coverage (`complete`, `partial`,
+/// `incomplete`: forced before the data was complete, `due`: waiting for it, `failed`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleOutcomeLabels {
     pub rule: String,
@@ -170,7 +170,7 @@ impl Metrics {
             gaps: reg!("ingest_gaps", "Offset ranges recorded as gaps (no longer in Kafka when read)", Family::default()),
             gap_offsets: reg!("ingest_gap_offsets", "Offsets inside recorded gaps", Family::default()),
             kafka_errors: reg!("ingest_kafka_errors", "Kafka client errors reported by librdkafka (it retries)", Counter::default()),
-            rule_runs: reg!("rule_runs", "Rule evaluations of a window, by rule and outcome (ok, failed, incomplete, due)", Family::default()),
+            rule_runs: reg!("rule_runs", "Rule evaluations of a window, by rule and outcome (complete, partial, incomplete, due, failed)", Family::default()),
             rule_seconds: reg!("rule_run_duration_seconds", "Time one rule took over one window", Family::new_with_constructor(seconds_histogram as fn() -> Histogram)),
             watermark_age: reg!("watermark_age_seconds", "Seconds between now and the newest record time a source has recorded (how far its data lags)", Family::default()),
             windows_due: reg!("rule_windows_due", "Rule windows waiting for complete data", Gauge::default()),
@@ -205,21 +205,22 @@ pub fn metrics() -> &'static Metrics {
     M.get_or_init(Metrics::new)
 }
 
-/// What `/readyz` needs to know that only the work itself can tell: the policy it loaded.
+/// What `/readyz` needs to know that only the work itself can tell: whether each part of the
+/// process (`ingest`, `scheduler`, `flight`) has its policy loaded and works with it.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    policy: Mutex<Option<String>>,
+    parts: Mutex<std::collections::BTreeMap<&'static str, Result<String, String>>>,
 }
 
 impl Readiness {
-    /// The work loaded its policy (what it says: a path, a fingerprint).
-    pub fn policy_loaded(&self, what: impl Into<String>) {
-        *self.policy.lock().expect("lock") = Some(what.into());
+    /// `part` loaded its policy (what it says: a path, a fingerprint), or cannot (why).
+    pub fn set(&self, part: &'static str, state: Result<String, String>) {
+        self.parts.lock().expect("lock").insert(part, state);
     }
 
-    /// What policy was loaded, if any yet.
-    pub fn policy(&self) -> Option<String> {
-        self.policy.lock().expect("lock").clone()
+    /// Each part's state.
+    pub fn parts(&self) -> std::collections::BTreeMap<&'static str, Result<String, String>> {
+        self.parts.lock().expect("lock").clone()
     }
 }
 

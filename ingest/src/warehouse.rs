@@ -864,14 +864,13 @@ impl Warehouse {
                     .map_err(|e| derr(format!("reading {}'s log", table.name()), e))?;
                 Ok(c)
             }
-            Ok(stale) => Ok(stale),
+            Ok(stale) => {
+                count_conflict(table);
+                Ok(stale)
+            }
             Err(DeltaTableError::Transaction {
                 source: TransactionError::CommitConflict(_),
             }) => {
-                crate::metrics::metrics()
-                    .commit_conflicts
-                    .get_or_create(&crate::metrics::table(table.name()))
-                    .inc();
                 // Another writer committed this partition's offsets between our read and our
                 // commit, or our own commit was stored and its answer lost: look for ours first.
                 if let Some(v) = self.find_commit(table, base_version, &meta.commit_id)? {
@@ -887,6 +886,7 @@ impl Warehouse {
                     return Ok(TableCommit::Committed { version: v });
                 }
                 let recorded = self.recorded(table, &meta.topic, meta.partition)?;
+                count_conflict(table);
                 Ok(TableCommit::Stale {
                     recorded_last: recorded.unwrap_or(expect_below),
                 })
@@ -894,6 +894,14 @@ impl Warehouse {
             Err(e) => Err(derr(format!("committing to {}", table.name()), e)),
         }
     }
+}
+
+/// Count a commit refused because another writer recorded the offsets first.
+fn count_conflict(table: Table) {
+    crate::metrics::metrics()
+        .commit_conflicts
+        .get_or_create(&crate::metrics::table(table.name()))
+        .inc();
 }
 
 /// The `add` action of a published file: its partition, size, row count, and the evidence in its

@@ -329,13 +329,13 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
     std::fs::write(
         &good,
         "brokers = \"127.0.0.1:9092\"\n\n[ingest.kafka]\n\"sasl.password\" = \"hunter2\"\n\n\
-         [alerts]\nwebhook = \"https://hooks.example/a?token=s3cr3t\"\n\n\
+         [alerts]\nwebhook = \"https://hooks.example/services/T0/s3cr3tpath?token=s3cr3t\"\n\n\
          [[flight.users]]\nname = \"ana\"\npassword = \"open-sesame\"\n",
     )
     .unwrap();
     let (ok, out, err) = config_check(&good);
     assert!(ok, "{err}");
-    for secret in ["hunter2", "s3cr3t", "open-sesame"] {
+    for secret in ["hunter2", "s3cr3t", "open-sesame", "s3cr3tpath"] {
         assert!(!out.contains(secret), "{secret} printed:\n{out}");
     }
     assert!(
@@ -348,6 +348,19 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
     assert!(
         out.contains("tick_s = 20")
             && out.contains("serve.tick_s: from the environment (FLOWAUDIT_TICK_S)"),
+        "{out}"
+    );
+    // A variable is read as the key's type: a numeric group stays a string, a size may be bare.
+    let (ok, out, err) = config_check_with(
+        &good,
+        &[
+            ("FLOWAUDIT_GROUP", "42"),
+            ("FLOWAUDIT_SQL_MEMORY_LIMIT", "2147483648"),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("group = \"42\"") && out.contains("memory_limit = \"2147483648\""),
         "{out}"
     );
     let (ok, _, err) = config_check_with(&good, &[("FLOWAUDIT_SQL_TIMEOUT", "soon")]);

@@ -562,19 +562,27 @@ fn serve_catches_up_the_firings_it_missed_and_stops_on_sigterm() {
     s.wait_for("run recorded", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
     // The operator sees the runs: by rule and outcome, timed; ready with the policy loaded.
-    let m = crate::ops::Scrape::of(&addr);
-    let runs_seen = m.sum(
-        "flowaudit_rule_runs_total",
-        &[("rule", "transfer_no_legal_basis"), ("outcome", "complete")],
-    );
-    assert!(runs_seen >= 1.0, "{:?}", m.samples);
-    assert_eq!(
-        m.sum(
-            "flowaudit_rule_run_duration_seconds_count",
-            &[("rule", "transfer_no_legal_basis")]
-        ),
-        runs_seen
-    );
+    // (A scrape may fall between a run's two counters: scraped again until they agree.)
+    let t = std::time::Instant::now();
+    let runs_seen = loop {
+        let m = crate::ops::Scrape::of(&addr);
+        let rule = [("rule", "transfer_no_legal_basis")];
+        let evaluated = m.sum("flowaudit_rule_runs_total", &rule)
+            - m.sum(
+                "flowaudit_rule_runs_total",
+                &[("rule", "transfer_no_legal_basis"), ("outcome", "due")],
+            );
+        let complete = m.sum(
+            "flowaudit_rule_runs_total",
+            &[("rule", "transfer_no_legal_basis"), ("outcome", "complete")],
+        );
+        if complete >= 1.0 && m.sum("flowaudit_rule_run_duration_seconds_count", &rule) == evaluated
+        {
+            break complete;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", m.samples);
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let (code, body) = crate::ops::get(&format!("http://{addr}/readyz"));
     assert_eq!(code, 200, "{body}");
     assert!(
