@@ -52,11 +52,10 @@ struct Checker {
     warehouse: Option<Location>,
 }
 
-/// One readiness check's answer.
+/// One readiness check's answer: its name, and what it found (`Err`: why it is not ready).
 struct Check {
     name: &'static str,
-    ok: bool,
-    detail: String,
+    result: Result<String, String>,
 }
 
 impl Checker {
@@ -70,22 +69,14 @@ impl Checker {
                         .map(|md| md.brokers().len())
                 })
                 .await;
-                Some(match r {
-                    Ok(Ok(n)) => Check {
-                        name: "broker",
-                        ok: true,
-                        detail: format!("reachable ({n} brokers in the metadata)"),
-                    },
-                    Ok(Err(e)) => Check {
-                        name: "broker",
-                        ok: false,
-                        detail: format!("not reachable: {e}"),
-                    },
-                    Err(e) => Check {
-                        name: "broker",
-                        ok: false,
-                        detail: format!("check failed: {e}"),
-                    },
+                let result = match r {
+                    Ok(Ok(n)) => Ok(format!("reachable ({n} brokers in the metadata)")),
+                    Ok(Err(e)) => Err(format!("not reachable: {e}")),
+                    Err(e) => Err(format!("check failed: {e}")),
+                };
+                Some(Check {
+                    name: "broker",
+                    result,
                 })
             }
         };
@@ -93,26 +84,17 @@ impl Checker {
             let me = self.clone();
             async move {
                 let w = me.warehouse.clone()?;
-                let r = tokio::time::timeout(CHECK_TIMEOUT, probe_write(&w)).await;
-                Some(match r {
-                    Ok(Ok(())) => Check {
-                        name: "warehouse",
-                        ok: true,
-                        detail: format!("{w} takes a write"),
-                    },
-                    Ok(Err(e)) => Check {
-                        name: "warehouse",
-                        ok: false,
-                        detail: format!("{w} does not take a write: {e}"),
-                    },
-                    Err(_) => Check {
-                        name: "warehouse",
-                        ok: false,
-                        detail: format!(
-                            "{w}: a write took longer than {} s",
-                            CHECK_TIMEOUT.as_secs()
-                        ),
-                    },
+                let result = match tokio::time::timeout(CHECK_TIMEOUT, probe_write(&w)).await {
+                    Ok(Ok(())) => Ok(format!("{w} takes a write")),
+                    Ok(Err(e)) => Err(format!("{w} does not take a write: {e}")),
+                    Err(_) => Err(format!(
+                        "{w}: a write took longer than {} s",
+                        CHECK_TIMEOUT.as_secs()
+                    )),
+                };
+                Some(Check {
+                    name: "warehouse",
+                    result,
                 })
             }
         };
@@ -121,23 +103,16 @@ impl Checker {
         let policy: Vec<Check> = if parts.is_empty() {
             vec![Check {
                 name: "policy",
-                ok: false,
-                detail: "not loaded yet".into(),
+                result: Err("not loaded yet".into()),
             }]
         } else {
             parts
                 .into_iter()
-                .map(|(part, state)| match state {
-                    Ok(p) => Check {
-                        name: "policy",
-                        ok: true,
-                        detail: format!("({part}) loaded: {p}"),
-                    },
-                    Err(e) => Check {
-                        name: "policy",
-                        ok: false,
-                        detail: format!("({part}) {e}"),
-                    },
+                .map(|(part, state)| Check {
+                    name: "policy",
+                    result: state
+                        .map(|p| format!("({part}) loaded: {p}"))
+                        .map_err(|e| format!("({part}) {e}")),
                 })
                 .collect()
         };
@@ -179,15 +154,14 @@ async fn metrics_page() -> impl IntoResponse {
 
 async fn ready_page(checker: Arc<Checker>) -> impl IntoResponse {
     let checks = checker.run().await;
-    let ok = checks.iter().all(|c| c.ok);
+    let ok = checks.iter().all(|c| c.result.is_ok());
     let mut body = String::from(if ok { "ready\n" } else { "not ready\n" });
     for c in &checks {
-        body.push_str(&format!(
-            "{}: {} {}\n",
-            c.name,
-            if c.ok { "ok" } else { "FAIL" },
-            c.detail
-        ));
+        let line = match &c.result {
+            Ok(d) => format!("{}: ok {d}\n", c.name),
+            Err(d) => format!("{}: FAIL {d}\n", c.name),
+        };
+        body.push_str(&line);
     }
     if !ok {
         warn!(checks = %body.replace('\n', "; "), "/readyz: not ready");
