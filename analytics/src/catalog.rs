@@ -238,6 +238,9 @@ impl Catalog {
             geoip: geoip_identity,
         };
         if let Engine::Ballista { scheduler } = &site.engine {
+            crate::cluster::require_executors(scheduler, crate::cluster::EXECUTOR_WAIT)
+                .await
+                .map_err(|e| CatalogError::Cluster(format!("{}: {e}", site.engine)))?;
             let member = Arc::new(crate::cluster::Member::of(&catalog, &site.tables)?);
             let ctx = std::mem::take(&mut catalog.ctx);
             catalog.ctx = crate::cluster::connect(ctx, scheduler, member)

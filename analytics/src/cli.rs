@@ -67,6 +67,24 @@ pub enum Command {
     /// Check a configuration file (--config FILE) and print the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Close a Kafka partition that will never receive data again (a retired or renamed topic):
+    /// its table is then complete for all time as far as it is concerned (docs/rules.md).
+    ClosePartition(ClosePartitionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClosePartitionArgs {
+    /// Warehouse directory or s3://BUCKET/PREFIX. [config: warehouse]
+    #[arg(long, env = "FLOWAUDIT_WAREHOUSE")]
+    pub warehouse: Option<PathBuf>,
+    /// The table the partition feeds: flows or gateway_events.
+    #[arg(long)]
+    pub table: String,
+    /// The Kafka topic (or an import's source name).
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long)]
+    pub partition: i32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -825,6 +843,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Geoip(a) => crate::geoip_cmd::run(a, &file),
         Command::Cluster(a) => run_cluster(a, &file),
         Command::Config(ConfigCommand::Check) => unreachable!("handled before the file is loaded"),
+        Command::ClosePartition(a) => run_close_partition(a, &file),
     }
 }
 
@@ -1938,6 +1957,36 @@ fn run_serve(a: ServeArgs, file: &FileConfig) -> anyhow::Result<()> {
         e.join();
     }
     served
+}
+
+fn run_close_partition(a: ClosePartitionArgs, file: &FileConfig) -> anyhow::Result<()> {
+    if !crate::watermark::TRACKED.contains(&a.table.as_str()) {
+        bail!(
+            "--table {}: partitions feed {}",
+            a.table,
+            crate::watermark::TRACKED.join(" or ")
+        );
+    }
+    let location = existing_warehouse(a.warehouse, file)?;
+    let writer = format!(
+        "close-partition@{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into())
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let mark = rt
+        .block_on(flowaudit_ingest::warehouse::close_partition(
+            &location,
+            &a.table,
+            &a.topic,
+            a.partition,
+            &writer,
+        ))
+        .with_context(|| format!("closing {}/{} of {}", a.topic, a.partition, a.table))?;
+    println!(
+        "{}: {}/{} closed with offsets below {} recorded: complete for all time; records of it committed later are late data",
+        mark.table, mark.topic, mark.partition, mark.recorded_to
+    );
+    Ok(())
 }
 
 fn config_check(path: Option<&Path>) -> anyhow::Result<()> {

@@ -544,6 +544,182 @@ pub fn connect(
     Ok(ctx)
 }
 
+/// An executor's object stores: its warehouse's tables, under the URLs the scheduler's scans
+/// name. A scan of any other store (a client and scheduler on another warehouse than this
+/// executor's) is refused naming both, instead of DataFusion's "no suitable object store".
+#[derive(Debug)]
+struct WarehouseStores {
+    inner: datafusion::execution::object_store::DefaultObjectStoreRegistry,
+    role: String,
+    location: String,
+}
+
+impl WarehouseStores {
+    fn new(
+        stores: Vec<(ObjectStoreUrl, Arc<dyn object_store::ObjectStore>)>,
+        role: &str,
+        location: &Location,
+    ) -> Self {
+        use datafusion::execution::object_store::ObjectStoreRegistry;
+        let inner = datafusion::execution::object_store::DefaultObjectStoreRegistry::new();
+        for (url, store) in stores {
+            let u: &url::Url = url.as_ref();
+            inner.register_store(u, store);
+        }
+        Self {
+            inner,
+            role: role.to_string(),
+            location: location.to_string(),
+        }
+    }
+}
+
+impl datafusion::execution::object_store::ObjectStoreRegistry for WarehouseStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn object_store::ObjectStore>,
+    ) -> Option<Arc<dyn object_store::ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn get_store(&self, url: &url::Url) -> Result<Arc<dyn object_store::ObjectStore>> {
+        // Refused when read, not here: a plan that cannot even be prepared fails its job with
+        // Ballista's "task could not be prepared", which the client would see without why.
+        Ok(self.inner.get_store(url).unwrap_or_else(|_| {
+            Arc::new(RefusingStore(format!(
+                "{}: the plan reads {url}, which is not a table of this executor's warehouse \
+                 ({}): start the executor with the --warehouse its scheduler and clients use",
+                self.role, self.location
+            )))
+        }))
+    }
+}
+
+/// A store that refuses every operation with its message (see [`WarehouseStores`]).
+#[derive(Debug)]
+struct RefusingStore(String);
+
+impl std::fmt::Display for RefusingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RefusingStore")
+    }
+}
+
+impl RefusingStore {
+    fn refuse(&self) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "flowaudit",
+            source: self.0.clone().into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl object_store::ObjectStore for RefusingStore {
+    async fn put_opts(
+        &self,
+        _: &object_store::path::Path,
+        _: object_store::PutPayload,
+        _: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        Err(self.refuse())
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _: &object_store::path::Path,
+        _: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        Err(self.refuse())
+    }
+
+    async fn get_opts(
+        &self,
+        _: &object_store::path::Path,
+        _: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        Err(self.refuse())
+    }
+
+    fn delete_stream(
+        &self,
+        _: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        Box::pin(futures::stream::once(futures::future::ready(Err(
+            self.refuse()
+        ))))
+    }
+
+    fn list(
+        &self,
+        _: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        Box::pin(futures::stream::once(futures::future::ready(Err(
+            self.refuse()
+        ))))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        _: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        Err(self.refuse())
+    }
+
+    async fn copy_opts(
+        &self,
+        _: &object_store::path::Path,
+        _: &object_store::path::Path,
+        _: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        Err(self.refuse())
+    }
+}
+
+/// How long a client waits for the scheduler to have a live executor before it refuses to plan
+/// there (executors register within a heartbeat of starting).
+pub const EXECUTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Wait until the scheduler at `scheduler` (`http://HOST:PORT`) has a live executor, at most
+/// `wait`: Ballista queues a job for an executor that may never come, and its client waits with
+/// it. The scheduler's own `/readyz` (same port, HTTP/1) answers 503 until one is alive.
+pub async fn require_executors(
+    scheduler: &str,
+    wait: std::time::Duration,
+) -> Result<(), ClusterError> {
+    let url = format!("{}/readyz", scheduler.trim_end_matches('/'));
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(10))
+            .build();
+        let start = std::time::Instant::now();
+        loop {
+            let why = match agent.get(&url).call() {
+                Ok(_) => return Ok(()),
+                Err(ureq::Error::Status(503, r)) => format!(
+                    "it has no live executor ({}); start `flowaudit cluster executor --scheduler HOST:PORT`",
+                    r.into_string().unwrap_or_default().trim()
+                ),
+                Err(ureq::Error::Status(code, _)) => {
+                    format!("its /readyz answered HTTP {code}")
+                }
+                Err(e) => format!("it does not answer: {e}"),
+            };
+            if start.elapsed() >= wait {
+                return Err(ClusterError::Ballista(format!(
+                    "the scheduler at {url} cannot run queries after {} s: {why}",
+                    wait.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    })
+    .await
+    .map_err(|e| ClusterError::Ballista(format!("the executor check: {e}")))?
+}
+
 /// `HOST:PORT` as a socket address.
 fn socket(what: &'static str, addr: &str) -> Result<SocketAddr, ClusterError> {
     use std::net::ToSocketAddrs;
@@ -644,13 +820,17 @@ pub async fn run_executor(member: Member, opts: ExecutorOptions) -> Result<(), C
     })?;
     // flowaudit's functions only through the codec, with the plan's fingerprint checked.
     let registry = BallistaFunctionRegistry::default();
-    let stores = member.scan_stores()?;
+    let stores = Arc::new(WarehouseStores::new(
+        member.scan_stores()?,
+        &member.role,
+        &member.location,
+    ));
     let wd = work_dir.clone();
     let runtime = move |_: &SessionConfig| -> Result<Arc<RuntimeEnv>> {
-        let env = RuntimeEnvBuilder::new().with_temp_file_path(&wd).build()?;
-        for (url, store) in &stores {
-            env.register_object_store(url.as_ref(), store.clone());
-        }
+        let env = RuntimeEnvBuilder::new()
+            .with_temp_file_path(&wd)
+            .with_object_store_registry(stores.clone())
+            .build()?;
         Ok(Arc::new(env))
     };
     let config = ExecutorProcessConfig {

@@ -90,6 +90,62 @@ fn progress_path(prefix: &ObjectPath, table: &str, topic: &str, partition: i32) 
     p.join(table).join(format!("{topic}-{partition}.json"))
 }
 
+/// Mark `topic`/`partition`, which feeds `table`, as closed: it will never hold more than the
+/// warehouse recorded of it (a retired or renamed topic, a partition no ingest owns any more),
+/// so its table is complete for all time as far as it is concerned. The mark is backed by what
+/// the log records (every offset below the recorded position), as ingest's marks are; records
+/// of it committed later are late data, found and evaluated like any other. Refused for a
+/// partition the table has never recorded or marked.
+pub async fn close_partition(
+    location: &Location,
+    table: &str,
+    topic: &str,
+    partition: i32,
+    writer: &str,
+) -> Result<CaughtUp> {
+    let log = read_log(location).await?;
+    let recorded_to = log
+        .commits
+        .iter()
+        .filter_map(|c| c.meta.as_ref())
+        .filter(|m| m.topic == topic && m.partition == partition)
+        .map(|m| m.covers_last_offset.saturating_add(1))
+        .max();
+    let feeds = log.commits.iter().any(|c| {
+        c.table == table
+            && c.meta
+                .as_ref()
+                .is_some_and(|m| m.topic == topic && m.partition == partition)
+    });
+    let marked = read_caught_up(location)
+        .await?
+        .iter()
+        .any(|m| m.table == table && m.topic == topic && m.partition == partition);
+    if !feeds && !marked {
+        return Err(Error::Config(format!(
+            "{table} has never recorded or marked {topic}/{partition}: nothing to close (is the table, topic or partition right?)"
+        )));
+    }
+    let recorded_to = recorded_to.unwrap_or(0);
+    let mark = CaughtUp {
+        table: table.to_string(),
+        topic: topic.to_string(),
+        partition,
+        recorded_to,
+        high_watermark: recorded_to,
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        writer: writer.to_string(),
+        closed: true,
+    };
+    let (store, prefix) = location.store()?;
+    let path = progress_path(&prefix, table, topic, partition);
+    store
+        .put(&path, serde_json::to_vec(&mark).expect("json").into())
+        .await
+        .map_err(|e| Error::Warehouse(format!("writing {path}: {e}")))?;
+    Ok(mark)
+}
+
 /// Every partition's caught-up mark kept in the warehouse (unreadable marks are skipped with a
 /// warning: they only ever delay a judgement).
 pub async fn read_caught_up(location: &Location) -> Result<Vec<CaughtUp>> {

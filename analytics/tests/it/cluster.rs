@@ -52,6 +52,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(wh: &str, executors: usize, work: &Path) -> Self {
+        Self::start_with(wh, wh, executors, work)
+    }
+
+    /// A cluster whose executors are given `executor_wh` as their warehouse.
+    fn start_with(wh: &str, executor_wh: &str, executors: usize, work: &Path) -> Self {
         let port = free_port();
         let mut c = fa(&["cluster", "scheduler", "--bind"]);
         c.arg(format!("127.0.0.1:{port}"))
@@ -72,7 +77,7 @@ impl Cluster {
                 .arg(format!("127.0.0.1:{p}"))
                 .args(["--slots", "2", "--heartbeat-s", "1", "--work-dir"])
                 .arg(work.join(format!("executor-{i}")));
-            member_flags(&mut c, wh);
+            member_flags(&mut c, executor_wh);
             let mut e = Running::spawn(c);
             e.wait_for("Executor registration succeed", Duration::from_secs(60));
             cluster.executors.push(e);
@@ -394,6 +399,48 @@ fn flight_sql_queries_are_answered_by_the_cluster() {
     assert!(
         cluster.tasks() > tasks_before,
         "the executors ran no task:\n{}",
+        cluster.logs()
+    );
+}
+
+#[test]
+fn without_an_executor_or_with_one_on_another_warehouse_the_client_is_told_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wh, _) = demo_on_s3(dir.path(), "cluster-other");
+    let bucket = std::env::var("FLOWAUDIT_TEST_S3").unwrap();
+    let other = format!("{bucket}/elsewhere-{:016x}", rand::random::<u64>());
+    // A query's stderr, on the cluster at `engine`; it must fail.
+    let refused = |engine: &str| -> String {
+        let mut c = fa(&[
+            "sql",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT sum(bytes) AS b FROM flows",
+        ]);
+        member_flags(&mut c, &wh);
+        c.args(["--engine", engine]);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "answered:\n{err}");
+        err
+    };
+    // No executor at all: the client does not wait forever for one.
+    let empty = Cluster::start(&wh, 0, dir.path());
+    let err = refused(&empty.engine);
+    assert!(
+        err.contains("has no live executor") && err.contains("flowaudit cluster executor"),
+        "{err}"
+    );
+    drop(empty);
+    // The client and the scheduler agree; the executor was started on another warehouse.
+    let cluster = Cluster::start_with(&wh, &other, 1, dir.path());
+    let err = refused(&cluster.engine);
+    assert!(
+        err.contains("not a table of this executor's warehouse")
+            && err.contains(&other)
+            && err.contains("--warehouse"),
+        "{err}\n{}",
         cluster.logs()
     );
 }

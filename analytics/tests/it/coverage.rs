@@ -318,22 +318,28 @@ fn half_a_day_then_the_rest_finds_the_late_violations_and_closes_the_filled_sile
     }
 }
 
-/// Without the ingest marks (ingest still behind), half a day is complete only up to noon less
-/// the lateness: `rules run` evaluates that part, says which sources hold the rest back, raises
-/// no silence; `--force` evaluates the whole day and marks it incomplete.
-#[test]
-fn a_warehouse_behind_is_evaluated_as_far_as_it_is_complete_or_forced_and_marked() {
+/// The morning of a generated day ingested, then the caught-up marks removed: what an ingest
+/// that is still behind (or stopped for good) leaves. The setup and the alerts file.
+fn morning_without_marks(seed: u64) -> (Setup, std::path::PathBuf) {
     let s = Setup::new(1);
-    let gen = day(23);
+    let gen = day(seed);
     let (gw_am, _) = split(&gen.gateway, at(12));
     let (fl_am, _) = split(&gen.flows, at(12));
     produce(&s, &gw_am, &fl_am);
     let mut c = s.ingest();
     c.arg("--until-caught-up");
     run_ok(c);
-    // What an ingest that is still behind leaves: no caught-up marks.
     std::fs::remove_dir_all(s.warehouse().join("_ingest")).unwrap();
     let file = s.dir.path().join("alerts.jsonl");
+    (s, file)
+}
+
+/// Without the ingest marks (ingest still behind), half a day is complete only up to noon less
+/// the lateness: `rules run` evaluates that part, says which sources hold the rest back, raises
+/// no silence; `--force` evaluates the whole day and marks it incomplete.
+#[test]
+fn a_warehouse_behind_is_evaluated_as_far_as_it_is_complete_or_forced_and_marked() {
+    let (s, file) = morning_without_marks(23);
     let (out, _) = run_ok(rules_run(&s, &file));
     assert!(out.contains("partial"), "{out}");
     assert!(out.contains("complete up to 2026-11-22T11:5"), "{out}");
@@ -371,6 +377,52 @@ fn a_warehouse_behind_is_evaluated_as_far_as_it_is_complete_or_forced_and_marked
         };
         assert_eq!(o["coverage"], want, "{o}");
     }
+}
+
+/// A topic retired half way through the day: with no ingest to mark it caught up, its
+/// partitions hold their tables back for good, until the operator closes them; then the day is
+/// complete with what was recorded (and a source silent since is judged silent).
+#[test]
+fn closing_a_retired_partition_makes_its_table_complete_with_what_was_recorded() {
+    // Its ingest stopped before it caught up, and never ran again.
+    let (s, file) = morning_without_marks(29);
+    let (out, _) = run_ok(rules_run(&s, &file));
+    assert!(out.contains("partial"), "{out}");
+
+    let close = |table: &str, topic: &str, partition: &str| {
+        let mut c = Command::new(bin());
+        c.args(["close-partition", "--warehouse"])
+            .arg(s.warehouse_arg())
+            .args(["--table", table, "--topic", topic, "--partition", partition])
+            .env_remove("FLOWAUDIT_CONFIG");
+        c.output().unwrap()
+    };
+    // A partition the table never recorded is refused, naming it.
+    let o = close("flows", &s.gateway_topic, "0");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("has never recorded or marked"),
+        "{err}"
+    );
+    for (table, topic) in [
+        ("flows", &s.flow_topic),
+        ("gateway_events", &s.gateway_topic),
+    ] {
+        let o = close(table, topic, "0");
+        let so = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(so.contains("complete for all time"), "{so}");
+    }
+    let (out, _) = run_ok(rules_run(&s, &file));
+    let runs = flowaudit_analytics::runner::read_runs(&s.warehouse()).unwrap();
+    for o in runs.last().unwrap()["rules"].as_array().unwrap() {
+        assert_eq!(o["coverage"], "complete", "{o}\n{out}");
+    }
+    // The sources that stopped at noon are now judged silent: that is what closing says.
+    assert!(
+        lines(&file).iter().any(|a| a.rule_id == "telemetry_silent"),
+        "{out}"
+    );
 }
 
 /// `serve` with ingest alongside, started on a day of backlog (all of yesterday waiting in
