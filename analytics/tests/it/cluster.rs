@@ -70,16 +70,46 @@ impl Cluster {
             executors: Vec::new(),
         };
         for i in 0..executors {
-            let p = free_pair();
-            let mut c = fa(&["cluster", "executor", "--scheduler"]);
-            c.arg(format!("127.0.0.1:{port}"))
-                .arg("--bind")
-                .arg(format!("127.0.0.1:{p}"))
-                .args(["--slots", "2", "--heartbeat-s", "1", "--work-dir"])
-                .arg(work.join(format!("executor-{i}")));
-            member_flags(&mut c, executor_wh);
-            let mut e = Running::spawn(c);
-            e.wait_for("Executor registration succeed", Duration::from_secs(60));
+            // A free pair of ports can be taken by another test before the executor binds it:
+            // an executor that exits before registering is started again on another pair.
+            let mut attempt = 0;
+            let e = loop {
+                attempt += 1;
+                let p = free_pair();
+                let mut c = fa(&["cluster", "executor", "--scheduler"]);
+                c.arg(format!("127.0.0.1:{port}"))
+                    .arg("--bind")
+                    .arg(format!("127.0.0.1:{p}"))
+                    .args(["--slots", "2", "--heartbeat-s", "1", "--work-dir"])
+                    .arg(work.join(format!("executor-{i}")));
+                member_flags(&mut c, executor_wh);
+                let mut e = Running::spawn(c);
+                let t = std::time::Instant::now();
+                let exited = loop {
+                    if e.log().contains("Executor registration succeed") {
+                        break None;
+                    }
+                    if let Ok(Some(st)) = e.child.try_wait() {
+                        break Some(st);
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "executor {i} did not register:\n{}",
+                        e.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                match exited {
+                    None => break e,
+                    Some(st) if attempt < 3 => {
+                        eprintln!(
+                            "executor {i} exited {st:?} before registering; again:\n{}",
+                            e.log()
+                        )
+                    }
+                    Some(st) => panic!("executor {i} exited {st:?}:\n{}", e.log()),
+                }
+            };
             cluster.executors.push(e);
         }
         cluster
