@@ -29,7 +29,8 @@ FLOWS = int(os.environ.get("BENCH_FLOWS", "1000000"))
 EVENTS = int(os.environ.get("BENCH_EVENTS", "100000"))
 SPREAD_MSGS = int(os.environ.get("BENCH_SPREAD_MSGS", "400000"))
 SPREAD_HOURS = int(os.environ.get("BENCH_SPREAD_HOURS", "2000"))
-SPREAD_BOUND = int(os.environ.get("BENCH_SPREAD_BOUND", str(64 << 20)))
+# The bounds (MiB) measured in (4): the least ingest accepts and the default.
+SPREAD_BOUNDS = [int(b) << 20 for b in os.environ.get("BENCH_SPREAD_BOUNDS", "96,256").split(",")]
 PY = sys.executable
 
 
@@ -95,10 +96,10 @@ def spread_events(path, n, hours, interleaved):
                                 "records": 10, "bytes": 100 + i % 5000, "dst_ip": f"31.10.{i % 200}.{i % 250}"}) + "\n")
 
 
-def ingest_cmd(bin_, brokers, policy, geoip, tag, topic, flows, wh):
+def ingest_cmd(bin_, brokers, policy, geoip, tag, topic, flows, wh, bound):
     return [bin_, "ingest", "--brokers", brokers, "--group", f"bench-spread-{tag}", "--warehouse", wh,
             "--policy", policy, "--geoip", geoip, "--until-caught-up", "--gateway-topic", topic,
-            "--flow-topic", flows, "--max-buffer-bytes", str(SPREAD_BOUND),
+            "--flow-topic", flows, "--max-buffer-bytes", str(bound),
             "--session-timeout-ms", "6000", "--idle-ms", "3000"]
 
 
@@ -120,10 +121,10 @@ def spread_bench(bin_, out, brokers, policy, geoip, res):
     run([PY, "scripts/kafka_client.py", "produce", brokers, "spread.base.gw", path])
     os.remove(path)
     wh = os.path.join(out, "wh-spread-base")
-    _, program_mb, so = run(ingest_cmd(bin_, brokers, policy, geoip, "base", "spread.base.gw", "spread.base.fl", wh))
+    _, program_mb, so = run(ingest_cmd(bin_, brokers, policy, geoip, "base", "spread.base.gw", "spread.base.fl", wh,
+                                       SPREAD_BOUNDS[0]))
     assert "consumed 1000 =" in so, so
     shutil.rmtree(wh, ignore_errors=True)
-    bound_mb = SPREAD_BOUND / 2**20
     res["flowaudit ingest, 1,000 messages in one hour (the program)"] = {"max_rss_mb": program_mb}
     print(f"ingest of 1,000 messages in one hour (the program itself): peak RSS {program_mb:.0f} MiB", flush=True)
     for order in ("interleaved", "in time order"):
@@ -133,24 +134,26 @@ def spread_bench(bin_, out, brokers, policy, geoip, res):
         spread_events(path, SPREAD_MSGS, SPREAD_HOURS, order == "interleaved")
         create_topics(brokers, topic, flows)
         run([PY, "scripts/kafka_client.py", "produce", brokers, topic, path])
-        wh = os.path.join(out, f"wh-spread-{tag}")
-        shutil.rmtree(wh, ignore_errors=True)
-        secs, mb, so = run(ingest_cmd(bin_, brokers, policy, geoip, tag, topic, flows, wh))
-        consumed = int(re.search(r"consumed (\d+) =", so).group(1))
-        assert consumed == SPREAD_MSGS, (consumed, SPREAD_MSGS)
-        files, commits = map(int, re.search(r"(\d+) files in (\d+) commits", so).groups())
-        on_disk = sum(len([f for f in fs if f.endswith(".parquet")]) for d, _, fs in os.walk(wh)
-                      if "_delta_log" not in d and "_staging" not in d)
-        assert on_disk == files, (on_disk, files)
-        held = mb - program_mb
-        res[f"flowaudit ingest, {SPREAD_HOURS} hours {order}"] = {
-            "messages": consumed, "json_mb": os.path.getsize(path) / 1e6, "max_buffer_bytes": SPREAD_BOUND,
-            "max_rss_mb": mb, "above_program_mb": held, "files": files, "commits": commits, "wall_s": secs}
-        print(f"ingest, {consumed} messages over {SPREAD_HOURS} hours {order}: peak RSS {mb:.0f} MiB = program "
-              f"{program_mb:.0f} MiB + {held:.0f} MiB held, against max_buffer_bytes {bound_mb:.0f} MiB "
-              f"({'within' if held <= bound_mb else 'OVER'}); {files} files in "
-              f"{commits} commits; wall {secs:.1f} s", flush=True)
-        shutil.rmtree(wh, ignore_errors=True)
+        for bound in SPREAD_BOUNDS:
+            bound_mb = bound / 2**20
+            wh = os.path.join(out, f"wh-spread-{tag}")
+            shutil.rmtree(wh, ignore_errors=True)
+            secs, mb, so = run(ingest_cmd(bin_, brokers, policy, geoip, f"{tag}-{bound_mb:.0f}", topic, flows, wh, bound))
+            consumed = int(re.search(r"consumed (\d+) =", so).group(1))
+            assert consumed == SPREAD_MSGS, (consumed, SPREAD_MSGS)
+            files, commits = map(int, re.search(r"(\d+) files in (\d+) commits", so).groups())
+            on_disk = sum(len([f for f in fs if f.endswith(".parquet")]) for d, _, fs in os.walk(wh)
+                          if "_delta_log" not in d and "_staging" not in d)
+            assert on_disk == files, (on_disk, files)
+            held = mb - program_mb
+            res[f"flowaudit ingest, {SPREAD_HOURS} hours {order}, max_buffer_bytes {bound_mb:.0f} MiB"] = {
+                "messages": consumed, "json_mb": os.path.getsize(path) / 1e6, "max_buffer_bytes": bound,
+                "max_rss_mb": mb, "above_program_mb": held, "files": files, "commits": commits, "wall_s": secs}
+            print(f"ingest, {consumed} messages over {SPREAD_HOURS} hours {order}: peak RSS {mb:.0f} MiB = program "
+                  f"{program_mb:.0f} MiB + {held:.0f} MiB held, against max_buffer_bytes {bound_mb:.0f} MiB "
+                  f"({'within' if held <= bound_mb else 'OVER'}); {files} files in "
+                  f"{commits} commits; wall {secs:.1f} s", flush=True)
+            shutil.rmtree(wh, ignore_errors=True)
         os.remove(path)
 
 

@@ -1,6 +1,7 @@
 """A local HTTP receiver for webhook tests: accepts POSTs on 127.0.0.1:PORT, answers 503 to the
 first FAIL requests (a receiver that is down, then recovers), and appends each accepted body as
-one line to OUT. Prints "listening" once ready.
+one line to OUT, and its Idempotency-Key header as one line to OUT.keys. Prints "listening" once
+ready.
 
   webhook_receiver.py PORT OUT [FAIL]
 """
@@ -22,6 +23,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         with open(out, "ab") as f:
             f.write(body.replace(b"\n", b" ") + b"\n")
+        with open(out + ".keys", "a") as f:
+            f.write(self.headers.get("Idempotency-Key", "") + "\n")
         self.send_response(204)
         self.end_headers()
 

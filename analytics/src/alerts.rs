@@ -214,6 +214,10 @@ pub struct Alert {
     /// For `status = "closed"`: why (which run, over which table versions, no longer found it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close_reason: Option<String>,
+    /// For a raise of a fingerprint that was closed before: the `seq` of that closing line (the
+    /// alert is reopened; sinks see an update of the same finding, not a duplicate raise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopens: Option<u64>,
 }
 
 /// A JSON value as plain text (strings without quotes).
@@ -428,6 +432,7 @@ pub fn group_findings(
                         raised_at: run.raised_at.into(),
                         suppression: None,
                         close_reason: None,
+                        reopens: None,
                     },
                 );
             }
@@ -457,20 +462,6 @@ struct Latest {
     status: String,
     rule_id: String,
     day: String,
-    window: (String, String),
-}
-
-/// Whether the window `[from, to)` (RFC 3339) holds the whole UTC day `day` (`YYYY-MM-DD`).
-fn covers_day(window: (&str, &str), day: &str) -> bool {
-    let parse = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().ok();
-    let start = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc());
-    match (parse(window.0), parse(window.1), start) {
-        (Some(f), Some(t), Some(d)) => f <= d && d + chrono::Duration::days(1) <= t,
-        _ => false,
-    }
 }
 
 /// The alert store of a state directory (see the module docs). Holding it holds the store's lock.
@@ -478,7 +469,7 @@ pub struct AlertStore {
     dir: PathBuf,
     id: String,
     log: File,
-    /// Each fingerprint's latest line: (seq, status, rule, window from, window to).
+    /// Each fingerprint's latest line: (seq, status, rule, day).
     seen: HashMap<String, Latest>,
     next_seq: u64,
     _lock: File,
@@ -544,7 +535,6 @@ impl AlertStore {
                     status: a.status,
                     rule_id: a.rule_id,
                     day: a.day,
-                    window: (a.window_from, a.window_to),
                 },
             );
             next_seq += 1;
@@ -596,13 +586,13 @@ impl AlertStore {
         let mut lines = String::new();
         let mut added = Vec::new();
         for mut a in alerts {
-            if self
-                .seen
-                .get(&a.fingerprint)
-                .is_some_and(|l| l.status != "closed")
-            {
-                out.duplicates += 1;
-                continue;
+            match self.seen.get(&a.fingerprint) {
+                Some(l) if l.status != "closed" => {
+                    out.duplicates += 1;
+                    continue;
+                }
+                Some(l) => a.reopens = Some(l.seq),
+                None => {}
             }
             let day: Option<chrono::NaiveDate> = a.day.parse().ok();
             for s in suppressions
@@ -648,7 +638,6 @@ impl AlertStore {
                 status: a.status.clone(),
                 rule_id: a.rule_id.clone(),
                 day: a.day.clone(),
-                window: (a.window_from.clone(), a.window_to.clone()),
             },
         );
     }
@@ -664,31 +653,31 @@ impl AlertStore {
         Ok(())
     }
 
-    /// Close the open alerts (`new`, not suppressed) of `rule_id` first raised over the window
-    /// `window`, whose day lies wholly inside it, and whose fingerprints are not in `found`: a
-    /// re-evaluation of that same window, which sees every finding of their day, no longer
-    /// supports them. (Alerts of sliding windows, which see only part of a day, are not closed:
-    /// another window of the same day may still support them.) Each gets a `closed` line (a copy with `reason`, the closing run and
-    /// its time), sent to the sinks like any line; nothing is deleted. Returns those lines.
-    pub fn close_unsupported(
+    /// The open alerts (`new`, not suppressed) of `rule_id`: (fingerprint, day).
+    pub fn open_alerts(&self, rule_id: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .seen
+            .iter()
+            .filter(|(_, l)| l.status == "new" && l.rule_id == rule_id)
+            .map(|(fp, l)| (fp.clone(), l.day.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Close the open alerts among `fingerprints` (those a re-evaluation left without support:
+    /// [`crate::lifecycle`]). Each gets a `closed` line (a copy with `reason`, the closing run
+    /// and its time), sent to the sinks like any line; nothing is deleted. Returns those lines.
+    pub fn close(
         &mut self,
-        rule_id: &str,
-        window: (&str, &str),
-        found: &HashSet<String>,
+        fingerprints: &HashSet<String>,
         run: &RunContext<'_>,
         reason: &str,
     ) -> Result<Vec<Alert>, AlertError> {
         let mut seqs: Vec<u64> = self
             .seen
             .iter()
-            .filter(|(fp, l)| {
-                l.status == "new"
-                    && l.rule_id == rule_id
-                    && l.window.0 == window.0
-                    && l.window.1 == window.1
-                    && covers_day(window, &l.day)
-                    && !found.contains(*fp)
-            })
+            .filter(|(fp, l)| l.status == "new" && fingerprints.contains(*fp))
             .map(|(_, l)| l.seq)
             .collect();
         if seqs.is_empty() {
@@ -708,6 +697,7 @@ impl AlertStore {
             a.run_id = run.run_id.into();
             a.raised_at = run.raised_at.into();
             a.close_reason = Some(reason.to_string());
+            a.reopens = None;
             lines.push_str(&serde_json::to_string(&a).expect("alert json"));
             lines.push('\n');
             self.note(&a);
@@ -1026,29 +1016,6 @@ mod tests {
             alerts[5].fingerprint,
             fingerprint("x", "who=alice, dst_country=NL", "2026-11-21")
         );
-    }
-
-    #[test]
-    fn only_a_window_holding_the_whole_day_closes_its_alerts() {
-        let day = "2026-11-22";
-        assert!(covers_day(
-            ("2026-11-22T00:00:00.000000Z", "2026-11-23T00:00:00.000000Z"),
-            day
-        ));
-        assert!(covers_day(
-            ("2026-11-21T00:00:00Z", "2026-11-24T00:00:00Z"),
-            day
-        ));
-        // A sliding window sees part of the day.
-        assert!(!covers_day(
-            ("2026-11-21T10:15:00Z", "2026-11-22T10:15:00Z"),
-            day
-        ));
-        assert!(!covers_day(
-            ("2026-11-22T00:00:00Z", "2026-11-22T23:55:00Z"),
-            day
-        ));
-        assert!(!covers_day(("x", "2026-11-23T00:00:00Z"), day));
     }
 
     #[test]

@@ -712,7 +712,7 @@ pub struct IngestArgs {
     /// Most rows buffered per Kafka partition before writing (default 1000000). [config: ingest.max_file_rows]
     #[arg(long, env = "FLOWAUDIT_MAX_FILE_ROWS")]
     pub max_file_rows: Option<usize>,
-    /// Memory for data in flight: 9/16 buffered rows, 5/16 the Parquet encoder, 1/8 the Kafka prefetch (default 256 MiB). [config: ingest.max_buffer_bytes]
+    /// Memory for data in flight (default 256 MiB, at least 128 MiB): 48 MiB reserved for fixed costs, the rest shared 9/16 buffered rows, 5/16 the Parquet encoder, 1/8 the Kafka prefetch. [config: ingest.max_buffer_bytes]
     #[arg(long, env = "FLOWAUDIT_MAX_BUFFER_BYTES")]
     pub max_buffer_bytes: Option<usize>,
     /// zstd level of the Parquet files, 1–22 (default 3). [config: ingest.zstd_level]

@@ -497,12 +497,21 @@ fn meaning_problems(cfg: &FileConfig, locate: &dyn Fn(&str) -> String, out: &mut
     }
     for (key, v) in [
         ("ingest.max_file_rows", i.max_file_rows),
-        ("ingest.max_buffer_bytes", i.max_buffer_bytes),
         ("ingest.max_message_bytes", i.max_message_bytes),
     ] {
         if v == Some(0) {
             bad(key, "must be positive".into());
         }
+    }
+    let least = flowaudit_ingest::config::MIN_BUFFER_BYTES;
+    if let Some(v) = i.max_buffer_bytes.filter(|v| *v < least) {
+        bad(
+            "ingest.max_buffer_bytes",
+            format!(
+                "{v} is below {least} ({} MiB), the least ingest can keep to (docs/operations.md, \"Memory\")",
+                least >> 20
+            ),
+        );
     }
     if let (Some(g), Some(f)) = (&i.gateway_topic, &i.flow_topic) {
         if g == f {

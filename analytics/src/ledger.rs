@@ -31,6 +31,9 @@ pub struct Evaluation {
     pub evaluated: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub tables: Vec<String>,
     pub positions: Vec<Position>,
+    /// The fingerprints of every finding of this evaluation (raised, already raised or
+    /// suppressed); `None` in a record written before they were kept.
+    pub found: Option<std::collections::HashSet<String>>,
     heads: Vec<String>,
     error: Option<String>,
 }
@@ -86,6 +89,11 @@ pub fn evaluations(runs: &[Value]) -> Vec<Evaluation> {
                 },
                 tables,
                 positions: positions.clone(),
+                found: o["found"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|f| f.as_str().map(String::from))
+                        .collect()
+                }),
                 heads,
                 error: o["error"].as_str().map(String::from),
             });

@@ -18,6 +18,7 @@ pub mod flight;
 pub mod fuzz;
 pub mod geoip_cmd;
 pub mod ledger;
+pub mod lifecycle;
 pub mod ops;
 pub mod planted;
 pub mod report;

@@ -69,8 +69,12 @@ pub struct RuleOutcome {
     pub tables: Vec<String>,
     /// What was not complete up to the window's end: each source or partition, complete up to when.
     pub lagging: Vec<crate::watermark::Lagging>,
-    /// Alerts of this window that this evaluation no longer supported, closed.
+    /// Alerts this evaluation closed: it no longer found them and no evaluation that still
+    /// stands did ([`crate::lifecycle`]).
     pub closed: usize,
+    /// The fingerprints of every finding of this evaluation (raised, already raised or
+    /// suppressed), sorted: what later evaluations weigh before closing an alert.
+    pub found: Vec<String>,
 }
 
 /// A partition's position in one table at the start of a run: every offset below `next_offset`
@@ -231,6 +235,8 @@ pub async fn run_window(
     let mut outcomes = Vec::new();
     let (mut raised, mut suppressed, mut expired, mut closed) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The earlier evaluations, read once a rule has open alerts its evaluation did not find.
+    let mut prior: Option<Vec<crate::ledger::Evaluation>> = None;
     for rule in rules {
         let t = Instant::now();
         let lateness = rule.lateness.unwrap_or(lateness);
@@ -252,6 +258,7 @@ pub async fn run_window(
             tables: Vec::new(),
             lagging: Vec::new(),
             closed: 0,
+            found: Vec::new(),
         };
         let tables = crate::watermark::tables_read(catalog, &rules::render(rule, from, to)).await;
         let tables = match tables {
@@ -334,20 +341,40 @@ pub async fn run_window(
                     .map(|h| format!("{}@{}", h.table, h.version))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let reason = format!(
-                    "no longer found when run {run_id} evaluated the same window again with rule version {} over {versions}{}",
-                    &rule.sha256[..12],
-                    if outcome.coverage == "incomplete" { " (forced, on incomplete data)" } else { "" }
-                );
-                let gone = store.close_unsupported(
-                    &rule.id,
-                    (&from_s, &to_s),
-                    &fingerprints,
-                    &ctx,
-                    &reason,
-                )?;
-                outcome.closed = gone.len();
-                closed.extend(gone);
+                let missing: Vec<(String, String)> = store
+                    .open_alerts(&rule.id)
+                    .into_iter()
+                    .filter(|(fp, _)| !fingerprints.contains(fp))
+                    .collect();
+                if !missing.is_empty() {
+                    if prior.is_none() {
+                        prior = Some(crate::ledger::evaluations(&read_runs(state)?));
+                    }
+                    let earlier: Vec<crate::lifecycle::Found<'_>> = prior
+                        .iter()
+                        .flatten()
+                        .filter(|e| e.rule_id == rule.id)
+                        .filter_map(crate::lifecycle::Found::of)
+                        .collect();
+                    let current = crate::lifecycle::Found {
+                        range: (from, upto),
+                        found: Some(&fingerprints),
+                    };
+                    let gone = crate::lifecycle::unsupported(&missing, &earlier, current);
+                    if !gone.is_empty() {
+                        let reason = format!(
+                            "no longer found when run {run_id} evaluated [{from_s}, {to_s}) with rule version {} over {versions}{}, and no other evaluation that still stands found it",
+                            &rule.sha256[..12],
+                            if outcome.coverage == "incomplete" { " (forced, on incomplete data)" } else { "" }
+                        );
+                        let gone = store.close(&gone, &ctx, &reason)?;
+                        outcome.closed = gone.len();
+                        closed.extend(gone);
+                    }
+                }
+                let mut found: Vec<String> = fingerprints.into_iter().collect();
+                found.sort_unstable();
+                outcome.found = found;
             }
             Err(e) => {
                 warn!(rule = %rule.id, error = %e, "rule failed");

@@ -6,7 +6,8 @@
 //! delivery attempt (the next `rules run`, or the next tick of `serve`). Suppressed alerts are
 //! recorded but never sent. A crash between a delivery and its cursor update sends that alert
 //! again: receivers deduplicate by `fingerprint` (the Kafka key) and status (the webhook's
-//! Idempotency-Key is `<fingerprint>` for a raise, `<fingerprint>:closed:<seq>` for a closing).
+//! Idempotency-Key is `<fingerprint>` for a first raise, `<fingerprint>:closed:<seq>` for a closing
+//! and `<fingerprint>:reopened:<seq>` for a raise after a closing).
 use std::fs::OpenOptions;
 
 /// Whether a line of the outbox goes to the sinks: raises (`new`) and closings (`closed`);
@@ -15,11 +16,15 @@ pub fn is_sent(a: &crate::alerts::Alert) -> bool {
     a.status == "new" || a.status == "closed"
 }
 
-/// The webhook's `Idempotency-Key`: the fingerprint; for a closing, `<fingerprint>:closed:<seq>`
-/// (a different delivery of the same alert, and each closing its own).
+/// The webhook's `Idempotency-Key`: the fingerprint for its first raise; for a closing,
+/// `<fingerprint>:closed:<seq>`, and for a raise that reopens a closed alert,
+/// `<fingerprint>:reopened:<seq>`. Each line of the outbox its own key, the same on every retry,
+/// so a receiver that drops repeated keys drops only repeated deliveries.
 pub fn idempotency_key(a: &crate::alerts::Alert) -> String {
     if a.status == "closed" {
         format!("{}:closed:{}", a.fingerprint, a.seq)
+    } else if a.reopens.is_some() {
+        format!("{}:reopened:{}", a.fingerprint, a.seq)
     } else {
         a.fingerprint.clone()
     }

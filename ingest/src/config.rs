@@ -145,10 +145,18 @@ impl IngestSettings {
                 cfg.parquet.zstd_level
             )));
         }
-        if cfg.max_file_rows == 0 || cfg.max_buffer_bytes == 0 || cfg.max_message_bytes == 0 {
+        if cfg.max_file_rows == 0 || cfg.max_message_bytes == 0 {
             return Err(Error::Config(
-                "max_file_rows, max_buffer_bytes and max_message_bytes must be positive".into(),
+                "max_file_rows and max_message_bytes must be positive".into(),
             ));
+        }
+        if cfg.max_buffer_bytes < MIN_BUFFER_BYTES {
+            return Err(Error::Config(format!(
+                "max_buffer_bytes {} is below {}, the least ingest can keep to: {} of it is reserved for what ingest holds whatever the data (the Kafka client's fetches, the Parquet encoder, memory the allocator keeps after it is freed), and the rest is shared by rows, encoder and prefetch (docs/operations.md, \"Memory\")",
+                mib(cfg.max_buffer_bytes),
+                mib(MIN_BUFFER_BYTES),
+                mib(FIXED_RESERVE_BYTES),
+            )));
         }
         Ok(cfg)
     }
@@ -179,19 +187,45 @@ pub struct IngestConfig {
     pub kafka: BTreeMap<String, String>,
 }
 
+/// The part of `max_buffer_bytes` that ingest holds whatever the bound and the data: librdkafka's
+/// fetch buffers (never below `message.max.bytes`, 1 MB, per request), the Parquet encoder's
+/// fixed state, and what the allocator keeps around freed buffers. Measured in make bench
+/// (docs/benchmarks.md, table 4): over the program's own size, 400,000 events interleaved over
+/// 2,000 hours held about 38 MiB plus 0.9 of the shared budget.
+pub const FIXED_RESERVE_BYTES: usize = 48 << 20;
+
+/// The least `max_buffer_bytes` accepted. Below it, with data spread over every hour the rows'
+/// share is too small to hold one row per open hour, and the commits that forces hold more
+/// than the bound (measured at 96 MiB in make bench: 119 MiB held, 30,000 files in 15 commits).
+pub const MIN_BUFFER_BYTES: usize = 128 << 20;
+
+fn mib(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 impl IngestConfig {
-    /// The share of `max_buffer_bytes` given to librdkafka's prefetch (an eighth): the consumer's
-    /// queue limits are derived from it (`consumer::client_config`).
-    pub fn prefetch_bytes(&self) -> usize {
-        self.max_buffer_bytes / 8
+    /// What the rows, the encoder and the prefetch share: `max_buffer_bytes` less the fixed
+    /// reserve.
+    pub fn shared_bytes(&self) -> usize {
+        self.max_buffer_bytes.saturating_sub(FIXED_RESERVE_BYTES)
     }
 
-    /// The share of `max_buffer_bytes` held as rows, counted as they really are: buffers being
-    /// filled and jobs handed to the writer (nine sixteenths). The remaining five sixteenths are
+    /// The share given to librdkafka's prefetch (an eighth of the shared budget): the
+    /// consumer's queue limits are derived from it (`consumer::client_config`).
+    pub fn prefetch_bytes(&self) -> usize {
+        self.shared_bytes() / 8
+    }
+
+    /// The share held as rows, counted as they really are: buffers being filled and jobs handed
+    /// to the writer (nine sixteenths of the shared budget). The remaining five sixteenths are
     /// not counted but left for what the Parquet encoder holds while it writes a job's files (its
     /// pages and compressed column chunks, proportional to the job), measured in make bench.
     pub fn row_bytes(&self) -> usize {
-        self.max_buffer_bytes / 16 * 9
+        self.shared_bytes() / 16 * 9
     }
 }
 

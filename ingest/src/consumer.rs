@@ -480,10 +480,6 @@ const MARK_EVERY: Duration = Duration::from_secs(5);
 /// A partition's unchanged mark is renewed (its time moved on) at most this often.
 const MARK_REFRESH: chrono::Duration = chrono::Duration::seconds(30);
 
-/// Below this `max_buffer_bytes` is smaller than what ingest needs regardless of it (measured in
-/// make bench, docs/benchmarks.md table 4): a warning at start.
-const MIN_USEFUL_BUFFER_BYTES: usize = 64 << 20;
-
 /// How long "caught up" waits, after the last message, for a position reset to be reported when
 /// a partition's recorded position is past the high watermark librdkafka knows.
 const RESET_GRACE: Duration = Duration::from_secs(1);
@@ -517,7 +513,7 @@ fn cached_watermarks(
 
 /// Build the consumer's librdkafka configuration (auto-commit off; offsets come from the warehouse's Delta logs).
 ///
-/// The prefetch is held to `cfg.prefetch_bytes()`, an eighth of `max_buffer_bytes`. librdkafka
+/// The prefetch is held to `cfg.prefetch_bytes()`, an eighth of the shared budget. librdkafka
 /// holds each queued message with a few hundred bytes of its own beside the payload, and
 /// `queued.max.messages.kbytes` counts payloads only: so payloads get a quarter of the share, the
 /// message count per partition (`queued.min.messages`) allows 1 KiB a message for half of it, and
@@ -579,12 +575,6 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
             info!(path = %g.identity().path.display(), sha256 = %g.identity().sha256, kind = g.identity().kind, "GeoIP database loaded")
         }
         None => warn!("no GeoIP database configured: countries of external addresses will be null"),
-    }
-    if cfg.max_buffer_bytes < MIN_USEFUL_BUFFER_BYTES {
-        warn!(
-            max_buffer_bytes = cfg.max_buffer_bytes,
-            "max_buffer_bytes is below 64 MiB: the fixed costs of the Kafka client and the Parquet encoder (about 30 MiB) exceed it, and data spread over many hours is written as many small files (docs/operations.md, \"Memory\")"
-        );
     }
     let geoip_sha = geoip.as_ref().map(|g| g.identity().sha256.clone());
     let warehouse = Warehouse::open(&cfg.warehouse)?;

@@ -698,3 +698,184 @@ fn serve_started_on_a_backlog_waits_for_complete_data_and_raises_only_what_is_re
         "every record of the day and the late one"
     );
 }
+
+/// Sliding windows, as `serve` evaluates them (the last hour, every half hour), that each found
+/// an exporter silent: late data that fills the silence closes the alert only once the last
+/// window that found it has been evaluated again without it; a silence found afterwards reopens
+/// it. Both sinks, a file and a webhook, get the closing and the reopening, each under its own
+/// Idempotency-Key.
+#[test]
+fn sliding_windows_close_a_filled_silence_only_when_none_still_finds_it_and_reopen_it() {
+    use flowaudit_analytics::runner::{run_window, Evaluate, Window};
+    use flowaudit_analytics::sinks::{deliver_all, Sink};
+    let s = Setup::new(2);
+    let gen = day(11);
+    // Exporter 10.20.255.2 (expected every 300 s) is withheld from 10:00 to 13:00: 10:00–11:30
+    // arrives late, 11:30–12:00 later still, 12:00–13:00 never.
+    let stopper = "10.20.255.2";
+    let minute = |h: u32, m: u32| at(h) + i64::from(m) * 60_000_000;
+    let (mut on_time, mut late1, mut late2) = (Vec::new(), Vec::new(), Vec::new());
+    for m in &gen.flows {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        let who = v["sampler_address"].as_str().or(v["exporter"].as_str());
+        if who != Some(stopper) || m.ts_us < at(10) || m.ts_us >= at(13) {
+            on_time.push(m.clone());
+        } else if m.ts_us < minute(11, 30) {
+            late1.push(m.clone());
+        } else if m.ts_us < at(12) {
+            late2.push(m.clone());
+        }
+    }
+    assert!(!late1.is_empty() && !late2.is_empty());
+    let ingest = |gateway: &[Message], flows: &[Message]| {
+        produce(&s, gateway, flows);
+        let mut c = s.ingest();
+        c.arg("--until-caught-up");
+        run_ok(c);
+    };
+    ingest(&gen.gateway, &on_time);
+
+    let wh = s.warehouse();
+    let site = flowaudit_analytics::site::Site::local(&wh);
+    let rule: Vec<_> = flowaudit_analytics::rules::load_rules(&repo("queries"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.id == "telemetry_silent")
+        .collect();
+    let port = crate::rules::free_port();
+    let hook = s.dir.path().join("hook.jsonl");
+    let mut receiver = crate::rules::receiver(port, &hook, 0);
+    let file = s.dir.path().join("alerts.jsonl");
+    let sinks = [
+        Sink::File(file.clone()),
+        Sink::Webhook {
+            url: format!("http://127.0.0.1:{port}/alerts"),
+            attempts: 3,
+            backoff: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_secs(5),
+        },
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Evaluate the window [from, from + 1h) as serve does, and deliver; that run's record.
+    let evaluate = |from: i64| -> serde_json::Value {
+        rt.block_on(async {
+            let catalog = flowaudit_analytics::catalog::Catalog::open_at(
+                &site,
+                &repo("fixtures/policy"),
+                Some(&repo("fixtures/geoip/ranges.csv")),
+            )
+            .await
+            .unwrap();
+            let mut store = flowaudit_analytics::alerts::AlertStore::open(&wh).unwrap();
+            let before = store.len();
+            let from = chrono::DateTime::from_timestamp_micros(from).unwrap();
+            let res = run_window(
+                &catalog,
+                &site,
+                &rule,
+                &mut store,
+                &[],
+                Window {
+                    from,
+                    to: from + chrono::Duration::hours(1),
+                    trigger: "late-data",
+                    evaluate: Evaluate::CompleteOnly,
+                    lateness: std::time::Duration::from_secs(0),
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                res.record.rules[0].coverage, "complete",
+                "{:?}",
+                res.record.rules
+            );
+            for d in deliver_all(&store, &sinks, before) {
+                assert!(d.error.is_none(), "{d:?}");
+            }
+            serde_json::to_value(&res.record).unwrap()
+        })
+    };
+    let silence_of = |alerts: &[Alert]| -> Vec<(String, String)> {
+        alerts
+            .iter()
+            .filter(|a| a.entity_key == format!("source={stopper}"))
+            .map(|a| (a.status.clone(), a.close_reason.clone().unwrap_or_default()))
+            .collect()
+    };
+    let (w1, w2, w3) = (at(10), minute(10, 30), at(11));
+    for w in [w1, w2, w3] {
+        let r = evaluate(w);
+        assert_eq!(r["rules"][0]["found"].as_array().unwrap().len(), 1, "{r}");
+    }
+    assert_eq!(
+        silence_of(&lines(&file)),
+        vec![("new".into(), String::new())]
+    );
+
+    // 10:00–11:30 arrives: the first two windows, evaluated again, no longer find it, but the
+    // third (11:00–12:00, silent from 11:30) still stands with it: it stays open.
+    ingest(&[], &late1);
+    for w in [w1, w2] {
+        let r = evaluate(w);
+        assert_eq!(r["rules"][0]["found"], serde_json::json!([]), "{r}");
+        assert_eq!(r["rules"][0]["closed"], 0, "{r}");
+    }
+    assert_eq!(silence_of(&lines(&file)).len(), 1);
+
+    // 11:30–12:00 arrives: the third window evaluated again closes it, with its reason.
+    ingest(&[], &late2);
+    let r = evaluate(w3);
+    assert_eq!(r["rules"][0]["closed"], 1, "{r}");
+    let after = silence_of(&lines(&file));
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[1].0, "closed");
+    assert!(
+        after[1].1.contains("no longer found when run")
+            && after[1].1.contains("T11:00:00")
+            && after[1]
+                .1
+                .contains("no other evaluation that still stands found it"),
+        "{}",
+        after[1].1
+    );
+
+    // 12:00–13:00 never comes: the window 11:30–12:30 finds the silence again and reopens the
+    // alert, which names the closing it follows.
+    evaluate(minute(11, 30));
+    let all = lines(&file);
+    let mine: Vec<&Alert> = all
+        .iter()
+        .filter(|a| a.entity_key == format!("source={stopper}"))
+        .collect();
+    assert_eq!(
+        mine.iter().map(|a| a.status.as_str()).collect::<Vec<_>>(),
+        ["new", "closed", "new"]
+    );
+    assert_eq!(mine[2].reopens, Some(mine[1].seq));
+    assert_eq!(mine[0].fingerprint, mine[2].fingerprint);
+
+    // The webhook got every line of the file, each under its own key: the first raise, the
+    // closing and the reopening of the same fingerprint are three deliveries, not one.
+    receiver.kill().unwrap();
+    receiver.wait().unwrap();
+    let keys: Vec<String> = std::fs::read_to_string(hook.with_extension("jsonl.keys"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(keys.len(), all.len());
+    assert_eq!(
+        keys.iter().collect::<BTreeSet<_>>().len(),
+        keys.len(),
+        "{keys:?}"
+    );
+    let fp = &mine[0].fingerprint;
+    for k in [
+        fp.clone(),
+        format!("{fp}:closed:{}", mine[1].seq),
+        format!("{fp}:reopened:{}", mine[2].seq),
+    ] {
+        assert!(keys.contains(&k), "{k} not in {keys:?}");
+    }
+}

@@ -193,8 +193,9 @@ fn run_measured(c: Command, dir: &Path) -> (i32, u64, String, String) {
 
 /// Events spread over 2,000 distinct hours, interleaved so that every hour stays open in the
 /// partition's buffer: with a bound that holds them, one commit writes one file per hour and
-/// the process stays near the bound (builders are not preallocated per hour); with a bound
-/// far too small, the bound forces more commits, each hour's rows still land exactly once.
+/// the process stays near the bound (builders are not preallocated per hour); a bound below the
+/// least ingest can keep is refused; rows larger than the bound's share force more commits, and
+/// each hour's rows still land exactly once.
 #[test]
 fn messages_over_2000_hours_respect_the_memory_bound() {
     const HOURS: i64 = 2000;
@@ -212,8 +213,8 @@ fn messages_over_2000_hours_respect_the_memory_bound() {
         .collect();
     s.produce_gateway(&msgs);
 
-    // 1. A bound (32 MiB) that holds the rows as they really are.
-    let bound: u64 = 32 << 20;
+    // 1. The least bound accepted (128 MiB) holds the rows as they really are.
+    let bound: u64 = 128 << 20;
     let mut c = s.ingest();
     c.args(["--until-caught-up", "--flush-interval-ms", "600000"])
         .args(["--max-buffer-bytes", &bound.to_string()]);
@@ -257,31 +258,70 @@ fn messages_over_2000_hours_respect_the_memory_bound() {
         dates.len()
     );
 
-    // 2. A bound of 1 MiB, far below what 2,000 open hours hold: it forces commits, and still
-    // every event lands once. Each commit writes at most one file per hour it holds.
+    // 2. A bound below the least ingest can keep is refused at start, naming both; nothing is
+    // read or written.
     let wh2 = s.dir.path().join("warehouse-small-bound");
     let mut c = ingest_with(&s, &unique("grp-small"), &wh2, "4000");
+    c.args(["--until-caught-up", "--max-buffer-bytes", "1048576"]);
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("max_buffer_bytes 1 MiB is below 128 MiB, the least ingest can keep to"),
+        "{stderr}"
+    );
+    assert!(!wh2.join("gateway_events").exists());
+
+    // 3. At that least bound, rows larger than its share (48 MiB reserved, 45 MiB of the rest
+    // for rows): 24,000 events of ~3 KiB over 200 hours, interleaved. The bound forces
+    // commits, each writes at most one file per hour it holds, and every event lands once.
+    const WIDE_HOURS: i64 = 200;
+    const WIDE: i64 = 24_000;
+    let s3 = Setup::new(1);
+    let long = |c: char| std::iter::repeat_n(c, 1000).collect::<String>();
+    let (x, y) = (long('x'), long('y'));
+    let wide: Vec<Message> = (0..WIDE)
+        .map(|i| {
+            let ts = BASE_US - (i % WIDE_HOURS) * 3_600_000_000;
+            let e = event(&format!("ev-{i}-{x}"), ts)
+                .replace("\"s-1\"", &format!("\"s-{i}-{y}\""))
+                .replace(
+                    "\"approval_ticket\":null",
+                    &format!("\"approval_ticket\":\"t-{i}-{x}\""),
+                );
+            Message {
+                key: "k".into(),
+                payload: e.into_bytes(),
+                ts_us: ts,
+            }
+        })
+        .collect();
+    s3.produce_gateway(&wide);
+    let wh3 = s3.dir.path().join("warehouse-wide");
+    let mut c = ingest_with(&s3, &unique("grp-wide"), &wh3, "4000");
     c.args(["--until-caught-up", "--flush-interval-ms", "600000"])
-        .args(["--max-buffer-bytes", "1048576"]);
-    let (code, _, stdout, stderr) = run_measured(c, s.dir.path());
+        .args(["--max-buffer-bytes", &bound.to_string()]);
+    let (code, _, stdout, stderr) = run_measured(c, s3.dir.path());
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("max_buffer_bytes is below 64 MiB"),
-        "a bound this small is warned about: {stderr}"
+        stdout.contains(&format!(
+            "consumed {WIDE} = gateway_events {WIDE} + flows 0 + quarantined 0"
+        )),
+        "{stdout}"
     );
     let (files, commits) = files_and_commits(&stdout).expect("summary line");
     assert!(commits >= 2, "the bound forced commits: {stdout}");
     assert!(
-        files <= commits * HOURS as u64 && files <= N as u64,
-        "at most one file per hour per commit, at most one per message: {stdout}"
+        files <= commits * WIDE_HOURS as u64 && files > WIDE_HOURS as u64,
+        "at most one file per hour per commit, and hours written more than once: {stdout}"
     );
-    let entries = crate::support::log(&wh2).files;
+    let entries = crate::support::log(&wh3).files;
     assert_eq!(entries.len() as u64, files);
-    let facts = pyarrow(&wh2);
+    let facts = pyarrow(&wh3);
     let ids: Vec<String> =
         serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();
-    assert_eq!(ids.len() as i64, N);
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len() as i64, N);
+    assert_eq!(ids.len() as i64, WIDE);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len() as i64, WIDE);
 }
 
 /// `N files in M commits` from the summary line.
@@ -536,8 +576,6 @@ fn a_fresh_warehouse_with_a_used_group_ingests_the_whole_topic() {
         (N as u64, 0),
         "{stdout}\n{stderr}"
     );
-    // The default bound (256 MiB) is not warned about.
-    assert!(!stderr.contains("max_buffer_bytes is below"), "{stderr}");
     let facts = pyarrow(&wh2);
     let ids: HashSet<String> =
         serde_json::from_value(facts["gateway_events"]["event_ids"].clone()).unwrap();

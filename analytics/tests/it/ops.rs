@@ -376,7 +376,7 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
     std::fs::write(
         &bad,
         "brokers = \"127.0.0.1:9092\"\n\n[serve]\ntick_s = 10\ntick = 5\n\n[sql]\ntimeout = \"5 minutes\"\n\n\
-         [ingest]\nzstd_level = \"high\"\n\n[report]\nschedule = \"61 2 * * *\"\n",
+         [ingest]\nzstd_level = \"high\"\nmax_buffer_bytes = 1048576\n\n[report]\nschedule = \"61 2 * * *\"\n",
     )
     .unwrap();
     let (ok, _, err) = config_check(&bad);
@@ -386,7 +386,12 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
         (5, "serve.tick", "unknown field `tick`"),
         (8, "sql.timeout", "\"5 minutes\" is not a duration"),
         (11, "ingest.zstd_level", "invalid type: string \"high\""),
-        (14, "report.schedule", "`61` is not a number from 0 to 59"),
+        (
+            12,
+            "ingest.max_buffer_bytes",
+            "1048576 is below 134217728 (128 MiB), the least ingest can keep to",
+        ),
+        (15, "report.schedule", "`61` is not a number from 0 to 59"),
     ] {
         let want = format!("{at}:{line}:");
         assert!(
@@ -396,7 +401,7 @@ fn config_check_passes_the_shipped_file_and_names_file_line_and_key_of_each_prob
             "no {want}…: {key}: …{what}… in:\n{err}"
         );
     }
-    assert!(err.contains("4 problem(s)"), "{err}");
+    assert!(err.contains("5 problem(s)"), "{err}");
 
     // A syntax error: where it is.
     let broken = dir.path().join("broken.toml");

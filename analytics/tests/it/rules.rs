@@ -409,7 +409,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn receiver(port: u16, out: &Path, fail: u32) -> std::process::Child {
+pub fn receiver(port: u16, out: &Path, fail: u32) -> std::process::Child {
     let py = std::env::var("FLOWAUDIT_PYTHON").expect("FLOWAUDIT_PYTHON: run with make test");
     let mut child = Command::new(py)
         .arg(repo("scripts/webhook_receiver.py"))
