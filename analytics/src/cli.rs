@@ -1282,6 +1282,14 @@ fn run_verify(a: VerifyArgs, file: &FileConfig) -> anyhow::Result<()> {
             }
             v.problems.extend(problems);
         }
+        // The alerts table against the outbox it is written from.
+        if let Some(c) = runtime()?.block_on(crate::verify_alerts::check(&location, &state)) {
+            if c.problems.is_empty() {
+                ledger.push_str(&format!("; {}", c.summary()));
+            }
+            v.problems.extend(c.problems);
+            v.notes.extend(c.notes);
+        }
     }
     let mut exposure = None;
     if let Some(witness) = a.checkpoints.or(file.checkpoint.witness.clone()) {

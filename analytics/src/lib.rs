@@ -36,4 +36,5 @@ pub mod sqlstop;
 pub mod tables;
 pub mod tsa;
 pub mod verify;
+pub mod verify_alerts;
 pub mod watermark;

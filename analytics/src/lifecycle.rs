@@ -41,12 +41,17 @@ fn covers(outer: (DateTime<Utc>, DateTime<Utc>), inner: (DateTime<Utc>, DateTime
     outer.0 <= inner.0 && inner.1 <= outer.1
 }
 
-fn overlaps_day(range: (DateTime<Utc>, DateTime<Utc>), day: &str) -> bool {
-    let Some(start) = NaiveDate::parse_from_str(day, "%Y-%m-%d")
+/// The start of the UTC day `day` (`YYYY-MM-DD`).
+pub fn day_start(day: &str) -> Option<DateTime<Utc>> {
+    NaiveDate::parse_from_str(day, "%Y-%m-%d")
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
-    else {
+}
+
+/// Whether `range` overlaps the UTC day `day`.
+pub fn overlaps_day(range: (DateTime<Utc>, DateTime<Utc>), day: &str) -> bool {
+    let Some(start) = day_start(day) else {
         return false;
     };
     range.0 < start + chrono::Duration::days(1) && start < range.1

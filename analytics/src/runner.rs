@@ -341,14 +341,26 @@ pub async fn run_window(
                     .map(|h| format!("{}@{}", h.table, h.version))
                     .collect::<Vec<_>>()
                     .join(", ");
+                // Open alerts of a day this evaluation overlaps that it did not find.
                 let missing: Vec<(String, String)> = store
                     .open_alerts(&rule.id)
                     .into_iter()
-                    .filter(|(fp, _)| !fingerprints.contains(fp))
+                    .filter(|(fp, day)| {
+                        !fingerprints.contains(fp)
+                            && crate::lifecycle::overlaps_day((from, upto), day)
+                    })
                     .collect();
                 if !missing.is_empty() {
                     if prior.is_none() {
-                        prior = Some(crate::ledger::evaluations(&read_runs(state)?));
+                        // Evaluations that may overlap those days ran after they began (a day
+                        // before, for clocks that disagree).
+                        let since = missing
+                            .iter()
+                            .filter_map(|(_, day)| crate::lifecycle::day_start(day))
+                            .min()
+                            .unwrap_or(from)
+                            - chrono::Duration::days(1);
+                        prior = Some(crate::ledger::evaluations(&read_runs_since(state, since)?));
                     }
                     let earlier: Vec<crate::lifecycle::Found<'_>> = prior
                         .iter()
@@ -481,24 +493,46 @@ fn append_run(state: &Path, record: &RunRecord) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The run records that started at or after `since`, oldest first. Records are appended in the
+/// order runs start and each line begins with its `run_id`, whose first 15 characters are the
+/// start (`YYYYMMDDTHHMMSS`): the file is read from its end and only those lines are parsed.
+pub fn read_runs_since(state: &Path, since: DateTime<Utc>) -> Result<Vec<Value>, RunError> {
+    let text = runs_text(state)?;
+    let cutoff = since.format("%Y%m%dT%H%M%S").to_string();
+    let mut out: Vec<Value> = text
+        .lines()
+        .rev()
+        .take_while(|l| {
+            l.strip_prefix("{\"run_id\":\"")
+                .and_then(|r| r.get(..15))
+                .is_none_or(|started| started >= cutoff.as_str())
+        })
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    out.reverse();
+    Ok(out)
+}
+
 /// Every run record kept in the state directory `state` (a local warehouse's own), oldest first.
 pub fn read_runs(state: &Path) -> Result<Vec<Value>, RunError> {
-    let path = state.join("_runs").join("runs.jsonl");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(RunError::Io {
-                what: "read",
-                path,
-                source,
-            })
-        }
-    };
-    Ok(text
+    Ok(runs_text(state)?
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
+}
+
+/// The text of `_runs/runs.jsonl` (empty when there is none yet).
+fn runs_text(state: &Path) -> Result<String, RunError> {
+    let path = state.join("_runs").join("runs.jsonl");
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(RunError::Io {
+            what: "read",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Run one rule's query for a window; its rows as JSON objects (timestamps as RFC 3339 text).
@@ -540,4 +574,40 @@ pub fn batches_to_json(
         return Ok(Vec::new());
     }
     serde_json::from_slice(&buf).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_since_a_time_are_read_from_the_end_of_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("_runs")).unwrap();
+        let line = |id: &str| format!("{{\"run_id\":\"{id}\",\"window_from\":\"x\"}}\n");
+        let text = [
+            line("20261120T235959.000001Z-0001"),
+            line("20261121T000000.000001Z-0002"),
+            line("20261122T101500.000001Z-0003"),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("_runs/runs.jsonl"), text).unwrap();
+        let ids = |since: &str| -> Vec<String> {
+            read_runs_since(dir.path(), since.parse().unwrap())
+                .unwrap()
+                .iter()
+                .map(|r| r["run_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            ids("2026-11-21T00:00:00Z"),
+            [
+                "20261121T000000.000001Z-0002",
+                "20261122T101500.000001Z-0003"
+            ]
+        );
+        assert_eq!(ids("2026-11-23T00:00:00Z"), Vec::<String>::new());
+        assert_eq!(ids("2026-11-01T00:00:00Z").len(), 3);
+        assert_eq!(read_runs(dir.path()).unwrap().len(), 3);
+    }
 }

@@ -10,7 +10,8 @@
 //! is caught even when the file's recorded hash and row count were rewritten around it. Files in
 //! a table's directory that no commit lists are invisible to every reader (a stopped writer's
 //! leftover, or an addition): they are listed as notes, not problems. The `alerts` table is
-//! written by the rule runner, not ingest, and is not checked here.
+//! written by the rule runner, not ingest: it is checked against the outbox it is written from
+//! ([`crate::verify_alerts`]) when verify knows the state directory.
 use std::collections::{BTreeMap, BTreeSet};
 
 use flowaudit_ingest::schema::Table;

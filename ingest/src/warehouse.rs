@@ -1420,7 +1420,7 @@ struct RawTxn {
 }
 
 /// The whole object at `path`.
-async fn get_bytes(store: &dyn ObjectStore, path: &ObjectPath) -> Result<bytes::Bytes> {
+pub async fn get_bytes(store: &dyn ObjectStore, path: &ObjectPath) -> Result<bytes::Bytes> {
     let read = |e: object_store::Error| derr(format!("reading {path}"), e);
     store
         .get(path)
@@ -1854,7 +1854,7 @@ fn bad_data_path(rel: &str, date: &str, hour: &str) -> Option<String> {
 }
 
 /// An `add`/`remove` path is a relative URI: percent-decode it.
-fn decode_path(p: &str) -> String {
+pub fn decode_path(p: &str) -> String {
     let bytes = p.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -155,9 +155,12 @@ fn metrics_scraped_during_ingest_move_and_reconcile_with_the_tables() {
                 .iter()
                 .map(|x| x.1)
                 .sum();
+            // Lag and recorded offsets are refreshed together once a second: a scrape right after
+            // the commit can still show the previous round's (both stale, the lag 0).
             if m.sum("flowaudit_ingest_messages_consumed_total", &[]) == produced as f64
                 && lag == 0.0
                 && m.series("flowaudit_ingest_consumer_lag").len() == 4
+                && m.sum("flowaudit_ingest_recorded_offset", &[]) == produced as f64
             {
                 break m;
             }

@@ -1069,3 +1069,190 @@ fn forge_with_a_weak_key(report: &Path, dir: &Path) -> std::path::PathBuf {
     .unwrap();
     pem
 }
+
+/// Rewrite the Parquet file at `path` with `edit` applied to its rows (as one batch); its new
+/// SHA-256 and size.
+fn edit_parquet(
+    path: &Path,
+    edit: impl Fn(arrow::record_batch::RecordBatch) -> arrow::record_batch::RecordBatch,
+) -> (String, u64) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+    let schema = reader.schema().clone();
+    let batches: Vec<_> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+    let all = edit(arrow::compute::concat_batches(&schema, &batches).unwrap());
+    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    w.write(&all).unwrap();
+    w.close().unwrap();
+    (
+        flowaudit_ingest::writer::sha256_file(path).unwrap(),
+        std::fs::metadata(path).unwrap().len(),
+    )
+}
+
+/// The string column `name` of `b` with row `row` set to `value`.
+fn set_cell(
+    b: &arrow::record_batch::RecordBatch,
+    name: &str,
+    row: usize,
+    value: &str,
+) -> arrow::record_batch::RecordBatch {
+    use arrow::array::{Array, StringArray};
+    let i = b.schema().index_of(name).unwrap();
+    let col = b.column(i).as_any().downcast_ref::<StringArray>().unwrap();
+    let new: StringArray = (0..col.len())
+        .map(|r| {
+            Some(if r == row {
+                value.to_string()
+            } else {
+                col.value(r).to_string()
+            })
+        })
+        .collect();
+    let mut cols = b.columns().to_vec();
+    cols[i] = std::sync::Arc::new(new);
+    arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap()
+}
+
+/// Verify `w` and expect it to fail with output that `named` accepts.
+fn caught(w: &Path, named: impl Fn(&str) -> bool) {
+    let (ok, out) = verify(w);
+    assert!(!ok && named(&out), "{out}");
+}
+
+/// The `alerts` table is the analysts' copy of the outbox: verify checks it row by row against
+/// the outbox, and names an alert edited, dropped or forged in it even when the table's log was
+/// rewritten around the change.
+#[test]
+fn the_alerts_table_is_checked_row_by_row_against_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = demo_warehouse(&dir.path().join("demo"));
+    let outbox = std::fs::read_to_string(wh.join("_alerts/alerts.jsonl")).unwrap();
+    let n = outbox.lines().count();
+    let store = std::fs::read_to_string(wh.join("_alerts/store_id")).unwrap();
+    let store = store.trim();
+    let (ok, out) = verify(&wh);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "alerts table: {n} alert(s) of store {store} match its outbox"
+        )),
+        "{out}"
+    );
+    let files: Vec<String> = std::fs::read_dir(wh.join("alerts"))
+        .unwrap()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("date="))
+        .flat_map(|d| {
+            let date = d.file_name().to_string_lossy().into_owned();
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .flatten()
+                .map(move |f| format!("alerts/{date}/{}", f.file_name().to_string_lossy()))
+        })
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert!(!files.is_empty());
+    let rel = &files[0];
+    let fresh = |name: &str| {
+        let w = dir.path().join(name);
+        copy_dir(&wh, &w);
+        w
+    };
+    let first_seq = |w: &Path| -> i64 {
+        use arrow::array::Int64Array;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let f = std::fs::File::open(w.join(rel)).unwrap();
+        let b = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        b.column_by_name("seq")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+
+    // An alert closed in the table (status and its JSON), the log rewritten around the file.
+    let w = fresh("status");
+    let seq = first_seq(&w);
+    let (sha, size) = edit_parquet(&w.join(rel), |b| {
+        use arrow::array::{Array, StringArray};
+        let alert = b
+            .column_by_name("alert")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .value(0)
+            .replace("\"status\":\"new\"", "\"status\":\"closed\"");
+        set_cell(&set_cell(&b, "status", 0, "closed"), "alert", 0, &alert)
+    });
+    rewrite_add(&w, rel, |add| {
+        add["size"] = size.into();
+        add["tags"]["flowaudit.sha256"] = sha.clone().into();
+    });
+    caught(&w, |out| {
+        out.contains(&format!("alerts table: alert {seq} ("))
+            && out.contains("differs from the outbox in column status")
+    });
+
+    // An alert dropped from the table, the log rewritten (hash, size, rows).
+    let w = fresh("dropped");
+    let seq = first_seq(&w);
+    let (sha, size, rows) = drop_first_row(&w.join(rel));
+    rewrite_add(&w, rel, |add| {
+        add["size"] = size.into();
+        add["tags"]["flowaudit.sha256"] = sha.clone().into();
+        add["tags"]["flowaudit.rows"] = rows.to_string().into();
+    });
+    caught(&w, |out| {
+        out.contains(&format!("alerts table: 1 alert(s) of store {store} that its txn says it holds are not in it (first: {seq}, "))
+    });
+
+    // A forged alert: a row whose seq the outbox does not hold.
+    let w = fresh("forged");
+    let forged = (n + 1).to_string();
+    let (sha, size) = edit_parquet(&w.join(rel), |b| {
+        use arrow::array::{Array, Int64Array};
+        let i = b.schema().index_of("seq").unwrap();
+        let seqs = b.column(i).as_any().downcast_ref::<Int64Array>().unwrap();
+        let new: Int64Array = (0..seqs.len())
+            .map(|r| {
+                Some(if r == 0 {
+                    (n + 1) as i64
+                } else {
+                    seqs.value(r)
+                })
+            })
+            .collect();
+        let mut cols = b.columns().to_vec();
+        cols[i] = std::sync::Arc::new(new);
+        arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap()
+    });
+    rewrite_add(&w, rel, |add| {
+        add["size"] = size.into();
+        add["tags"]["flowaudit.sha256"] = sha.clone().into();
+    });
+    caught(&w, |out| {
+        out.contains(&format!(
+            "holds alert {forged}, which the outbox of store {store} does not hold (it has {n})"
+        ))
+    });
+
+    // A file changed and the log left as it was.
+    let w = fresh("changed");
+    drop_first_row(&w.join(rel));
+    caught(&w, |out| {
+        out.contains(&format!(
+            "alerts table: file {rel} was changed: its SHA-256 is "
+        ))
+    });
+}
