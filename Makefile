@@ -58,10 +58,12 @@ $(GEOIP_REAL):
 	  mv $@.tmp $@ && echo "GeoIP database: $@"
 
 test: build venv test-deps ## Unit and integration tests against a real Kafka-protocol broker and S3 server
-	set -o pipefail; scripts/with-broker.sh $(TEST_PORT) scripts/with-s3.sh $(TEST_S3_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_REAL_GEOIP=$(GEOIP_REAL) \
-		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee $(CARGO_TARGET_DIR)/test-output.log
-	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' \
-		$(CARGO_TARGET_DIR)/test-output.log
+	@# The summary counts this run's output only (another run may share the target directory).
+	set -o pipefail; log=$$(mktemp -t flowaudit-test.XXXXXX.log); \
+	scripts/with-broker.sh $(TEST_PORT) scripts/with-s3.sh $(TEST_S3_PORT) env FLOWAUDIT_PYTHON=$(CURDIR)/$(PY) FLOWAUDIT_REAL_GEOIP=$(GEOIP_REAL) \
+		$(CARGO) test --workspace -- --test-threads 2 2>&1 | tee "$$log"; rc=$$?; \
+	awk '/^test result:/ {p += $$4; f += $$6} END {printf "tests: %d passed, %d failed\n", p, f}' "$$log"; \
+	cp "$$log" $(CARGO_TARGET_DIR)/test-output.log; rm -f "$$log"; exit $$rc
 
 bench: deps venv geoip-db ## Benchmarks on an optimised build (figures and method: docs/benchmarks.md)
 	$(CARGO) build --release --bins

@@ -24,18 +24,9 @@ print(con.execute("SELECT count(*) FROM r").fetchone()[0])
 """
 
 
-def run(cmd):
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err)
-        _, status, ru = os.wait4(p.pid, 0)
-        secs = time.perf_counter() - t
-        out.seek(0)
-        err.seek(0)
-        so, se = out.read().decode(), err.read().decode()
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"{cmd} failed:\n{so}\n{se[-3000:]}")
-        return secs, ru.ru_maxrss / 1024, so
+# Peak RSS as bench.py measures it: a small, fresh process spawns the command (a child of this
+# process would report at least this process's own peak, carried across exec).
+from bench import run  # noqa: E402
 
 
 def summary(name, xs, unit):

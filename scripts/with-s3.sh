@@ -4,17 +4,14 @@
 # pointing at it, then stop the server.
 # Usage: scripts/with-s3.sh PORT command [args…]
 set -euo pipefail
+. "$(dirname "$0")/wait-for-port.sh"
 port=$1; shift
 venv=${VENV:-.venv}
 log=$(mktemp -t moto.XXXXXX.log)
 "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 200); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  kill -0 $pid 2>/dev/null || { echo "moto_server exited; its log:"; cat "$log"; exit 1; }
-  sleep 0.1
-done
+wait_for_port "$port" "$pid" "$log" moto_server 200
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=flowaudit-test AWS_SECRET_ACCESS_KEY=flowaudit-test
 "$venv/bin/python" -c 'import boto3,os; boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="flowaudit-test")'

@@ -20,7 +20,7 @@ use chrono::NaiveDate;
 use tracing::{info, warn};
 
 use crate::batch::Rows;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::schema::{Table, SCHEMA_VERSION};
 use crate::warehouse::{CommitMeta, TableCommit, Warehouse};
 use crate::writer::{write_parquet_batches, ParquetSettings, StagedFile};
@@ -186,6 +186,8 @@ fn commit(
         let mut w = warehouse.lock().expect("warehouse lock");
         let mut tables: Vec<Table> = job.files.keys().map(|k| k.0).collect();
         tables.push(primary);
+        // Also when this job quarantines nothing: an interrupted commit may have (below).
+        tables.push(Table::Quarantine);
         for t in tables {
             if recorded.contains_key(&t) {
                 continue;
@@ -201,6 +203,27 @@ fn commit(
             recorded_last: r,
         });
     }
+    // A range an interrupted writer committed to a secondary table (`quarantine`) and not to the
+    // primary one is read again: its rows already there are dropped below, which is exactly once
+    // only if this writer classifies the range as that one did. Which offsets it put there.
+    let pending: Option<(Table, i64, std::collections::BTreeSet<i64>)> = match recorded
+        .iter()
+        .find(|(t, r)| **t != primary && r.is_some_and(|r| r >= job.first_offset))
+    {
+        Some((t, r)) => {
+            let r = r.expect("filtered").min(job.last_offset);
+            let held = warehouse.lock().expect("warehouse lock").offsets_held(
+                *t,
+                &topic,
+                partition,
+                job.first_offset,
+                r,
+            )?;
+            Some((*t, r, held))
+        }
+        None => None,
+    };
+    let mut mine: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
     let mut staged: BTreeMap<Table, Vec<StagedFile>> = BTreeMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     for ((table, date, hour), rows) in job.files.iter_mut() {
@@ -214,6 +237,15 @@ fn commit(
         );
         if let Some(r) = recorded[table].filter(|r| *r >= job.first_offset) {
             // Already recorded in this table by a commit whose primary commit never happened.
+            if pending.as_ref().is_some_and(|(t, _, _)| t == table) {
+                for b in &batches {
+                    let o = b
+                        .column_by_name("kafka_offset")
+                        .expect("kafka_offset")
+                        .as_primitive::<Int64Type>();
+                    mine.extend(o.iter().flatten().filter(|o| *o <= r));
+                }
+            }
             batches = drop_recorded(batches, r, &mut dropped)?;
             (n, lo, hi, tlo, thi) = extent(&batches);
             if batches.is_empty() {
@@ -262,7 +294,40 @@ fn commit(
         });
     }
     drop(std::mem::take(&mut job.files));
-    let consumed = job.counts.msgs;
+    // A gap job reads nothing: what the earlier commit quarantined in its range was read before
+    // the offsets left Kafka, and its commit counts them (below).
+    if let Some((t, r, held)) = pending.as_ref().filter(|_| job.gap.is_none()) {
+        if *held != mine {
+            for f in staged.values().flatten() {
+                let _ = std::fs::remove_file(&f.staging_path);
+            }
+            let only = |a: &std::collections::BTreeSet<i64>,
+                        b: &std::collections::BTreeSet<i64>| {
+                a.difference(b)
+                    .take(5)
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(Error::Warehouse(format!(
+                "{topic}/{partition} offsets {}..={r}: an interrupted earlier commit put {} of them in {} and this writer would put {} there (only the earlier: [{}]; only this one: [{}]); writing them now would put an offset in two tables or in none. Writers of one consumer group must classify messages alike: the same max_message_bytes and quarantine limits, the same flowaudit version (docs/DESIGN.md, \"Exactly once in two tables\")",
+                job.first_offset,
+                held.len(),
+                t.name(),
+                mine.len(),
+                only(held, &mine),
+                only(&mine, held),
+            )));
+        }
+    }
+    // Messages of the range recorded by this commit: what this job consumed, and for a gap the
+    // rows an interrupted earlier commit put in a secondary table inside it (read before the
+    // offsets left Kafka), so every offset's row is still accounted for.
+    let consumed = job.counts.msgs
+        + pending
+            .as_ref()
+            .filter(|_| job.gap.is_some())
+            .map_or(0, |(_, _, held)| held.len() as u64);
     let skipped: u64 = dropped.values().sum();
     if skipped > 0 {
         warn!(

@@ -417,7 +417,9 @@ pub struct CommitMeta {
     pub geoip_sha256: Option<String>,
     /// Set on a commit that records a gap instead of data: why the range was not read (the
     /// offsets were no longer in Kafka when the partition was read: retention, or an offset
-    /// reset). Such a commit has no files and `messages` 0.
+    /// reset). Such a commit has no files, and `messages` 0, or the number of rows an
+    /// interrupted earlier commit put in `quarantine` inside the range (read before the offsets
+    /// left Kafka, its primary commit never made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<String>,
     /// Random, one per attempt: lets a writer whose commit was stored but whose answer was lost
@@ -530,6 +532,54 @@ impl Warehouse {
                     .await
             })
             .map_err(|e| derr(format!("reading {}'s log", table.name()), e))
+    }
+
+    /// The Kafka offsets in `lo..=hi` of `topic`/`partition` that the live files of `table`
+    /// hold, read from the files themselves (the log says which files; their `kafka_offset`
+    /// column says which offsets). For the rare range an interrupted writer left committed to
+    /// one table and not the other.
+    pub fn offsets_held(
+        &mut self,
+        table: Table,
+        topic: &str,
+        partition: i32,
+        lo: i64,
+        hi: i64,
+    ) -> Result<std::collections::BTreeSet<i64>> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        self.rt.block_on(async {
+            let log = read_log_from(store.as_ref(), &prefix).await?;
+            let mut out = std::collections::BTreeSet::new();
+            for f in log.files.iter().filter(|f| {
+                f.table == table.name()
+                    && f.topic == topic
+                    && f.partition == partition
+                    && f.first_offset <= hi
+                    && f.last_offset >= lo
+            }) {
+                let path = f
+                    .path
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .fold(prefix.clone(), |p, s| p.join(s));
+                let bytes = get_bytes(store.as_ref(), &path).await?;
+                for b in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
+                    let b = b?;
+                    if let Some(o) = b.column_by_name("kafka_offset") {
+                        out.extend(
+                            o.as_primitive::<Int64Type>()
+                                .iter()
+                                .flatten()
+                                .filter(|o| (lo..=hi).contains(o)),
+                        );
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// The first offset of `topic`/`partition` not yet recorded in its primary table; `None` if

@@ -169,6 +169,17 @@ fn commit_all(loc: &Location, jobs: Vec<Job>) -> Vec<Outcome> {
     out_rx.into_iter().map(|o| o.unwrap()).collect()
 }
 
+/// Run the committer over one job on `loc` (a new writer): its outcome, or why it refused.
+fn commit_one(loc: &Location, j: Job) -> Result<Outcome, flowaudit_ingest::Error> {
+    let w = Arc::new(Mutex::new(Warehouse::open(loc).unwrap()));
+    let (job_tx, job_rx) = sync_channel(1);
+    let (out_tx, out_rx) = channel();
+    job_tx.send(j).unwrap();
+    drop(job_tx);
+    committer::run(job_rx, out_tx, w, ParquetSettings::default(), None);
+    out_rx.into_iter().next().unwrap()
+}
+
 /// Every `kafka_offset` of `table`'s live files (as the log lists them), with its multiplicity.
 fn offsets(loc: &Location, table: &str) -> BTreeMap<i64, usize> {
     let log = warehouse::read_log_blocking(loc).unwrap();
@@ -422,6 +433,84 @@ fn a_range_in_two_tables_lands_once_in_each_after_a_stop_between_its_commits() {
             once((0..15).filter(|o| bad(*o)))
         );
     }
+}
+
+/// The same stop between the two commits, then a writer that classifies the range otherwise
+/// (other quarantine limits, another version): dropping what the earlier commit quarantined
+/// would put an offset in two tables or in none, so it refuses, naming the offsets, and writes
+/// nothing.
+#[test]
+fn a_writer_that_classifies_a_half_committed_range_otherwise_refuses_it() {
+    let wh = Wh::local();
+    let loc = &wh.loc;
+    let out = commit_all(loc, vec![job(0, 9, |o| o % 3 == 0, 1)]);
+    assert!(matches!(out[0], Outcome::Committed { .. }));
+    delete(loc, "gateway_events/_delta_log/00000000000000000001.json");
+    for f in list(loc, "gateway_events/date=2026-11-21") {
+        delete(loc, &f);
+    }
+    let e = commit_one(loc, job(0, 14, |o| o % 2 == 0, 1))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("offsets 0..=9: an interrupted earlier commit put 4 of them in quarantine and this writer would put 5 there (only the earlier: [3, 9]; only this one: [2, 4, 8])")
+            && e.contains("must classify messages alike"),
+        "{e}"
+    );
+    // A writer that quarantines nothing of the range (a larger limit) is refused too.
+    let e = commit_one(loc, job(0, 14, |_| false, 1))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("put 4 of them in quarantine and this writer would put 0 there (only the earlier: [0, 3, 6, 9]; only this one: [])"),
+        "{e}"
+    );
+    // Nothing was written: quarantine as the earlier commit left it, gateway_events empty.
+    assert_eq!(offsets(loc, "quarantine"), once([0, 3, 6, 9].into_iter()));
+    assert!(offsets(loc, "gateway_events").is_empty());
+}
+
+/// The stop between the two commits, then retention removes the range before the restart: the
+/// gap recorded over it counts the rows the interrupted commit quarantined inside it, so every
+/// offset there is still in exactly one place (the rows in the range = the messages recorded).
+#[test]
+fn a_gap_over_a_half_committed_range_counts_what_was_quarantined_in_it() {
+    let wh = Wh::local();
+    let loc = &wh.loc;
+    commit_all(loc, vec![job(0, 9, |o| o % 3 == 0, 1)]);
+    delete(loc, "gateway_events/_delta_log/00000000000000000001.json");
+    for f in list(loc, "gateway_events/date=2026-11-21") {
+        delete(loc, &f);
+    }
+    let gap = Job {
+        primary: Table::GatewayEvents,
+        topic: TOPIC.into(),
+        partition: 0,
+        epoch: 1,
+        files: BTreeMap::new(),
+        first_offset: 0,
+        last_offset: 19,
+        counts: Counts::default(),
+        gap: Some("offsets no longer in Kafka".into()),
+    };
+    let out = commit_all(loc, vec![gap]);
+    assert!(matches!(out[0], Outcome::Committed { .. }));
+    let log = warehouse::read_log_blocking(loc).unwrap();
+    let g = log
+        .commits
+        .iter()
+        .filter(|c| c.table == "gateway_events")
+        .filter_map(|c| c.meta.clone())
+        .find(|m| m.gap.is_some())
+        .expect("the gap's commit");
+    assert_eq!((g.covers_first_offset, g.covers_last_offset), (0, 19));
+    assert_eq!(
+        g.messages, 4,
+        "0, 3, 6 and 9, quarantined before the offsets left Kafka"
+    );
+    assert_eq!(offsets(loc, "quarantine"), once([0, 3, 6, 9].into_iter()));
 }
 
 #[test]
