@@ -400,7 +400,7 @@ pub async fn run_window(
         outcomes.push(outcome);
     }
     // Counted before the alerts table's sync: the alerts are in the store either way.
-    count_run(&outcomes, &raised);
+    count_run(&outcomes, &raised, &closed);
     crate::alerts_table::sync(&site.tables, store).await?;
     let finished = Utc::now();
     let record = RunRecord {
@@ -445,8 +445,8 @@ pub async fn run_window(
     })
 }
 
-/// Add a run's rule outcomes and the alerts it raised to the metrics.
-fn count_run(outcomes: &[RuleOutcome], raised: &[Alert]) {
+/// Add a run's rule outcomes and the alerts it raised and closed to the metrics.
+fn count_run(outcomes: &[RuleOutcome], raised: &[Alert], closed: &[Alert]) {
     use flowaudit_ingest::metrics::{metrics, AlertLabels, RuleLabels, RuleOutcomeLabels};
     let m = metrics();
     for o in outcomes {
@@ -462,13 +462,15 @@ fn count_run(outcomes: &[RuleOutcome], raised: &[Alert]) {
                 .observe(o.millis as f64 / 1000.0);
         }
     }
+    let labels = |a: &Alert| AlertLabels {
+        rule: a.rule_id.clone(),
+        severity: a.severity.clone(),
+    };
     for a in raised {
-        m.alerts_raised
-            .get_or_create(&AlertLabels {
-                rule: a.rule_id.clone(),
-                severity: a.severity.clone(),
-            })
-            .inc();
+        m.alerts_raised.get_or_create(&labels(a)).inc();
+    }
+    for a in closed {
+        m.alerts_closed.get_or_create(&labels(a)).inc();
     }
 }
 

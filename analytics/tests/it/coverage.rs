@@ -823,10 +823,22 @@ fn sliding_windows_close_a_filled_silence_only_when_none_still_finds_it_and_reop
     }
     assert_eq!(silence_of(&lines(&file)).len(), 1);
 
-    // 11:30–12:00 arrives: the third window evaluated again closes it, with its reason.
+    // 11:30–12:00 arrives: the third window evaluated again closes it, with its reason; the
+    // operator's metrics count the closing.
+    let closed_count = || {
+        flowaudit_ingest::metrics::metrics()
+            .alerts_closed
+            .get_or_create(&flowaudit_ingest::metrics::AlertLabels {
+                rule: "telemetry_silent".into(),
+                severity: "high".into(),
+            })
+            .get()
+    };
+    let before = closed_count();
     ingest(&[], &late2);
     let r = evaluate(w3);
     assert_eq!(r["rules"][0]["closed"], 1, "{r}");
+    assert!(closed_count() > before);
     let after = silence_of(&lines(&file));
     assert_eq!(after.len(), 2, "{after:?}");
     assert_eq!(after[1].0, "closed");
