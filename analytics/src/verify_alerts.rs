@@ -159,7 +159,7 @@ async fn check_table(
         ));
     }
     let mine = format!("alerts-{}-", c.store);
-    let mut others = 0u64;
+    let mut others: BTreeMap<String, u64> = BTreeMap::new();
     let mut seen: HashMap<u64, String> = HashMap::new();
     for (rel, f) in &live {
         let name = rel.rsplit('/').next().unwrap_or(rel);
@@ -192,7 +192,12 @@ async fn check_table(
             }
         };
         if !name.starts_with(&mine) {
-            others += batch.num_rows() as u64;
+            // `alerts-<store id>-<first>-<last>.parquet`
+            let store = name
+                .strip_prefix("alerts-")
+                .and_then(|r| r.split('-').next())
+                .unwrap_or("?");
+            *others.entry(store.to_string()).or_default() += batch.num_rows() as u64;
             continue;
         }
         let Some(seqs) = batch
@@ -262,9 +267,14 @@ async fn check_table(
             c.store
         ));
     }
-    if others > 0 {
+    if !others.is_empty() {
+        let list = others
+            .iter()
+            .map(|(s, n)| format!("{n} of store {s}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         c.notes.push(format!(
-            "alerts table: {others} row(s) of other stores not checked (their outboxes are in other state directories)"
+            "alerts table: rows of other stores not checked ({list}): their outboxes are in other state directories; a store you do not run is not yours"
         ));
     }
     Ok(())
