@@ -100,6 +100,18 @@ mod tests {
         fps.iter().map(|s| s.to_string()).collect()
     }
 
+    /// An evaluation of `[from, to)` that found `found`.
+    fn eval<'a>(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        found: Option<&'a HashSet<String>>,
+    ) -> Found<'a> {
+        Found {
+            range: (from, to),
+            found,
+        }
+    }
+
     fn open(fps: &[&str]) -> Vec<(String, String)> {
         fps.iter()
             .map(|f| (f.to_string(), "2026-11-22".to_string()))
@@ -109,51 +121,27 @@ mod tests {
     #[test]
     fn the_same_window_evaluated_again_without_it_closes_it() {
         let (a, none) = (set(&["f"]), set(&[]));
-        let before = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&a),
-        };
-        let again = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&none),
-        };
+        let before = eval(t("10:00"), t("11:00"), Some(&a));
+        let again = eval(t("10:00"), t("11:00"), Some(&none));
         assert_eq!(unsupported(&open(&["f"]), &[before], again), set(&["f"]));
         // Found again: kept.
-        let still = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&a),
-        };
+        let still = eval(t("10:00"), t("11:00"), Some(&a));
         assert!(unsupported(&open(&["f"]), &[before], still).is_empty());
     }
 
     #[test]
     fn a_sliding_window_that_still_stands_keeps_it_open_until_it_is_evaluated_again() {
         let (f, none) = (set(&["f"]), set(&[]));
-        let w1 = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&f),
-        };
-        let w2 = Found {
-            range: (t("10:15"), t("11:15")),
-            found: Some(&f),
-        };
+        let w1 = eval(t("10:00"), t("11:00"), Some(&f));
+        let w2 = eval(t("10:15"), t("11:15"), Some(&f));
         // Late data fills 10:00–11:00: w1 no longer finds it, but w2 still stands with it.
-        let w1_again = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&none),
-        };
+        let w1_again = eval(t("10:00"), t("11:00"), Some(&none));
         assert!(unsupported(&open(&["f"]), &[w1, w2], w1_again).is_empty());
         // A neighbour that does not cover w2 does not close it either.
-        let w3 = Found {
-            range: (t("10:30"), t("11:30")),
-            found: Some(&none),
-        };
+        let w3 = eval(t("10:30"), t("11:30"), Some(&none));
         assert!(unsupported(&open(&["f"]), &[w1, w2, w1_again], w3).is_empty());
         // w2 evaluated again without it: no window stands with it any more.
-        let w2_again = Found {
-            range: (t("10:15"), t("11:15")),
-            found: Some(&none),
-        };
+        let w2_again = eval(t("10:15"), t("11:15"), Some(&none));
         assert_eq!(
             unsupported(&open(&["f"]), &[w1, w2, w1_again, w3], w2_again),
             set(&["f"])
@@ -163,14 +151,12 @@ mod tests {
     #[test]
     fn a_wider_window_stands_for_the_parts_it_covers() {
         let (f, none) = (set(&["f"]), set(&[]));
-        let morning = Found {
-            range: (t("00:00"), t("12:00")),
-            found: Some(&f),
-        };
-        let day = Found {
-            range: (t("00:00"), "2026-11-23T00:00:00Z".parse().unwrap()),
-            found: Some(&none),
-        };
+        let morning = eval(t("00:00"), t("12:00"), Some(&f));
+        let day = eval(
+            t("00:00"),
+            "2026-11-23T00:00:00Z".parse().unwrap(),
+            Some(&none),
+        );
         assert_eq!(unsupported(&open(&["f"]), &[morning], day), set(&["f"]));
     }
 
@@ -178,24 +164,15 @@ mod tests {
     fn unrecorded_findings_and_other_days_are_left_alone() {
         let none = set(&[]);
         // A record from before fingerprints were kept supports what it may have found.
-        let old = Found {
-            range: (t("10:15"), t("11:15")),
-            found: None,
-        };
-        let w = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&none),
-        };
+        let old = eval(t("10:15"), t("11:15"), None);
+        let w = eval(t("10:00"), t("11:00"), Some(&none));
         assert!(unsupported(&open(&["f"]), &[old], w).is_empty());
         // An alert of another day is not judged by a window that does not overlap it.
         let other = vec![("f".to_string(), "2026-11-21".to_string())];
         assert!(unsupported(&other, &[], w).is_empty());
         // One the evaluation found is never closed by it.
         let f = set(&["f"]);
-        let w = Found {
-            range: (t("10:00"), t("11:00")),
-            found: Some(&f),
-        };
+        let w = eval(t("10:00"), t("11:00"), Some(&f));
         assert!(unsupported(&open(&["f"]), &[], w).is_empty());
     }
 }
