@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::batch::Rows;
 use crate::error::{Error, Result};
 use crate::schema::{Table, SCHEMA_VERSION};
-use crate::warehouse::{CommitMeta, TableCommit, Warehouse};
+use crate::warehouse::{CommitMeta, MessageWitness, TableCommit, Warehouse};
 use crate::writer::{write_parquet_batches, ParquetSettings, StagedFile};
 
 /// Per-commit counts, added to the run's summary once recorded.
@@ -52,6 +52,15 @@ pub struct Job {
     pub counts: Counts,
     /// A job with no rows that records `first_offset..=last_offset` as a gap, for this reason.
     pub gap: Option<String>,
+    /// The message at `last_offset`, recorded in the commit as its witness
+    /// ([`crate::warehouse::MessageWitness`]); `None` on a gap.
+    pub last_message: Option<LastMessage>,
+}
+
+/// The last message of a job, as Kafka delivered it.
+pub struct LastMessage {
+    pub timestamp_ms: Option<i64>,
+    pub payload: Vec<u8>,
 }
 
 /// What became of a job.
@@ -367,6 +376,10 @@ fn commit(
             rand::random::<u64>()
         ),
         detected_at: job.gap.as_ref().map(|_| crate::warehouse::now_rfc3339()),
+        last_message: job
+            .last_message
+            .as_ref()
+            .map(|m| MessageWitness::of(job.last_offset, m.timestamp_ms, &m.payload)),
     };
     let mut w = warehouse.lock().expect("warehouse lock");
     let files: usize = staged.values().map(Vec::len).sum();

@@ -21,13 +21,13 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use crate::batch::{buffer_message, Enricher, HourFiles, MessageLimits, Provenance, Rows};
-use crate::committer::{self, Counts, Job, Outcome};
+use crate::committer::{self, Counts, Job, LastMessage, Outcome};
 use crate::config::IngestConfig;
 use crate::error::{Error, Result};
 use crate::geoip::GeoIp;
 use crate::networks::Networks;
 use crate::schema::Table;
-use crate::warehouse::{CaughtUp, Warehouse};
+use crate::warehouse::{CaughtUp, MessageWitness, Warehouse};
 
 /// Counts of one run. `consumed = written_gateway + written_flows + quarantined` always holds
 /// for what was recorded; `skipped_recorded` counts re-delivered messages already recorded.
@@ -82,6 +82,11 @@ struct Ctx {
     /// Positions librdkafka reset because Kafka answered "offset out of range" (topic,
     /// partition, the position it was at), from its log; see [`Ingestor::check_resets`].
     resets: Mutex<Vec<(String, i32, Option<i64>)>>,
+    /// The client settings of the consumer that reads the recorded last messages again at
+    /// assignment ([`check_witnesses`]); `None`: not checked.
+    witness_config: Option<ClientConfig>,
+    /// Why ingest must stop, found by the rebalance callback (which cannot return it).
+    refused: Mutex<Option<Error>>,
 }
 
 /// The partition and position of librdkafka's warning `TOPIC [PARTITION]: offset reset (at
@@ -297,6 +302,117 @@ fn recreated(topic: &str, partition: i32, position: i64, delivered: Option<i64>)
     ))
 }
 
+/// The error for a partition whose message at a recorded offset is not the one the warehouse
+/// recorded there: the topic was recreated and refilled past the warehouse's position.
+fn refilled(topic: &str, partition: i32, recorded: &MessageWitness, now: &MessageWitness) -> Error {
+    let show = |w: &MessageWitness| {
+        format!(
+            "timestamp {}, {} bytes, sha256 {}",
+            w.timestamp_ms
+                .map_or_else(|| "none".to_string(), |t| format!("{t} ms")),
+            w.bytes,
+            w.sha256
+        )
+    };
+    Error::Unrecoverable(format!(
+        "{topic}/{partition}: the message Kafka holds at offset {o} is not the one the warehouse \
+         recorded there (recorded: {r}; now: {n}). The topic was deleted and recreated, or \
+         truncated, and refilled past the warehouse's position {next}; its messages up to offset \
+         {o} reuse offsets the warehouse recorded and would be skipped as already recorded, so \
+         ingest stops instead. Ingest the new topic into a new warehouse or under a new topic \
+         name (docs/operations.md, \"A recreated topic\")",
+        o = recorded.offset,
+        next = recorded.offset.saturating_add(1),
+        r = show(recorded),
+        n = show(now),
+    ))
+}
+
+/// How long [`check_witnesses`] waits for Kafka before leaving a partition unchecked.
+const WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read again, with a consumer of its own (no group, nothing committed), the message at each
+/// witness's offset (the last message the warehouse recorded of a partition) and compare it
+/// with what the warehouse recorded of it: a different message there means the topic was
+/// recreated and refilled past the recorded position ([`refilled`]). A message that is no
+/// longer there (retention, compaction, a partition with fewer offsets) is not compared: the
+/// consumer's own checks record the first as a gap and stop on the last.
+fn check_witnesses(
+    config: &ClientConfig,
+    witnesses: &[(String, i32, MessageWitness)],
+) -> Result<()> {
+    if witnesses.is_empty() {
+        return Ok(());
+    }
+    let mut c = config.clone();
+    // librdkafka assigns only with a group id; this consumer never joins the group (no
+    // subscription) and never commits.
+    c.set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("client.id", "flowaudit-ingest-witness");
+    let consumer: BaseConsumer = c.create()?;
+    let topics: std::collections::BTreeSet<&str> =
+        witnesses.iter().map(|(t, _, _)| t.as_str()).collect();
+    // One topic at a time: librdkafka's end-of-partition event names the partition only.
+    for topic in topics {
+        let mut pending: std::collections::HashMap<i32, &MessageWitness> = witnesses
+            .iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, p, w)| (*p, w))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        for (p, w) in &pending {
+            tpl.add_partition_offset(topic, *p, Offset::Offset(w.offset))?;
+        }
+        consumer.assign(&tpl)?;
+        let deadline = Instant::now() + WITNESS_TIMEOUT;
+        while !pending.is_empty() && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let Some(w) = pending.remove(&m.partition()) else {
+                        continue;
+                    };
+                    if m.offset() != w.offset {
+                        info!(topic, partition = m.partition(), recorded = w.offset, delivered = m.offset(), "the last recorded message is not in Kafka any more: not compared");
+                        continue;
+                    }
+                    let now = MessageWitness::of(
+                        m.offset(),
+                        m.timestamp().to_millis(),
+                        m.payload().unwrap_or(&[]),
+                    );
+                    if now != *w {
+                        return Err(refilled(topic, m.partition(), w, &now));
+                    }
+                    debug!(
+                        topic,
+                        partition = m.partition(),
+                        offset = w.offset,
+                        "Kafka still holds the last recorded message"
+                    );
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some(w) = pending.remove(&p) {
+                        info!(topic, partition = p, recorded = w.offset, "the partition ends before the last recorded message: not compared");
+                    }
+                }
+                Some(Err(e)) => debug!(topic, error = %e, "reading the last recorded messages"),
+                None => {}
+            }
+        }
+        for (p, w) in pending {
+            warn!(
+                topic,
+                partition = p,
+                offset = w.offset,
+                "Kafka did not deliver the last recorded message in time: not compared"
+            );
+        }
+        consumer.unassign()?;
+    }
+    Ok(())
+}
+
 /// How often [`low_watermark`] asks before giving up.
 const LOW_WATERMARK_ATTEMPTS: u32 = 5;
 
@@ -321,6 +437,7 @@ impl Ctx {
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
+        let mut witnesses = Vec::new();
         for (topic, partition) in parts {
             let recorded = match &self.warehouse {
                 Some(m) => m.lock().expect("warehouse lock").next_offset(
@@ -330,6 +447,23 @@ impl Ctx {
                 ),
                 None => Ok(None),
             };
+            if let (Ok(Some(next)), Some(m), Some(_)) =
+                (&recorded, &self.warehouse, &self.witness_config)
+            {
+                let table = primary_table(&self.gateway_topic, &topic);
+                match m.lock().expect("warehouse lock").last_message(
+                    table,
+                    &topic,
+                    partition,
+                    next - 1,
+                ) {
+                    Ok(Some(w)) => witnesses.push((topic.clone(), partition, w)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(topic, partition, error = %e, "cannot read the last recorded message: not compared")
+                    }
+                }
+            }
             let start = match recorded {
                 Ok(Some(next)) => Offset::Offset(next),
                 Ok(None) => Offset::Beginning,
@@ -346,6 +480,14 @@ impl Ctx {
             };
             if let Err(e) = tpl.set_partition_offset(&topic, partition, start) {
                 warn!(topic, partition, error = %e, "cannot set the start offset");
+            }
+        }
+        // Before anything is read from the recorded positions: is the message before each
+        // still the one recorded? (docs/DESIGN.md, "A topic recreated and refilled")
+        if let Some(config) = &self.witness_config {
+            if let Err(e) = check_witnesses(config, &witnesses) {
+                self.refused.lock().expect("lock").get_or_insert(e);
+                self.dirty.store(true, Ordering::Release);
             }
         }
     }
@@ -424,6 +566,9 @@ struct PartBuffer {
     /// Rows were added since the last recount.
     dirty: bool,
     counts: Counts,
+    /// The message at `last_offset` (its payload copied; the commit records its digest).
+    last_timestamp_ms: Option<i64>,
+    last_payload: Vec<u8>,
 }
 
 struct PartState {
@@ -584,6 +729,7 @@ pub fn run(cfg: &IngestConfig, shutdown: Arc<AtomicBool>) -> Result<IngestSummar
     let ctx = Ctx {
         warehouse: Some(warehouse.clone()),
         gateway_topic: cfg.gateway_topic.clone(),
+        witness_config: Some(client_config(cfg)),
         ..Ctx::default()
     };
     let consumer: BaseConsumer<Ctx> = client_config(cfg).create_with_context(ctx)?;
@@ -788,6 +934,9 @@ impl Ingestor<'_> {
             }
             let polled = consumer.poll(Duration::from_millis(100));
             if consumer.context().dirty.swap(false, Ordering::AcqRel) {
+                if let Some(e) = consumer.context().refused.lock().expect("lock").take() {
+                    return Err(e);
+                }
                 self.apply_rebalance(consumer);
             }
             let mut queue_drained = false;
@@ -1260,6 +1409,8 @@ impl Ingestor<'_> {
             bytes: 0,
             dirty: false,
             counts: Counts::default(),
+            last_timestamp_ms: None,
+            last_payload: Vec::new(),
         });
         let mut new_file_bytes = 0usize;
         let limits = MessageLimits {
@@ -1290,6 +1441,9 @@ impl Ingestor<'_> {
         buf.dirty = true;
         buf.counts.msgs += 1;
         buf.last_offset = offset;
+        buf.last_timestamp_ms = prov.timestamp_ms;
+        buf.last_payload.clear();
+        buf.last_payload.extend_from_slice(payload);
         st.next_offset = offset.saturating_add(1);
         self.buffered_bytes += size;
         self.since_recount += size;
@@ -1380,6 +1534,10 @@ impl Ingestor<'_> {
             last_offset: buf.last_offset,
             counts: buf.counts,
             gap: None,
+            last_message: Some(LastMessage {
+                timestamp_ms: buf.last_timestamp_ms,
+                payload: buf.last_payload,
+            }),
         };
         self.in_flight += 1;
         self.jobs.send(job).map_err(|_| self.committer_gone())?;
@@ -1411,6 +1569,7 @@ impl Ingestor<'_> {
             last_offset: last,
             counts: Counts::default(),
             gap: Some(GAP_NOT_IN_KAFKA.into()),
+            last_message: None,
         };
         st.next_offset = last.saturating_add(1);
         self.in_flight_sizes.push_back(0);

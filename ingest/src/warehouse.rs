@@ -430,6 +430,34 @@ pub struct CommitMeta {
     /// On a gap commit: when ingest found the range missing (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected_at: Option<String>,
+    /// On a commit of messages read from Kafka: what the message at `covers_last_offset` was,
+    /// so that a later reader can tell that offset still holds the same message (a topic
+    /// recreated and refilled past the recorded position holds another one there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessageWitness>,
+}
+
+/// One Kafka message, as recorded by the commit that ends at it ([`CommitMeta::last_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageWitness {
+    pub offset: i64,
+    /// Kafka's timestamp of the message (milliseconds since the epoch), if it had one.
+    pub timestamp_ms: Option<i64>,
+    /// The payload's length and SHA-256 (hex).
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl MessageWitness {
+    pub fn of(offset: i64, timestamp_ms: Option<i64>, payload: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Self {
+            offset,
+            timestamp_ms,
+            bytes: payload.len() as u64,
+            sha256: hex::encode(Sha256::digest(payload)),
+        }
+    }
 }
 
 /// A writer's handle on the warehouse.
@@ -682,6 +710,7 @@ impl Warehouse {
             gap: None,
             commit_id: format!("{:016x}", rand::random::<u64>()),
             detected_at: None,
+            last_message: None,
         };
         for f in &staged {
             self.publish(f)?;
@@ -738,6 +767,7 @@ impl Warehouse {
             gap: Some(reason.to_string()),
             commit_id: format!("{:016x}", rand::random::<u64>()),
             detected_at: Some(detected_at.unwrap_or_else(now_rfc3339)),
+            last_message: None,
         };
         match self.commit_table(table, &[], &meta, first)? {
             TableCommit::Committed { version } => Ok(version),
@@ -746,6 +776,45 @@ impl Warehouse {
                 table.name()
             ))),
         }
+    }
+
+    /// What the message at `offset` of `topic`/`partition` was, if `table`'s newest commit of
+    /// that partition ends at it and recorded it ([`CommitMeta::last_message`]; a gap commit, or
+    /// one written before witnesses were, recorded none). The log is read from its end back to
+    /// that commit; compaction commits are passed over.
+    pub fn last_message(
+        &self,
+        table: Table,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<Option<MessageWitness>> {
+        let store = self.store.clone();
+        let prefix = self.prefix.clone();
+        self.rt.block_on(async move {
+            let listing = list_commits(store.as_ref(), &prefix, table.name()).await?;
+            for path in listing.commits.values().rev() {
+                let bytes = get_bytes(store.as_ref(), path).await?;
+                for line in bytes.split(|b| *b == b'\n') {
+                    let Ok(action) = serde_json::from_slice::<Value>(line) else {
+                        continue;
+                    };
+                    let Some(meta) = action
+                        .get("commitInfo")
+                        .and_then(|c| c.get(COMMIT_INFO_KEY))
+                        .and_then(|m| serde_json::from_value::<CommitMeta>(m.clone()).ok())
+                    else {
+                        continue;
+                    };
+                    if meta.topic == topic && meta.partition == partition {
+                        return Ok(meta.last_message.filter(|w| {
+                            w.offset == offset && meta.covers_last_offset == offset
+                        }));
+                    }
+                }
+            }
+            Ok(None)
+        })
     }
 
     /// The version after `after` whose commit info carries `commit_id`, if any.
@@ -1727,6 +1796,7 @@ fn compacted_meta(
         gap: None,
         commit_id: c.commit_id.clone(),
         detected_at: None,
+        last_message: None,
     })
 }
 

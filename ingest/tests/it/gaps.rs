@@ -144,3 +144,69 @@ fn a_recreated_topic_with_fewer_offsets_stops_ingest_instead_of_skipping_it() {
     assert_eq!(rows, 100, "nothing of the new topic is written");
     assert!(log.gaps().is_empty(), "and it is not a gap");
 }
+
+/// Issue 11: a topic deleted, created again and refilled *past* the recorded position (here: the
+/// same topic names on a new cluster, with more messages) puts no offset out of range, so
+/// nothing above catches it: its messages below the position were skipped as already recorded,
+/// silently. Each commit records a witness of its last message (timestamp, length, SHA-256),
+/// and on assignment ingest reads the message at that offset again: another message there stops
+/// ingest, naming the offset and both messages; the same message there (the topic as it was)
+/// lets it go on from the position.
+#[test]
+fn a_recreated_topic_refilled_past_the_position_stops_ingest_naming_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::Local(dir.path().to_path_buf());
+    let run = |brokers: &str| ingest(brokers, dir.path(), "refilled", 5000);
+    let cluster = |msgs: &[Message]| {
+        let c = MockCluster::new(1).unwrap();
+        for t in ["gw", "fl"] {
+            c.create_topic(t, 1, 1).unwrap();
+        }
+        flowaudit_ingest::produce::produce(&c.bootstrap_servers(), "gw", msgs).unwrap();
+        c
+    };
+    let mut kept = noise(0, 100);
+    let first = cluster(&kept);
+    assert_eq!(run(&first.bootstrap_servers()).unwrap().consumed, 100);
+    drop(first);
+    let last = warehouse::read_log_blocking(&loc)
+        .unwrap()
+        .commits
+        .into_iter()
+        .filter(|c| c.table == "gateway_events")
+        .filter_map(|c| c.meta)
+        .next_back()
+        .expect("a commit of gateway_events");
+    let w = last.last_message.expect("the commit records its last message");
+    assert_eq!((w.offset, w.bytes), (99, 1024));
+    assert_eq!(w.timestamp_ms, Some(kept[99].ts_us / 1000));
+    assert_eq!(
+        w.sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&kept[99].payload))
+    );
+
+    // The same messages, then more: the message at offset 99 is the one recorded.
+    kept.extend(noise(100, 50));
+    let second = cluster(&kept);
+    let s = run(&second.bootstrap_servers()).unwrap();
+    assert_eq!((s.consumed, s.gaps), (50, 0), "{s:?}");
+    drop(second);
+
+    // Other messages, past the position: offset 149 holds another message.
+    let third = cluster(&noise(1000, 200));
+    let err = run(&third.bootstrap_servers())
+        .expect_err("the refilled topic's messages were taken for recorded ones")
+        .to_string();
+    assert!(
+        err.contains("gw/0")
+            && err.contains("offset 149 is not the one the warehouse recorded")
+            && err.contains(&hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                &kept[149].payload
+            ))),
+        "the error names the partition, the offset and the recorded message: {err}"
+    );
+    let log = warehouse::read_log_blocking(&loc).unwrap();
+    let rows: u64 = log.files.iter().map(|f| f.rows).sum();
+    assert_eq!(rows, 150, "nothing of the new topic is written");
+    assert!(log.gaps().is_empty(), "and it is not a gap");
+}

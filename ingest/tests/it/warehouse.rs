@@ -77,6 +77,7 @@ fn job(first: i64, last: i64, bad: impl Fn(i64) -> bool, epoch: u64) -> Job {
         last_offset: last,
         counts,
         gap: None,
+        last_message: None,
     }
 }
 
@@ -494,6 +495,7 @@ fn a_gap_over_a_half_committed_range_counts_what_was_quarantined_in_it() {
         last_offset: 19,
         counts: Counts::default(),
         gap: Some("offsets no longer in Kafka".into()),
+        last_message: None,
     };
     let out = commit_all(loc, vec![gap]);
     assert!(matches!(out[0], Outcome::Committed { .. }));
