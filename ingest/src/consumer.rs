@@ -373,7 +373,13 @@ fn check_witnesses(
                         continue;
                     };
                     if m.offset() != w.offset {
-                        info!(topic, partition = m.partition(), recorded = w.offset, delivered = m.offset(), "the last recorded message is not in Kafka any more: not compared");
+                        info!(
+                            topic,
+                            partition = m.partition(),
+                            recorded = w.offset,
+                            delivered = m.offset(),
+                            "the last recorded message is not in Kafka any more: not compared"
+                        );
                         continue;
                     }
                     let now = MessageWitness::of(
@@ -393,7 +399,12 @@ fn check_witnesses(
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     if let Some(w) = pending.remove(&p) {
-                        info!(topic, partition = p, recorded = w.offset, "the partition ends before the last recorded message: not compared");
+                        info!(
+                            topic,
+                            partition = p,
+                            recorded = w.offset,
+                            "the partition ends before the last recorded message: not compared"
+                        );
                     }
                 }
                 Some(Err(e)) => debug!(topic, error = %e, "reading the last recorded messages"),

@@ -807,9 +807,9 @@ impl Warehouse {
                         continue;
                     };
                     if meta.topic == topic && meta.partition == partition {
-                        return Ok(meta.last_message.filter(|w| {
-                            w.offset == offset && meta.covers_last_offset == offset
-                        }));
+                        return Ok(meta
+                            .last_message
+                            .filter(|w| w.offset == offset && meta.covers_last_offset == offset));
                     }
                 }
             }

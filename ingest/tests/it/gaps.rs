@@ -177,7 +177,9 @@ fn a_recreated_topic_refilled_past_the_position_stops_ingest_naming_the_message(
         .filter_map(|c| c.meta)
         .next_back()
         .expect("a commit of gateway_events");
-    let w = last.last_message.expect("the commit records its last message");
+    let w = last
+        .last_message
+        .expect("the commit records its last message");
     assert_eq!((w.offset, w.bytes), (99, 1024));
     assert_eq!(w.timestamp_ms, Some(kept[99].ts_us / 1000));
     assert_eq!(
