@@ -157,6 +157,24 @@ fn read_policy(path: &Path) -> Result<Vec<u8>, CatalogError> {
     })
 }
 
+/// The settings of the embedded engine's session: DataFusion's defaults, then its own
+/// `DATAFUSION_*` environment variables (an operator's override, e.g.
+/// `DATAFUSION_EXECUTION_BATCH_SIZE`; docs/operations.md), with two differences when those do
+/// not say otherwise:
+/// - `information_schema` on: SHOW TABLES, SHOW COLUMNS and DESCRIBE for analysts (docs/sql.md);
+/// - twice as many partitions as cores. The window rules hash a day of flows by exporter into
+///   `target_partitions` streams, and a handful of exporters hashed into as many streams as cores
+///   leaves one core with most of them; with twice as many the cores share the work more evenly
+///   (measured: docs/benchmarks.md, "DataFusion settings").
+pub fn session_config() -> Result<datafusion::prelude::SessionConfig, CatalogError> {
+    let mut config = datafusion::prelude::SessionConfig::from_env()?;
+    if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        config = config.with_target_partitions(2 * cores);
+    }
+    Ok(config.with_information_schema(true))
+}
+
 impl Catalog {
     /// Open the catalog over the local `warehouse` and `policy`; `geoip` backs `country_of`.
     pub async fn open(
@@ -174,10 +192,7 @@ impl Catalog {
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
-        // information_schema: SHOW TABLES, SHOW COLUMNS and DESCRIBE for analysts (docs/sql.md).
-        let ctx = SessionContext::new_with_config(
-            datafusion::prelude::SessionConfig::new().with_information_schema(true),
-        );
+        let ctx = SessionContext::new_with_config(session_config()?);
         register_warehouse(&ctx, site).await?;
         let mut policy_versions = BTreeMap::new();
         let mut transfer_bases = Vec::new();
@@ -600,6 +615,16 @@ mod tests {
             .collect()
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn the_session_runs_twice_as_many_partitions_as_cores_and_answers_show_tables() {
+        let c = session_config().unwrap();
+        if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            assert_eq!(c.target_partitions(), 2 * cores);
+        }
+        assert!(c.information_schema());
     }
 
     #[tokio::test]
