@@ -316,8 +316,8 @@ fn refilled(topic: &str, partition: i32, recorded: &MessageWitness, now: &Messag
     };
     Error::Unrecoverable(format!(
         "{topic}/{partition}: the message Kafka holds at offset {o} is not the one the warehouse \
-         recorded there (recorded: {r}; now: {n}). The topic was deleted and recreated, or \
-         truncated, and refilled past the warehouse's position {next}; its messages up to offset \
+         recorded there (recorded: {r}; now: {n}). The topic was deleted and recreated (or its \
+         log truncated by an unclean leader election) and refilled past the warehouse's position {next}; its messages up to offset \
          {o} reuse offsets the warehouse recorded and would be skipped as already recorded, so \
          ingest stops instead. Ingest the new topic into a new warehouse or under a new topic \
          name (docs/operations.md, \"A recreated topic\")",
@@ -331,9 +331,9 @@ fn refilled(topic: &str, partition: i32, recorded: &MessageWitness, now: &Messag
 /// How long [`check_witnesses`] waits for Kafka before leaving a partition unchecked.
 const WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Read again, with a consumer of its own (no group, nothing committed), the message at each
-/// witness's offset (the last message the warehouse recorded of a partition) and compare it
-/// with what the warehouse recorded of it: a different message there means the topic was
+/// Read again, with a consumer of its own (an explicit assignment: it never joins the group,
+/// and commits nothing), the message at each witness's offset (the last message the warehouse
+/// recorded of a partition) and compare it with what the warehouse recorded of it: a different message there means the topic was
 /// recreated and refilled past the recorded position ([`refilled`]). A message that is no
 /// longer there (retention, compaction, a partition with fewer offsets) is not compared: the
 /// consumer's own checks record the first as a gap and stop on the last.

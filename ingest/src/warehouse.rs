@@ -794,23 +794,17 @@ impl Warehouse {
         self.rt.block_on(async move {
             let listing = list_commits(store.as_ref(), &prefix, table.name()).await?;
             for path in listing.commits.values().rev() {
-                let bytes = get_bytes(store.as_ref(), path).await?;
-                for line in bytes.split(|b| *b == b'\n') {
-                    let Ok(action) = serde_json::from_slice::<Value>(line) else {
-                        continue;
-                    };
-                    let Some(meta) = action
-                        .get("commitInfo")
-                        .and_then(|c| c.get(COMMIT_INFO_KEY))
-                        .and_then(|m| serde_json::from_value::<CommitMeta>(m.clone()).ok())
-                    else {
-                        continue;
-                    };
-                    if meta.topic == topic && meta.partition == partition {
-                        return Ok(meta
-                            .last_message
-                            .filter(|w| w.offset == offset && meta.covers_last_offset == offset));
-                    }
+                let Some(meta) = commit_info(store.as_ref(), path)
+                    .await?
+                    .and_then(|mut ci| ci.get_mut(COMMIT_INFO_KEY).map(Value::take))
+                    .and_then(|m| serde_json::from_value::<CommitMeta>(m).ok())
+                else {
+                    continue;
+                };
+                if meta.topic == topic && meta.partition == partition {
+                    return Ok(meta
+                        .last_message
+                        .filter(|w| w.offset == offset && meta.covers_last_offset == offset));
                 }
             }
             Ok(None)
@@ -827,20 +821,15 @@ impl Warehouse {
         self.rt.block_on(async move {
             let listing = list_commits(store.as_ref(), &prefix, table.name()).await?;
             for (v, path) in listing.commits.range(after.saturating_add(1)..) {
-                let bytes = get_bytes(store.as_ref(), path).await?;
-                for line in bytes.split(|b| *b == b'\n') {
-                    let Ok(action) = serde_json::from_slice::<Value>(line) else {
-                        continue;
-                    };
-                    let ci = action.get("commitInfo");
-                    let id = [COMMIT_INFO_KEY, COMPACTION_INFO_KEY].iter().find_map(|k| {
-                        ci.and_then(|c| c.get(*k))
-                            .and_then(|m| m.get("commit_id"))
-                            .and_then(Value::as_str)
-                    });
-                    if id == Some(commit_id) {
-                        return Ok(Some(*v));
-                    }
+                let ci = commit_info(store.as_ref(), path).await?;
+                let id = [COMMIT_INFO_KEY, COMPACTION_INFO_KEY].iter().find_map(|k| {
+                    ci.as_ref()
+                        .and_then(|c| c.get(*k))
+                        .and_then(|m| m.get("commit_id"))
+                        .and_then(Value::as_str)
+                });
+                if id == Some(commit_id) {
+                    return Ok(Some(*v));
                 }
             }
             Ok(None)
@@ -1477,6 +1466,15 @@ pub struct LogListing {
     /// Anything else directly in `_delta_log/` (checkpoints, `_last_checkpoint`, stray names):
     /// flowaudit writes none, and delta-rs readers would trust a checkpoint over the commits.
     pub other: Vec<String>,
+}
+
+/// The `commitInfo` action of the commit file at `path`, if it has one.
+async fn commit_info(store: &dyn ObjectStore, path: &ObjectPath) -> Result<Option<Value>> {
+    let bytes = get_bytes(store, path).await?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .find_map(|mut action| action.get_mut("commitInfo").map(Value::take)))
 }
 
 /// List `table`'s `_delta_log/`.
