@@ -50,6 +50,11 @@ pub enum CatalogError {
     DataFusion(#[from] DataFusionError),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("DataFusion settings from the environment ({vars}): {source}")]
+    Settings {
+        vars: String,
+        source: DataFusionError,
+    },
 }
 
 /// A legal basis for transfers to a country, valid over a period.
@@ -167,7 +172,16 @@ fn read_policy(path: &Path) -> Result<Vec<u8>, CatalogError> {
 ///   leaves one core with most of them; with twice as many the cores share the work more evenly
 ///   (measured: docs/benchmarks.md, "DataFusion settings").
 pub fn session_config() -> Result<datafusion::prelude::SessionConfig, CatalogError> {
-    let mut config = datafusion::prelude::SessionConfig::from_env()?;
+    let mut config = datafusion::prelude::SessionConfig::from_env().map_err(|source| {
+        let vars: Vec<String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("DATAFUSION_"))
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        CatalogError::Settings {
+            vars: vars.join(", "),
+            source,
+        }
+    })?;
     if std::env::var_os("DATAFUSION_EXECUTION_TARGET_PARTITIONS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         config = config.with_target_partitions(2 * cores);

@@ -69,6 +69,28 @@ fn missing_settings_and_unknown_config_keys_are_clear_errors() {
         !out.status.success() && err.contains("no-such-policy/networks.toml"),
         "{err}"
     );
+
+    // A DataFusion setting from the environment that DataFusion cannot parse names the variable.
+    std::fs::create_dir(dir.path().join("wh")).unwrap();
+    let out = Command::new(bin())
+        .args(["rules", "run", "--date", "2026-11-21"])
+        .arg("--warehouse")
+        .arg(dir.path().join("wh"))
+        .arg("--policy")
+        .arg(repo("fixtures/policy"))
+        .arg("--rules-dir")
+        .arg(repo("queries"))
+        .env("DATAFUSION_EXECUTION_BATCH_SIZE", "abc")
+        .env_remove("FLOWAUDIT_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("DataFusion settings from the environment")
+            && err.contains("DATAFUSION_EXECUTION_BATCH_SIZE=\"abc\""),
+        "{err}"
+    );
 }
 
 #[test]
