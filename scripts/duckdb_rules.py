@@ -7,7 +7,8 @@ FROM and TO are RFC 3339 instants. Prints one JSON object: rule id → {"rows": 
 With --per-day the window is cut into UTC days, each run separately (as `flowaudit rules run
 --from --to` does); rows of all days are listed and ms summed.
 The warehouse tables are views over the Parquet files their Delta logs list (Hive-partitioned), the policy CSV files and
-networks.toml become tables, and basis_for(country, ts) is a macro over transfer_bases.
+networks.toml become tables, the summaries (queries/summaries/*.sql) views of their definitions,
+and basis_for(country, ts) is a macro over transfer_bases.
 """
 import datetime as dt
 import decimal
@@ -44,12 +45,20 @@ def live_files(table_dir):
 
 def setup(con, wh, policy):
     con.execute("SET TimeZone = 'UTC'")
+    tables = set()
     for t in ["gateway_events", "flows", "quarantine"]:
         files = live_files(os.path.join(wh, t))
         if files:
+            tables.add(t)
             listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
             con.execute(f"""CREATE VIEW {t} AS SELECT * FROM read_parquet([{listed}],
                 hive_partitioning = true, hive_types = {{'date': VARCHAR, 'hour': VARCHAR}})""")
+    # Summaries: flowaudit keeps them per day; here each is the view its definition is.
+    summaries = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "queries", "summaries")
+    for name in sorted(os.listdir(summaries)):
+        if name.endswith(".sql") and "flows" in tables:
+            with open(os.path.join(summaries, name)) as f:
+                con.execute(f"CREATE VIEW {name[:-4]} AS {f.read()}")
     csv = {
         "countries": "{'code': 'VARCHAR', 'name': 'VARCHAR', 'eea': 'BOOLEAN'}",
         "transfer_bases": "{'country': 'VARCHAR', 'basis': 'VARCHAR', 'scope': 'VARCHAR', 'valid_from': 'DATE', 'valid_to': 'DATE', 'reference': 'VARCHAR'}",

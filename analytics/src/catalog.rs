@@ -9,7 +9,10 @@
 //! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
 //!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
 //!   policy file with its SHA-256, the version recorded with every run.
-//! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`.
+//! - Summaries: `egress_daily` (per day, each destination country and ASN the enclave sent data
+//!   to), derived from `flows` ([`crate::summaries`]).
+//! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`; DataFusion's
+//!   `date_trunc` with a fast path for UTC timestamps ([`crate::functions`]).
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -260,6 +263,7 @@ impl Catalog {
             ])
         });
         register_udfs(&ctx, Arc::new(networks), geoip, transfer_bases.clone());
+        crate::functions::register(&ctx);
         let mut catalog = Self {
             ctx,
             policy_versions,
@@ -356,15 +360,37 @@ async fn ingest_gaps(location: &Location) -> Result<MemTable, CatalogError> {
 async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), CatalogError> {
     let location = &site.tables;
     // The ingest tables and `alerts` (the rule runner's, crate::alerts_table).
+    let mut opened = BTreeMap::new();
     for spec in crate::tables::specs() {
         let (name, schema) = (spec.name, spec.schema.clone());
         match crate::tables::DeltaWarehouseTable::open_spec(location, spec).await? {
-            Some(table) => ctx.register_table(name, Arc::new(table))?,
+            Some(table) => {
+                let table = Arc::new(table);
+                ctx.register_table(name, table.clone())?;
+                opened.insert(name, table);
+            }
             // Nothing written yet: an empty table with the same columns.
-            None => ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?,
-        };
+            None => {
+                ctx.register_table(name, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+            }
+        }
     }
     ctx.register_table("ingest_gaps", Arc::new(ingest_gaps(location).await?))?;
+    // Summaries: served from their per-day cache where this process plans the scans of a Delta
+    // table; a view of the same SQL on a cluster, or over a table not written yet.
+    for summary in crate::summaries::SUMMARIES {
+        match opened.get(summary.source) {
+            Some(source) if matches!(site.engine, Engine::Embedded) => {
+                let table =
+                    crate::summaries::SummaryTable::new(ctx, *summary, source.clone()).await?;
+                ctx.register_table(summary.name, Arc::new(table))?
+            }
+            _ => ctx.register_table(
+                summary.name,
+                Arc::new(crate::summaries::view(ctx, summary).await?),
+            )?,
+        };
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! as view types and partition values dictionary-encoded, and so needed a cast above its scan:
 //! 1.4× the CPU of this scan over the rule pack. A table whose protocol needs a reader feature is
 //! still read through delta-rs's provider, its columns cast back.
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
@@ -281,6 +282,41 @@ impl DeltaWarehouseTable {
         }
         let files = prune(state, files, self.partitions, partition_filters)?;
         Ok(Snapshot::Files { store, files })
+    }
+
+    /// The table's data files at its latest version that `partition_filters` (filters over the
+    /// partition columns only) keep, by the value of its first partition column (`date`): each
+    /// file's path and size, sorted by path. `None` when the table is read through delta-rs's
+    /// provider, whose files are not listed here.
+    pub async fn files_by_day(
+        &self,
+        state: &dyn Session,
+        partition_filters: &[Expr],
+    ) -> Result<Option<BTreeMap<String, Vec<(String, u64)>>>> {
+        let Snapshot::Files { files, .. } = self.current(state, partition_filters).await? else {
+            return Ok(None);
+        };
+        let mut days: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
+        for f in files {
+            let day = match f.partition_values.first() {
+                Some(ScalarValue::Utf8(Some(d))) => d.clone(),
+                other => {
+                    return Err(dferr(format!(
+                        "{}: a file with no {} value ({other:?}): {}",
+                        self.name,
+                        self.partitions.first().copied().unwrap_or("partition"),
+                        f.object_meta.location
+                    )))
+                }
+            };
+            days.entry(day)
+                .or_default()
+                .push((f.object_meta.location.to_string(), f.object_meta.size));
+        }
+        for files in days.values_mut() {
+            files.sort();
+        }
+        Ok(Some(days))
     }
 
     /// DataFusion's Parquet scan of `files`, as a listing table of the same files would plan it.

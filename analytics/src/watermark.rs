@@ -334,7 +334,8 @@ impl Watermarks {
     }
 }
 
-/// The warehouse tables `sql` reads (its table scans, subqueries included).
+/// The warehouse tables `sql` reads (its table scans, subqueries included; a summary stands for
+/// the table it is computed from).
 pub async fn tables_read(catalog: &Catalog, sql: &str) -> Result<Vec<String>, String> {
     let plan = catalog
         .ctx
@@ -345,7 +346,13 @@ pub async fn tables_read(catalog: &Catalog, sql: &str) -> Result<Vec<String>, St
     let mut names = BTreeSet::new();
     plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(s) = node {
-            names.insert(s.table_name.table().to_string());
+            // A summary reads the table it is computed from.
+            let name = s.table_name.table();
+            names.insert(
+                crate::summaries::source_of(name)
+                    .unwrap_or(name)
+                    .to_string(),
+            );
         }
         Ok(TreeNodeRecursion::Continue)
     })

@@ -20,4 +20,5 @@ mod rules;
 mod s3;
 mod signals;
 mod sql;
+mod summaries;
 mod verify;

@@ -963,7 +963,7 @@ pub fn rules_run_day(wh: &Path, date: &str, geoip: bool) -> Command {
     c
 }
 
-fn flow(ts: &str, src: &str, dst: &str, bytes: u64) -> String {
+pub fn flow(ts: &str, src: &str, dst: &str, bytes: u64) -> String {
     serde_json::json!({"ts": ts, "src_ip": src, "dst_ip": dst, "src_port": 40000, "dst_port": 443,
         "protocol": "tcp", "bytes": bytes, "packets": 4, "exporter": "10.20.255.1"})
     .to_string()
