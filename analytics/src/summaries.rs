@@ -43,11 +43,18 @@ pub struct Summary {
 }
 
 /// Every summary the catalog has.
-pub const SUMMARIES: &[Summary] = &[Summary {
-    name: "egress_daily",
-    source: "flows",
-    sql: include_str!("../../queries/summaries/egress_daily.sql"),
-}];
+pub const SUMMARIES: &[Summary] = &[
+    Summary {
+        name: "egress_daily",
+        source: "flows",
+        sql: include_str!("../../queries/summaries/egress_daily.sql"),
+    },
+    Summary {
+        name: "allowed_events_hourly",
+        source: "gateway_events",
+        sql: include_str!("../../queries/summaries/allowed_events_hourly.sql"),
+    },
+];
 
 /// The warehouse table the summary `name` is computed from, if `name` is a summary.
 pub fn source_of(name: &str) -> Option<&'static str> {
@@ -165,6 +172,7 @@ impl SummaryTable {
             crate::catalog::session_config().map_err(|e| DataFusionError::External(e.into()))?,
         );
         ctx.register_table(self.summary.source, self.source.clone())?;
+        crate::functions::register(&ctx);
         let mut sql = format!("SELECT * FROM ({}\n) s", self.summary.sql);
         if let Some(days) = days {
             let list: Vec<String> = days

@@ -635,7 +635,7 @@ fn serve_catches_up_the_firings_it_missed_and_stops_on_sigterm() {
 }
 
 /// Numbers and instants in one canonical text form, so that both engines' rows compare.
-fn canonical(v: &Value) -> String {
+pub fn canonical(v: &Value) -> String {
     match v {
         Value::String(s) => match chrono::DateTime::parse_from_rfc3339(s) {
             Ok(t) => format!("t{}", t.timestamp_micros()),
