@@ -30,7 +30,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::tables::DeltaWarehouseTable;
 
@@ -270,12 +270,19 @@ impl TableProvider for SummaryTable {
                     .map(|(d, _)| *d)
                     .collect();
                 if !stale.is_empty() {
-                    debug!(
-                        summary = self.summary.name,
-                        days = stale.len(),
-                        reused = keys.len() - stale.len(),
-                        "computing summary days"
-                    );
+                    // A new process reading weeks of history computes them all at once: say so.
+                    let (days, reused) = (stale.len(), keys.len() - stale.len());
+                    if days > 1 {
+                        info!(
+                            summary = self.summary.name,
+                            days, reused, "computing summary days"
+                        );
+                    } else {
+                        debug!(
+                            summary = self.summary.name,
+                            days, reused, "computing summary days"
+                        );
+                    }
                     let computed = self.compute(Some(&stale)).await?;
                     for (d, key) in &keys {
                         if let Some(rows) = computed.get(*d) {
