@@ -209,7 +209,7 @@ impl Catalog {
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
-        let ctx = SessionContext::new_with_config(session_config()?);
+        let ctx = crate::optimizer::session(session_config()?);
         register_warehouse(&ctx, site).await?;
         let mut policy_versions = BTreeMap::new();
         let mut transfer_bases = Vec::new();

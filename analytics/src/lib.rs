@@ -21,6 +21,7 @@ pub mod geoip_cmd;
 pub mod ledger;
 pub mod lifecycle;
 pub mod ops;
+pub mod optimizer;
 pub mod planted;
 pub mod report;
 pub mod rules;

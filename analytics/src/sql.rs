@@ -516,6 +516,13 @@ impl SqlEngine {
         if let Some(planners) = builder.expr_planners().as_mut() {
             planners.insert(0, Arc::new(ConcatOpPlanner { ctx: guard }));
         }
+        // Windows stay DataFusion's streaming operator here: the whole-partition one holds its
+        // input outside the query's memory pool (crate::optimizer).
+        if let Some(optimizer) = builder.physical_optimizers().as_mut() {
+            optimizer
+                .rules
+                .retain(|r| !crate::optimizer::is_ours(r.as_ref()));
+        }
         let mut state = builder
             .with_physical_optimizer_rule(Arc::new(StopInJoins(stop.clone())))
             .with_physical_optimizer_rule(Arc::new(YieldEverywhere))

@@ -168,7 +168,7 @@ impl SummaryTable {
         &self,
         days: Option<&[&String]>,
     ) -> Result<BTreeMap<String, Vec<RecordBatch>>> {
-        let ctx = SessionContext::new_with_config(
+        let ctx = crate::optimizer::session(
             crate::catalog::session_config().map_err(|e| DataFusionError::External(e.into()))?,
         );
         ctx.register_table(self.summary.source, self.source.clone())?;
