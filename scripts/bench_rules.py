@@ -124,6 +124,21 @@ def run_flowaudit(bin_, wh, policy, last, engine=None):
     return t, q, rows, ms
 
 
+def run_duckdb(wh, policy, end, files, wall, q, per_rule, rows_fa, what):
+    """One round of DuckDB over the rule `files`: its wall and query times appended to `wall`
+    and `q`, each rule's to `per_rule`; stops if a rule's row count is not flowaudit's."""
+    t, so = sh([PY, os.path.join(HERE, "duckdb_rules.py"), "--per-day", wh, policy,
+                f"{FIRST}T00:00:00Z", f"{end}T00:00:00Z", *files])
+    res = json.loads(so)
+    wall.append(t)
+    q.append(sum(v["ms"] for v in res.values()) / 1000)
+    for k, v in res.items():
+        per_rule.setdefault(k, []).append(v["ms"])
+    rows = {k: len(v["rows"]) for k, v in res.items()}
+    if rows != rows_fa:
+        sys.exit(f"row counts differ: flowaudit {rows_fa} {what} {rows}")
+
+
 def main(bin_, out):
     out = os.path.join(out, "rules")
     print(f"rules bench: {DAYS} days, {FLOWS} flows, {EVENTS} gateway events; {RUNS} rounds", flush=True)
@@ -153,26 +168,9 @@ def main(bin_, out):
                 sys.exit(f"row counts differ: embedded {rows_fa} cluster {rows_cl}")
             cl_wall.append(t)
             cl_q.append(q)
-        t, so = sh([PY, os.path.join(HERE, "duckdb_rules.py"), "--per-day", wh, policy,
-                    f"{FIRST}T00:00:00Z", f"{end}T00:00:00Z", *rules])
-        res = json.loads(so)
-        dk_wall.append(t)
-        dk_q.append(sum(v["ms"] for v in res.values()) / 1000)
-        for k, v in res.items():
-            per_rule_dk.setdefault(k, []).append(v["ms"])
-        rows_dk = {k: len(v["rows"]) for k, v in res.items()}
-        if rows_dk != rows_fa:
-            sys.exit(f"row counts differ: flowaudit {rows_fa} duckdb {rows_dk}")
-        t, so = sh([PY, os.path.join(HERE, "duckdb_rules.py"), "--per-day", wh, policy,
-                    f"{FIRST}T00:00:00Z", f"{end}T00:00:00Z", *raw_rules])
-        res = json.loads(so)
-        raw_wall.append(t)
-        raw_q.append(sum(v["ms"] for v in res.values()) / 1000)
-        for k, v in res.items():
-            per_rule_raw.setdefault(k, []).append(v["ms"])
-        rows_raw = {k: len(v["rows"]) for k, v in res.items()}
-        if rows_raw != rows_fa:
-            sys.exit(f"row counts differ: flowaudit {rows_fa} duckdb over the raw rules {rows_raw}")
+        for files, wall, qs, per_rule, what in [(rules, dk_wall, dk_q, per_rule_dk, "duckdb"),
+                                               (raw_rules, raw_wall, raw_q, per_rule_raw, "duckdb over the raw rules")]:
+            run_duckdb(wh, policy, end, files, wall, qs, per_rule, rows_fa, what)
         cluster = f", cluster {cl_wall[-1]:.2f} s (queries {cl_q[-1]:.2f} s)" if engine else ""
         print(f"  round {r + 1}: flowaudit {fa_wall[-1]:.2f} s (queries {fa_q[-1]:.2f} s), "
               f"DuckDB {dk_wall[-1]:.2f} s (queries {dk_q[-1]:.2f} s), "

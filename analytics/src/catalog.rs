@@ -9,8 +9,9 @@
 //! - Policy tables: `countries`, `transfer_bases`, `employees`, `approvals`, `suppressions` (CSV),
 //!   and `networks`, `gateways`, `exporters` (from `networks.toml`); `policy_files` lists each
 //!   policy file with its SHA-256, the version recorded with every run.
-//! - Summaries: `egress_daily` (per day, each destination country and ASN the enclave sent data
-//!   to), derived from `flows` ([`crate::summaries`]).
+//! - Summaries ([`crate::summaries`]): `egress_daily` (per day, each destination country and ASN
+//!   the enclave sent data to), derived from `flows`; `allowed_events_hourly` (per hour, the
+//!   allowed events with a destination by employee, country and action), from `gateway_events`.
 //! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`; DataFusion's
 //!   `date_trunc` with a fast path for UTC timestamps ([`crate::functions`]).
 use std::collections::BTreeMap;
