@@ -134,6 +134,118 @@ pub fn object<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, Reject> {
     serde_json::from_slice(raw).map_err(|e| json_reject(raw, e))
 }
 
+/// Read `raw` as a flat JSON object, calling `field(key, value)` for each member in order, and
+/// give up (`None`) on anything this reader does not handle exactly as serde_json does: a string
+/// with an escape or a control character, a number that is not a non-negative integer of at most
+/// 20 digits (a fraction, an exponent, a sign, a leading zero, above `u64::MAX`), an array or an
+/// object as a value, invalid UTF-8, or any syntax error. `field` returns `false` to give up too
+/// (a duplicate key, which serde rejects). A `null` value is `None`, as serde gives an `Option`.
+///
+/// This is the fast path of the flow decoder (issue 15): the caller decodes with serde whenever it
+/// returns `None`, so every rejection keeps serde's precise reason, and on what it accepts it
+/// gives what serde gives (`Scalar::Int` for integers up to `i64::MAX`, `Scalar::UInt` above).
+pub fn flat_object<'a>(
+    raw: &'a [u8],
+    mut field: impl FnMut(&'a str, Option<Scalar<'a>>) -> bool,
+) -> Option<()> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let s = raw;
+    let mut i = 0usize;
+    let ws = |i: &mut usize| {
+        while matches!(s.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            *i += 1;
+        }
+    };
+    // A string at `i` (its opening quote): its contents, without escapes.
+    let string = |i: &mut usize| -> Option<&'a str> {
+        let start = *i + 1;
+        let mut j = start;
+        loop {
+            match *s.get(j)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => j += 1,
+            }
+        }
+        *i = j + 1;
+        // Both ends are ASCII quotes, so both are character boundaries.
+        text.get(start..j)
+    };
+    ws(&mut i);
+    if s.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    ws(&mut i);
+    if s.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if s.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key = string(&mut i)?;
+            ws(&mut i);
+            if s.get(i) != Some(&b':') {
+                return None;
+            }
+            i += 1;
+            ws(&mut i);
+            let value = match *s.get(i)? {
+                b'"' => Some(Scalar::Str(Cow::Borrowed(string(&mut i)?))),
+                b'0'..=b'9' => {
+                    let start = i;
+                    let mut v: u64 = 0;
+                    while let Some(d @ b'0'..=b'9') = s.get(i) {
+                        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+                        i += 1;
+                    }
+                    // JSON has no leading zeros; a fraction or an exponent makes a float.
+                    if (s[start] == b'0' && i - start > 1)
+                        || matches!(s.get(i), Some(b'.' | b'e' | b'E'))
+                    {
+                        return None;
+                    }
+                    Some(match i64::try_from(v) {
+                        Ok(v) => Scalar::Int(v),
+                        Err(_) => Scalar::UInt(v),
+                    })
+                }
+                b't' if s[i..].starts_with(b"true") => {
+                    i += 4;
+                    Some(Scalar::Bool(true))
+                }
+                b'f' if s[i..].starts_with(b"false") => {
+                    i += 5;
+                    Some(Scalar::Bool(false))
+                }
+                b'n' if s[i..].starts_with(b"null") => {
+                    i += 4;
+                    None
+                }
+                _ => return None,
+            };
+            if !field(key, value) {
+                return None;
+            }
+            ws(&mut i);
+            match s.get(i) {
+                Some(b',') => {
+                    i += 1;
+                    ws(&mut i);
+                }
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    ws(&mut i);
+    (i == s.len()).then_some(())
+}
+
 /// Turn a serde_json error on `raw` into a precise rejection.
 pub fn json_reject(raw: &[u8], err: serde_json::Error) -> Reject {
     if raw.is_empty() {

@@ -26,7 +26,7 @@ impl FlowFormat {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct Raw<'a> {
     // flowaudit's own format (ts is shared with Zeek)
     #[serde(borrow, default)]
@@ -99,6 +99,79 @@ struct Raw<'a> {
     node_name: Option<Scalar<'a>>,
 }
 
+impl<'a> Raw<'a> {
+    /// The member `key` is read into, and its bit among the members seen; `None` for a key
+    /// serde ignores. The keys are the struct's serde names (a test checks them against serde).
+    fn slot(&mut self, key: &str) -> Option<(u64, &mut Option<Scalar<'a>>)> {
+        Some(match key {
+            "ts" => (1 << 0, &mut self.ts),
+            "ts_end" => (1 << 1, &mut self.ts_end),
+            "src_ip" => (1 << 2, &mut self.src_ip),
+            "dst_ip" => (1 << 3, &mut self.dst_ip),
+            "protocol" => (1 << 4, &mut self.protocol),
+            "exporter" => (1 << 5, &mut self.exporter),
+            "flow_id" => (1 << 6, &mut self.flow_id),
+            "src_port" => (1 << 7, &mut self.src_port),
+            "dst_port" => (1 << 8, &mut self.dst_port),
+            "bytes" => (1 << 9, &mut self.bytes),
+            "packets" => (1 << 10, &mut self.packets),
+            "sequence_num" => (1 << 11, &mut self.sequence_num),
+            "type" => (1 << 12, &mut self.flow_type),
+            "time_received_ns" => (1 << 13, &mut self.time_received_ns),
+            "time_flow_start_ns" => (1 << 14, &mut self.time_flow_start_ns),
+            "time_flow_end_ns" => (1 << 15, &mut self.time_flow_end_ns),
+            "sampler_address" => (1 << 16, &mut self.sampler_address),
+            "src_addr" => (1 << 17, &mut self.src_addr),
+            "dst_addr" => (1 << 18, &mut self.dst_addr),
+            "dst_as" => (1 << 19, &mut self.dst_as),
+            "proto" => (1 << 20, &mut self.proto),
+            "uid" => (1 << 21, &mut self.uid),
+            "id.orig_h" => (1 << 22, &mut self.orig_h),
+            "id.orig_p" => (1 << 23, &mut self.orig_p),
+            "id.resp_h" => (1 << 24, &mut self.resp_h),
+            "id.resp_p" => (1 << 25, &mut self.resp_p),
+            "orig_bytes" => (1 << 26, &mut self.orig_bytes),
+            "orig_pkts" => (1 << 27, &mut self.orig_pkts),
+            "duration" => (1 << 28, &mut self.duration),
+            "conn_state" => (1 << 29, &mut self.conn_state),
+            "_system_name" => (1 << 30, &mut self.system_name),
+            "_node_name" => (1 << 31, &mut self.node_name),
+            _ => return None,
+        })
+    }
+
+    /// `raw` read by [`decode::flat_object`], the fast path: `None` where that reader gives up
+    /// or a key repeats, and serde decodes instead.
+    fn fast(raw: &'a [u8]) -> Option<Self> {
+        let mut r = Raw::default();
+        let mut seen = 0u64;
+        decode::flat_object(raw, |key, value| match r.slot(key) {
+            None => true,
+            Some((bit, slot)) => {
+                let first = seen & bit == 0;
+                seen |= bit;
+                *slot = value;
+                first
+            }
+        })?;
+        Some(r)
+    }
+}
+
+/// Panics if the fast path reads `raw` otherwise than serde does (where it reads it at all): the
+/// fuzz target's check ([`crate::fuzz::flows`]).
+pub fn check_fast_path(raw: &[u8]) {
+    if let Some(fast) = Raw::fast(raw) {
+        match decode::object::<Raw>(raw) {
+            Ok(slow) => assert_eq!(
+                fast, slow,
+                "the fast path and serde read {raw:?} differently"
+            ),
+            Err(e) => panic!("the fast path read {raw:?}, which serde rejects: {e}"),
+        }
+    }
+}
+
 /// A validated, normalised flow record (before enrichment). Direction is src → dst and `bytes`
 /// counts the bytes sent in that direction (for Zeek, the originator's bytes).
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +205,10 @@ pub struct Flow<'a> {
 
 /// Decode, recognise and normalise one flow record.
 pub fn decode(raw: &[u8]) -> Result<Flow<'_>, Reject> {
-    let r: Raw = decode::object(raw)?;
+    let r: Raw = match Raw::fast(raw) {
+        Some(r) => r,
+        None => decode::object(raw)?,
+    };
     if r.orig_h.is_some() || r.resp_h.is_some() || r.uid.is_some() {
         zeek(r)
     } else if r.src_addr.is_some() || r.sampler_address.is_some() || r.time_received_ns.is_some() {
@@ -351,5 +427,195 @@ fn protocol<'a>(field: decode::Field<'_, 'a>) -> Result<Cow<'a, str>, Reject> {
             Some(field.0),
             "required field is missing or null",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What serde gives for `raw`, the path every message took before the fast one.
+    fn serde(raw: &[u8]) -> Result<Raw<'_>, Reject> {
+        decode::object(raw)
+    }
+
+    /// Where the fast path reads `raw`, it reads what serde reads.
+    fn agree(raw: &[u8]) -> bool {
+        match Raw::fast(raw) {
+            None => false,
+            Some(fast) => {
+                let slow = serde(raw).unwrap_or_else(|e| {
+                    panic!(
+                        "fast path accepted {:?}, serde: {e}",
+                        String::from_utf8_lossy(raw)
+                    )
+                });
+                assert_eq!(fast, slow, "{:?}", String::from_utf8_lossy(raw));
+                true
+            }
+        }
+    }
+
+    const GOFLOW2: &str = r#"{"bytes":942154,"dst_addr":"10.20.99.248","dst_as":0,"dst_port":6379,"etype":"IPv4","in_if":1,"out_if":2,"packets":786,"proto":"TCP","sampler_address":"10.20.255.1","sampling_rate":0,"sequence_num":1001,"src_addr":"10.20.191.217","src_as":0,"src_port":43069,"time_flow_end_ns":1795219206098689000,"time_flow_start_ns":1795219200139451000,"time_received_ns":1795219207298689000,"type":"NETFLOW_V9"}"#;
+
+    /// Every member the struct has, by its serde name, each with its own value: the fast path's
+    /// key table is serde's.
+    #[test]
+    fn the_fast_path_reads_every_member_under_serdes_name() {
+        let keys = [
+            "ts",
+            "ts_end",
+            "src_ip",
+            "dst_ip",
+            "protocol",
+            "exporter",
+            "flow_id",
+            "src_port",
+            "dst_port",
+            "bytes",
+            "packets",
+            "sequence_num",
+            "type",
+            "time_received_ns",
+            "time_flow_start_ns",
+            "time_flow_end_ns",
+            "sampler_address",
+            "src_addr",
+            "dst_addr",
+            "dst_as",
+            "proto",
+            "uid",
+            "id.orig_h",
+            "id.orig_p",
+            "id.resp_h",
+            "id.resp_p",
+            "orig_bytes",
+            "orig_pkts",
+            "duration",
+            "conn_state",
+            "_system_name",
+            "_node_name",
+        ];
+        let members: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                if i % 2 == 0 {
+                    format!("\"{k}\":\"v{i}\"")
+                } else {
+                    format!("\"{k}\":{i}")
+                }
+            })
+            .collect();
+        let raw = format!("{{{}}}", members.join(","));
+        let fast = Raw::fast(raw.as_bytes()).expect("fast path");
+        assert_eq!(fast, serde(raw.as_bytes()).unwrap());
+        assert_ne!(fast, Raw::default());
+        // Each key on its own fills one member: none is missing from the table.
+        for (i, k) in keys.iter().enumerate() {
+            let raw = format!("{{\"{k}\":{i}}}");
+            let fast = Raw::fast(raw.as_bytes()).expect("fast path");
+            assert_ne!(fast, Raw::default(), "{k} is not in the fast path's table");
+            assert_eq!(fast, serde(raw.as_bytes()).unwrap(), "{k}");
+        }
+    }
+
+    /// The cases the fast path must leave to serde (whose rejection or reading it would get
+    /// wrong), and those it reads.
+    #[test]
+    fn the_fast_path_gives_up_where_it_would_differ_from_serde() {
+        let gives_up = [
+            r#"{"src_addr":"10.0.0.1","src_addr":"10.0.0.2"}"#, // duplicate: serde rejects
+            r#"{"bytes":null,"bytes":5}"#,                      // duplicate after a null
+            r#"{"proto":"T\u0043P"}"#,                          // an escape
+            r#"{"proto":"tab	in"}"#,                            // a control character
+            r#"{"bytes":1.5}"#,
+            r#"{"bytes":1e3}"#,
+            r#"{"bytes":-1}"#,
+            r#"{"bytes":-0}"#,
+            r#"{"bytes":01}"#,
+            r#"{"bytes":18446744073709551616}"#, // above u64: serde reads a float
+            r#"{"tags":[1,2]}"#,
+            r#"{"nested":{"a":1}}"#,
+            r#"{"bytes":1,}"#,
+            r#"{"bytes":1} x"#,
+            r#"{"bytes":1}{}"#,
+            r#"{"bytes" 1}"#,
+            r#"{"bytes":tru}"#,
+            r#"{"bytes":truex}"#,
+            r#"{"bytes":1"#,
+            "\u{c}{\"bytes\":1}",
+            "[1]",
+            "",
+        ];
+        for raw in gives_up {
+            assert!(Raw::fast(raw.as_bytes()).is_none(), "read {raw:?}");
+        }
+        assert!(
+            Raw::fast(b"{\"proto\":\"\xff\"}").is_none(),
+            "invalid UTF-8"
+        );
+        let reads = [
+            GOFLOW2,
+            "{}",
+            " \t\r\n{ \"bytes\" : 18446744073709551615 , \"proto\" : \"ü\" } \n",
+            r#"{"bytes":9223372036854775807,"packets":9223372036854775808,"type":0}"#,
+            r#"{"proto":null,"uid":true,"dst_as":false,"unknown":"x","other":null}"#,
+            r#"{"ts":"2026-11-21T10:00:00Z","src_ip":"10.20.5.1","dst_ip":"31.10.0.1","bytes":0}"#,
+        ];
+        for raw in reads {
+            assert!(agree(raw.as_bytes()), "gave up on {raw:?}");
+        }
+        let big = Raw::fast(reads[3].as_bytes()).unwrap();
+        assert_eq!(big.bytes, Some(Scalar::Int(i64::MAX)));
+        assert_eq!(big.packets, Some(Scalar::UInt(1 << 63)));
+    }
+
+    /// Every one-byte change, insertion and deletion of a goflow2 record, and random ones of
+    /// several bytes: where the fast path reads the result, serde reads the same.
+    #[test]
+    fn mutated_records_read_by_the_fast_path_read_the_same_with_serde() {
+        let base = GOFLOW2.as_bytes();
+        let alphabet = b"{}[]\",:.-+eE0123456789 \t\n\\ntrufals\x00\x1f\xc3\xbc\xff";
+        let (mut fast, mut total) = (0, 0);
+        let mut check = |raw: &[u8]| {
+            total += 1;
+            if agree(raw) {
+                fast += 1;
+            }
+        };
+        for i in 0..base.len() {
+            let mut deleted = base.to_vec();
+            deleted.remove(i);
+            check(&deleted);
+            for &b in alphabet {
+                let mut changed = base.to_vec();
+                changed[i] = b;
+                check(&changed);
+                let mut inserted = base.to_vec();
+                inserted.insert(i, b);
+                check(&inserted);
+            }
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut raw = base.to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(raw.len());
+                raw[at] = alphabet[next(alphabet.len())];
+            }
+            check(&raw);
+        }
+        // Both paths were taken many times: the check could fail.
+        assert!(
+            fast > 1000 && total - fast > 1000,
+            "{fast} of {total} read fast"
+        );
     }
 }

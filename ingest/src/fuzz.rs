@@ -6,6 +6,9 @@
 //! returns normally for any input, accepted or not; it panics only when an invariant is broken,
 //! and a panic is what both the fuzzer and the replay report. docs/fuzzing.md has the method.
 //!
+//! [`flows`] first checks that the flow decoder's fast path reads each message as serde does,
+//! wherever it reads it ([`crate::flow::check_fast_path`]).
+//!
 //! The message targets ([`gateway`], [`flows`]) push their input through the function the Kafka
 //! consumer calls for each message ([`crate::batch::buffer_message`]: size check, Kafka
 //! timestamp check, decoder, then one row in the buffer of its table and hour, or a quarantine
@@ -91,6 +94,9 @@ pub fn gateway(data: &[u8]) {
 /// A flow topic's messages (flowaudit, goflow2 and Zeek conn.log JSON), as the consumer handles
 /// them.
 pub fn flows(data: &[u8]) {
+    for payload in messages(data) {
+        crate::flow::check_fast_path(payload);
+    }
     consume(Table::Flows, data)
 }
 
