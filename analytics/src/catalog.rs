@@ -11,9 +11,12 @@
 //!   policy file with its SHA-256, the version recorded with every run.
 //! - Summaries ([`crate::summaries`]): `egress_daily` (per day, each destination country and ASN
 //!   the enclave sent data to), derived from `flows`; `allowed_events_hourly` (per hour, the
-//!   allowed events with a destination by employee, country and action), from `gateway_events`.
+//!   allowed events with a destination by employee, country and action), from `gateway_events`;
+//!   `exporter_clocks_daily` and `gateway_clocks_daily` (per day, each source's newest record),
+//!   which the watermarks read.
 //! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`; DataFusion's
-//!   `date_trunc` with a fast path for UTC timestamps ([`crate::functions`]).
+//!   `date_trunc` with a fast path for UTC timestamps, and `CAST(ts AS DATE)` through one in the
+//!   embedded engine ([`crate::functions`]).
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -271,6 +274,9 @@ impl Catalog {
             transfer_bases,
             geoip: geoip_identity,
         };
+        if let Engine::Embedded = &site.engine {
+            crate::functions::register_rewrites(&catalog.ctx);
+        }
         if let Engine::Ballista { scheduler } = &site.engine {
             crate::cluster::require_executors(scheduler, crate::cluster::EXECUTOR_WAIT)
                 .await

@@ -1552,6 +1552,7 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
         }
         let from = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
         let to = from + chrono::Duration::days(1);
+        let opening = std::time::Instant::now();
         let catalog = rt
             .block_on(crate::catalog::Catalog::open_at(
                 &r.site,
@@ -1559,6 +1560,7 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
                 r.geoip.as_deref(),
             ))
             .context("opening the catalog")?;
+        tracing::debug!(ms = opening.elapsed().as_millis() as u64, "catalog opened");
         let mut store =
             crate::alerts::AlertStore::open(r.site.state_dir().map_err(anyhow::Error::msg)?)?;
         let before = store.len();

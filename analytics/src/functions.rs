@@ -6,17 +6,29 @@
 //!   chrono's time-zone arithmetic (its arithmetic fast path is only for timestamps without one),
 //!   about 130 ns a value; in UTC an hour and a day are fixed lengths, so this is one remainder
 //!   per value. `volume_spike` truncates every allowed event of its seven days to the hour.
+//! - `CAST(ts AS DATE)` of a UTC microsecond timestamp ([`UtcDateCasts`]): arrow's cast goes
+//!   through chrono's time-zone conversion for each value when the timestamp has a zone, about
+//!   35 ns a value here; in UTC the date is the day number, one division. The rules group flows
+//!   by it and join events to the roster's validity dates with it. A cast is not a function, so
+//!   an analyzer rule puts a function in its place, except where a comparison with a literal
+//!   lets DataFusion prune Parquet row groups and pages by the cast's statistics.
 use std::sync::Arc;
 
-use arrow::array::{Array, TimestampMicrosecondArray};
-use arrow::datatypes::{DataType, FieldRef, TimeUnit};
-use datafusion::common::ScalarValue;
+use arrow::array::{Array, Date32Array, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::Result;
+use datafusion::logical_expr::expr::{Cast, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature,
+    BinaryExpr, ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::optimizer::AnalyzerRule;
 
 /// Microseconds in an hour and in a day.
 const HOUR_US: i64 = 3_600_000_000;
@@ -65,6 +77,19 @@ fn is_utc(tz: &str) -> bool {
     matches!(tz, "UTC" | "utc" | "+00:00" | "Z" | "Etc/UTC")
 }
 
+/// `values` as UTC microsecond timestamps, with their zone's name, if that is what they are.
+fn utc_micros(values: &dyn Array) -> Option<(&TimestampMicrosecondArray, &Arc<str>)> {
+    match values.data_type() {
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if is_utc(tz) => {
+            let ts = values
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()?;
+            Some((ts, tz))
+        }
+        _ => None,
+    }
+}
+
 impl ScalarUDFImpl for DateTrunc {
     fn name(&self) -> &str {
         self.inner.name()
@@ -90,17 +115,11 @@ impl ScalarUDFImpl for DateTrunc {
         if let (Some(step), Some(ColumnarValue::Array(values))) =
             (Self::step(&args.args[0]), args.args.get(1))
         {
-            if let DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) = values.data_type() {
-                if is_utc(tz) {
-                    let ts = values
-                        .as_any()
-                        .downcast_ref::<TimestampMicrosecondArray>()
-                        .expect("a microsecond timestamp array");
-                    let out: TimestampMicrosecondArray = ts.unary(|v| v - v.rem_euclid(step));
-                    return Ok(ColumnarValue::Array(Arc::new(
-                        out.with_timezone(tz.clone()),
-                    )));
-                }
+            if let Some((ts, tz)) = utc_micros(values.as_ref()) {
+                let out: TimestampMicrosecondArray = ts.unary(|v| v - v.rem_euclid(step));
+                return Ok(ColumnarValue::Array(Arc::new(
+                    out.with_timezone(tz.clone()),
+                )));
             }
         }
         self.inner.invoke_with_args(args)
@@ -118,6 +137,164 @@ impl ScalarUDFImpl for DateTrunc {
 /// Register the fast paths in `ctx`, over the built-ins of the same names.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(DateTrunc::new()));
+}
+
+/// Register the rewrites that put flowaudit's own functions in a plan ([`UtcDateCasts`]).
+/// Only for the embedded engine: a Ballista scheduler would not know the function by name.
+pub fn register_rewrites(ctx: &datafusion::prelude::SessionContext) {
+    ctx.add_analyzer_rule(Arc::new(UtcDateCasts));
+}
+
+/// `CAST(ts AS DATE)` for a UTC microsecond timestamp: the day number since 1970, the value
+/// arrow's cast gives, for every value chrono can represent; any other input (and any value
+/// chrono cannot represent, which the cast rejects) goes to arrow's cast.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UtcDate {
+    signature: Signature,
+}
+
+impl UtcDate {
+    /// The function's name in plans (it is not registered, so SQL cannot call it by name).
+    pub const NAME: &'static str = "flowaudit_utc_date";
+
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for UtcDate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The UTC day numbers of `ts`, when every value is one chrono can represent.
+fn utc_days(ts: &TimestampMicrosecondArray) -> Option<Date32Array> {
+    let representable =
+        |v: Option<i64>| v.is_none_or(|v| chrono::DateTime::from_timestamp_micros(v).is_some());
+    if !representable(arrow::compute::min(ts)) || !representable(arrow::compute::max(ts)) {
+        return None;
+    }
+    Some(ts.unary(|v| v.div_euclid(DAY_US) as i32))
+}
+
+impl ScalarUDFImpl for UtcDate {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Date32)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let nullable = args.arg_fields.first().is_none_or(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            DataType::Date32,
+            nullable,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &args.args[0] {
+            ColumnarValue::Array(values) => {
+                if let Some(days) = utc_micros(values.as_ref()).and_then(|(ts, _)| utc_days(ts)) {
+                    return Ok(ColumnarValue::Array(Arc::new(days)));
+                }
+                Ok(ColumnarValue::Array(arrow::compute::cast(
+                    values,
+                    &DataType::Date32,
+                )?))
+            }
+            ColumnarValue::Scalar(v) => Ok(ColumnarValue::Scalar(v.cast_to(&DataType::Date32)?)),
+        }
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        // The day number never decreases as the time increases.
+        Ok(inputs[0].sort_properties)
+    }
+}
+
+/// Replaces `CAST(x AS DATE)` of a UTC microsecond timestamp by [`UtcDate`], in every plan
+/// node, except under a comparison with a literal (`CAST(ts AS DATE) = DATE '…'`, `BETWEEN`,
+/// `IN`): there DataFusion prunes row groups and pages by the cast of the column's statistics,
+/// which it cannot do through a function. Runs after type coercion; every expression keeps
+/// its name.
+#[derive(Debug, Default)]
+pub struct UtcDateCasts;
+
+impl UtcDateCasts {
+    fn rewrite_plan(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        let mut schema = merge_schema(&plan.inputs());
+        if let LogicalPlan::TableScan(scan) = &plan {
+            schema.merge(&DFSchema::try_from_qualified_schema(
+                scan.table_name.clone(),
+                &scan.source.schema(),
+            )?);
+        }
+        let names = NamePreserver::new(&plan);
+        plan.map_expressions(|expr| {
+            let name = names.save(&expr);
+            let out = expr.transform_down(|e| Self::rewrite_expr(e, &schema))?;
+            Ok(out.update_data(|e| name.restore(e)))
+        })
+    }
+
+    fn rewrite_expr(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
+        // A literal, or one type coercion cast (folded later by the optimizer).
+        let literal = |e: &Expr| match e {
+            Expr::Cast(Cast { expr, .. }) => matches!(expr.as_ref(), Expr::Literal(..)),
+            Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
+            e => matches!(e, Expr::Literal(..)),
+        };
+        let prunable = match &expr {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                use datafusion::logical_expr::Operator::*;
+                matches!(op, Eq | NotEq | Lt | LtEq | Gt | GtEq)
+                    && (literal(left) || literal(right))
+            }
+            Expr::Between(b) => literal(&b.low) || literal(&b.high),
+            Expr::InList(l) => l.list.iter().all(literal),
+            _ => false,
+        };
+        if prunable {
+            return Ok(Transformed::new(expr, false, TreeNodeRecursion::Jump));
+        }
+        let Expr::Cast(Cast { expr: inner, field }) = &expr else {
+            return Ok(Transformed::no(expr));
+        };
+        if field.data_type() != &DataType::Date32 || !field.metadata().is_empty() {
+            return Ok(Transformed::no(expr));
+        }
+        match inner.get_type(schema) {
+            Ok(DataType::Timestamp(TimeUnit::Microsecond, Some(tz))) if is_utc(&tz) => Ok(
+                Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::new_from_impl(UtcDate::new())),
+                    vec![inner.as_ref().clone()],
+                ))),
+            ),
+            _ => Ok(Transformed::no(expr)),
+        }
+    }
+}
+
+impl AnalyzerRule for UtcDateCasts {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(Self::rewrite_plan)
+            .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "flowaudit_utc_date_casts"
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +345,94 @@ mod tests {
         let berlin = run(ctx, sql.into()).await;
         assert_eq!(berlin, run(SessionContext::new(), sql.into()).await);
         assert!(berlin.contains("2026-11-22T00:00:00+01:00"), "{berlin}");
+    }
+
+    /// `CAST(ts AS DATE)` through the rewrite gives arrow's dates (before 1970, at midnight, a
+    /// microsecond before it, nulls) in a projection, a grouping and a join filter; a value
+    /// chrono cannot represent is the cast's error; a comparison with a literal keeps the cast.
+    #[tokio::test]
+    async fn utc_date_casts_give_the_casts_dates_and_leave_prunable_comparisons() {
+        let values = "(TIMESTAMP '2026-11-21T23:59:59.999999Z'), (TIMESTAMP '2026-11-22T00:00:00Z'), \
+                      (TIMESTAMP '1969-12-31T23:30:00.5Z'), (TIMESTAMP '1900-02-28T00:00:00.000001Z'), \
+                      (TIMESTAMP '1969-12-31T00:00:00Z'), (NULL)";
+        let table = format!(
+            "(SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS t FROM (VALUES {values}) AS x(t))"
+        );
+        let ours = || {
+            let ctx = SessionContext::new();
+            register(&ctx);
+            register_rewrites(&ctx);
+            ctx
+        };
+        let run = |ctx: SessionContext, sql: String| async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            Ok::<_, datafusion::error::DataFusionError>(
+                arrow::util::pretty::pretty_format_batches(&batches)?.to_string(),
+            )
+        };
+        let explain =
+            |sql: String| async move { run(ours(), format!("EXPLAIN {sql}")).await.unwrap() };
+        let queries = [
+            format!("SELECT t, CAST(t AS DATE) AS d FROM {table} ORDER BY t"),
+            format!("SELECT CAST(t AS DATE) AS d, count(*) AS n FROM {table} GROUP BY CAST(t AS DATE) ORDER BY d"),
+            format!(
+                "SELECT a.t, b.d FROM {table} a JOIN (VALUES (DATE '2026-11-21'), (DATE '1969-12-31')) AS b(d) \
+                 ON CAST(a.t AS DATE) >= b.d AND CAST(a.t AS DATE) <= b.d + 1 ORDER BY a.t, b.d"
+            ),
+        ];
+        for q in &queries {
+            let builtin = run(SessionContext::new(), q.clone()).await.unwrap();
+            assert_eq!(run(ours(), q.clone()).await.unwrap(), builtin, "{q}");
+            assert!(
+                explain(q.clone()).await.contains(UtcDate::NAME),
+                "not rewritten: {q}"
+            );
+        }
+        let got = run(ours(), queries[0].clone()).await.unwrap();
+        for (t, d) in [
+            ("2026-11-21T23:59:59.999999Z", "2026-11-21"),
+            ("2026-11-22T00:00:00Z", "2026-11-22"),
+            ("1969-12-31T23:30:00.500Z", "1969-12-31"),
+            ("1900-02-28T00:00:00.000001Z", "1900-02-28"),
+        ] {
+            assert!(
+                got.lines()
+                    .any(|l| l.contains(&format!("| {t} ")) && l.contains(&format!("| {d} "))),
+                "{t} -> {d}:\n{got}"
+            );
+        }
+        // Outside chrono's range: the cast's own error, not a made-up date.
+        let huge = "SELECT CAST(arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS DATE) \
+                    FROM (VALUES (9223372036854775807), (0)) AS x(t)";
+        let builtin = run(SessionContext::new(), huge.into()).await.unwrap_err();
+        let err = run(ours(), huge.into()).await.unwrap_err();
+        assert!(err.to_string().contains("Cannot convert"), "{err}");
+        assert_eq!(err.to_string(), builtin.to_string());
+        // Another zone goes to the cast: its date is not UTC's.
+        let berlin = format!(
+            "SELECT CAST(arrow_cast(t, 'Timestamp(Microsecond, Some(\"Europe/Berlin\"))') AS DATE) AS d FROM {table} ORDER BY d"
+        );
+        assert_eq!(
+            run(ours(), berlin.clone()).await.unwrap(),
+            run(SessionContext::new(), berlin.clone()).await.unwrap()
+        );
+        assert!(!explain(berlin).await.contains(UtcDate::NAME));
+        // A comparison with a literal keeps the cast, which Parquet statistics can prune by.
+        for w in [
+            "CAST(t AS DATE) = DATE '2026-11-21'",
+            "CAST(t AS DATE) >= '2026-11-21'",
+            "CAST(t AS DATE) BETWEEN '2026-11-21' AND '2026-11-22'",
+            "CAST(t AS DATE) IN (DATE '2026-11-21', DATE '2026-11-22')",
+        ] {
+            let q = format!("SELECT count(*) FROM {table} WHERE {w}");
+            assert!(
+                !explain(q.clone()).await.contains(UtcDate::NAME),
+                "rewritten: {w}"
+            );
+            assert_eq!(
+                run(ours(), q.clone()).await.unwrap(),
+                run(SessionContext::new(), q).await.unwrap()
+            );
+        }
     }
 }

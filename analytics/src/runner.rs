@@ -219,7 +219,12 @@ pub async fn run_window(
         std::process::id() & 0xffff
     );
     let log = flowaudit_ingest::warehouse::read_log(&site.tables).await?;
+    tracing::debug!(ms = clock.elapsed().as_millis() as u64, "log read");
     let marks = flowaudit_ingest::warehouse::read_caught_up(&site.tables).await?;
+    tracing::debug!(
+        ms = clock.elapsed().as_millis() as u64,
+        "caught-up marks read"
+    );
     let log_heads = log.heads.clone();
     let positions = positions(&log);
     let watermarks = crate::watermark::Watermarks::compute(
@@ -231,6 +236,10 @@ pub async fn run_window(
     )
     .await
     .map_err(|e| RunError::Watermark(e.to_string()))?;
+    tracing::debug!(
+        ms = clock.elapsed().as_millis() as u64,
+        "watermarks computed"
+    );
     let raised_at = ts(started);
     let mut outcomes = Vec::new();
     let (mut raised, mut suppressed, mut expired, mut closed) =
@@ -401,7 +410,12 @@ pub async fn run_window(
     }
     // Counted before the alerts table's sync: the alerts are in the store either way.
     count_run(&outcomes, &raised, &closed);
+    tracing::debug!(ms = clock.elapsed().as_millis() as u64, "rules evaluated");
     crate::alerts_table::sync(&site.tables, store).await?;
+    tracing::debug!(
+        ms = clock.elapsed().as_millis() as u64,
+        "alerts table synced"
+    );
     let finished = Utc::now();
     let record = RunRecord {
         run_id,

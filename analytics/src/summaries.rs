@@ -54,6 +54,16 @@ pub const SUMMARIES: &[Summary] = &[
         source: "gateway_events",
         sql: include_str!("../../queries/summaries/allowed_events_hourly.sql"),
     },
+    Summary {
+        name: "exporter_clocks_daily",
+        source: "flows",
+        sql: include_str!("../../queries/summaries/exporter_clocks_daily.sql"),
+    },
+    Summary {
+        name: "gateway_clocks_daily",
+        source: "gateway_events",
+        sql: include_str!("../../queries/summaries/gateway_clocks_daily.sql"),
+    },
 ];
 
 /// The warehouse table the summary `name` is computed from, if `name` is a summary.
@@ -173,6 +183,7 @@ impl SummaryTable {
         );
         ctx.register_table(self.summary.source, self.source.clone())?;
         crate::functions::register(&ctx);
+        crate::functions::register_rewrites(&ctx);
         let mut sql = format!("SELECT * FROM ({}\n) s", self.summary.sql);
         if let Some(days) = days {
             let list: Vec<String> = days

@@ -180,17 +180,20 @@ impl Watermarks {
                 })
                 .collect::<BTreeMap<String, DateTime<Utc>>>()
         };
+        // Each source's newest record over the days, from the per-day clocks summaries: a day
+        // already read by an earlier run of this process, with the same files, is not read again
+        // (a run over day D reads D to D + 2; a backfill's next run reads one new day).
         let flows = newest_of(
             query(format!(
-                "SELECT exporter AS source, CAST(date_part('epoch', max(ts)) * 1000000 AS BIGINT) AS newest_us \
-                 FROM flows WHERE date BETWEEN '{since}' AND '{until}' AND exporter IS NOT NULL GROUP BY exporter"
+                "SELECT exporter AS source, CAST(date_part('epoch', max(newest_ts)) * 1000000 AS BIGINT) AS newest_us \
+                 FROM exporter_clocks_daily WHERE date BETWEEN '{since}' AND '{until}' GROUP BY exporter"
             ))
             .await?,
         );
         let gateways = newest_of(
             query(format!(
-                "SELECT gateway_id AS source, CAST(date_part('epoch', max(ts)) * 1000000 AS BIGINT) AS newest_us \
-                 FROM gateway_events WHERE date BETWEEN '{since}' AND '{until}' GROUP BY gateway_id"
+                "SELECT gateway_id AS source, CAST(date_part('epoch', max(newest_ts)) * 1000000 AS BIGINT) AS newest_us \
+                 FROM gateway_clocks_daily WHERE date BETWEEN '{since}' AND '{until}' GROUP BY gateway_id"
             ))
             .await?,
         );

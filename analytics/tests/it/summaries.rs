@@ -26,6 +26,16 @@ fn duckdb_rows(wh: &Path, id: &str, from: &str, to: &str) -> Vec<Value> {
     out[id]["rows"].as_array().unwrap().clone()
 }
 
+/// The catalog over `wh` with the fixtures' policy and GeoIP ranges.
+fn open_catalog(rt: &tokio::runtime::Runtime, wh: &Path) -> flowaudit_analytics::catalog::Catalog {
+    rt.block_on(flowaudit_analytics::catalog::Catalog::open(
+        wh,
+        &repo("fixtures/policy"),
+        Some(&repo("fixtures/geoip/ranges.csv")),
+    ))
+    .unwrap()
+}
+
 /// `(dimension, value, flows)` of each row, sorted.
 fn found(rows: &[Value]) -> Vec<(String, String, i64)> {
     let mut v: Vec<(String, String, i64)> = rows
@@ -78,13 +88,7 @@ fn first_seen_reads_history_from_the_summary_and_a_changed_day_is_computed_again
     let (from, to) = ("2026-11-21T00:00:00Z", "2026-11-22T00:00:00Z");
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One catalog for the whole test, as `serve` keeps one process: the cache is per process.
-    let cat = rt
-        .block_on(flowaudit_analytics::catalog::Catalog::open(
-            &wh,
-            &repo("fixtures/policy"),
-            Some(&repo("fixtures/geoip/ranges.csv")),
-        ))
-        .unwrap();
+    let cat = open_catalog(&rt, &wh);
     let url = flowaudit_ingest::warehouse::Location::Local(wh.clone())
         .table_url("flows")
         .unwrap()
@@ -254,13 +258,7 @@ fn volume_spike_reads_whole_hours_from_the_summary_and_cut_hours_from_the_events
     let rule = rules.iter().find(|r| r.id == "volume_spike").unwrap();
     let (from, to) = ("2026-11-21T10:30:00Z", "2026-11-21T12:30:00Z");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let cat = rt
-        .block_on(flowaudit_analytics::catalog::Catalog::open(
-            &wh,
-            &repo("fixtures/policy"),
-            Some(&repo("fixtures/geoip/ranges.csv")),
-        ))
-        .unwrap();
+    let cat = open_catalog(&rt, &wh);
     let ours: Vec<Value> = rt
         .block_on(flowaudit_analytics::runner::query_rows(
             &cat,
@@ -328,4 +326,92 @@ fn volume_spike_reads_whole_hours_from_the_summary_and_cut_hours_from_the_events
         canonical_rows(&duckdb_rows(&wh, "volume_spike", from, to)),
         canonical_rows(&ours)
     );
+}
+
+/// The watermarks read each source's newest record per day from `exporter_clocks_daily`: runs
+/// over adjacent windows in one process read each day once, a day with new files again, and the
+/// newest is the flows' own (a flow after the others, late, moves it).
+#[test]
+fn watermarks_read_each_days_exporter_clock_once_and_a_changed_day_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    for (day, ts) in [
+        ("2026-11-19", "2026-11-19T08:00:00Z"),
+        ("2026-11-20", "2026-11-20T09:00:00Z"),
+        ("2026-11-21", "2026-11-21T07:00:00Z"),
+        ("2026-11-22", "2026-11-22T06:00:00Z"),
+    ] {
+        convert_into(
+            &wh,
+            "flows",
+            day,
+            &[flow(ts, "10.20.5.1", "31.10.0.1", 100)],
+            true,
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let location = flowaudit_ingest::warehouse::Location::Local(wh.clone());
+    let cat = open_catalog(&rt, &wh);
+    let url = location.table_url("flows").unwrap().to_string();
+    let day = |d: &str| d.parse::<chrono::NaiveDate>().unwrap();
+    // The newest flow of exporter 10.20.255.1 (every `flow`'s) the watermarks see over the days.
+    let newest = |since: &str, until: &str| {
+        rt.block_on(async {
+            let log = flowaudit_ingest::warehouse::read_log(&location)
+                .await
+                .unwrap();
+            let marks = flowaudit_ingest::warehouse::read_caught_up(&location)
+                .await
+                .unwrap();
+            let w = flowaudit_analytics::watermark::Watermarks::compute(
+                &cat,
+                &log,
+                &marks,
+                day(since),
+                day(until),
+            )
+            .await
+            .unwrap();
+            w.sources
+                .iter()
+                .find(|s| s.source == "10.20.255.1")
+                .and_then(|s| s.newest)
+                .map(|t| t.to_rfc3339())
+        })
+    };
+    let computed = || {
+        rt.block_on(flowaudit_analytics::summaries::days_computed(
+            "exporter_clocks_daily",
+            &url,
+        ))
+    };
+    assert_eq!(
+        newest("2026-11-19", "2026-11-21").as_deref(),
+        Some("2026-11-21T07:00:00+00:00")
+    );
+    assert_eq!(computed(), 3);
+    assert_eq!(
+        newest("2026-11-20", "2026-11-22").as_deref(),
+        Some("2026-11-22T06:00:00+00:00"),
+        "the next window: one new day"
+    );
+    assert_eq!(computed(), 4);
+    assert_eq!(
+        newest("2026-11-19", "2026-11-20").as_deref(),
+        Some("2026-11-20T09:00:00+00:00")
+    );
+    assert_eq!(computed(), 4, "every day reused");
+    // Late data for the 20th, later than anything else that day: read again, and the clock moves.
+    convert_into(
+        &wh,
+        "flows",
+        "2026-11-20",
+        &[flow("2026-11-20T23:00:00Z", "10.20.5.1", "31.10.0.1", 1)],
+        true,
+    );
+    assert_eq!(
+        newest("2026-11-19", "2026-11-20").as_deref(),
+        Some("2026-11-20T23:00:00+00:00")
+    );
+    assert_eq!(computed(), 5, "the changed day, and only it");
 }
