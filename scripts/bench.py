@@ -30,7 +30,7 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "100000"))
 SPREAD_MSGS = int(os.environ.get("BENCH_SPREAD_MSGS", "400000"))
 SPREAD_HOURS = int(os.environ.get("BENCH_SPREAD_HOURS", "2000"))
 # The bounds (MiB) measured in (4): the least ingest accepts and the default.
-SPREAD_BOUNDS = [int(b) << 20 for b in os.environ.get("BENCH_SPREAD_BOUNDS", "96,256").split(",")]
+SPREAD_BOUNDS = [int(b) << 20 for b in os.environ.get("BENCH_SPREAD_BOUNDS", "128,256").split(",")]
 PY = sys.executable
 
 
