@@ -13,6 +13,9 @@ interleaved:
           table.
   duckdb-cold  the same with a new connection and views each time (the counterpart of shell,
           without the process start).
+flowaudit's shell and server get `[sql] threads` = BENCH_SQL_THREADS (default: every core, as
+DuckDB uses), not the product's default of half the cores, so that both engines have the same
+machine; BENCH_SQL_THREADS=1 measures that default.
 Row counts of all four must agree (checked every round). Medians are written to
 OUTDIR/sql/results.json and printed.
 Usage: python scripts/bench_sql.py BIN OUTDIR
@@ -36,6 +39,8 @@ from duckdb_rules import setup  # noqa: E402
 from flight_client import any_command  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+# flowaudit's query threads: every core by default, as DuckDB has.
+THREADS = int(os.environ.get("BENCH_SQL_THREADS", str(os.cpu_count() or 1)))
 DAY = str(FIRST.replace(day=FIRST.day + 3))
 
 QUERIES = {
@@ -59,9 +64,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def shell(bin_, wh, policy, q):
+def shell(bin_, cfg, wh, policy, q):
     t = time.perf_counter()
-    p = subprocess.Popen([bin_, "sql", "--warehouse", wh, "--policy", policy, "-c", q, "--format", "csv"],
+    p = subprocess.Popen([bin_, "--config", cfg, "sql", "--warehouse", wh, "--policy", policy, "-c", q, "--format", "csv"],
                          stdout=subprocess.PIPE, text=True, env={**os.environ, "FLOWAUDIT_LOG": "warn"})
     p.stdout.readline()  # header
     first = None
@@ -124,7 +129,7 @@ def main(bin_, out):
     policy = os.path.join(ROOT, "fixtures/policy")
     port = free_port()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-    cfg.write('[[flight.users]]\nname = "bench"\npassword = "bench"\n')
+    cfg.write(f'[sql]\nthreads = {THREADS}\n\n[[flight.users]]\nname = "bench"\npassword = "bench"\n')
     cfg.close()
     server = subprocess.Popen([bin_, "--config", cfg.name, "serve", "--no-scheduler", "--flight", f"127.0.0.1:{port}",
                                "--warehouse", wh, "--policy", policy],
@@ -146,7 +151,7 @@ def main(bin_, out):
             samples = {k: ([], []) for k in ["shell", "flight", "duckdb", "duckdb-cold"]}
             for i in range(RUNS + 1):  # the first round warms the page cache and is dropped
                 got = {
-                    "shell": shell(bin_, wh, policy, q),
+                    "shell": shell(bin_, cfg.name, wh, policy, q),
                     "flight": flight_run(client, opts, q),
                     "duckdb": duck_run(warm, q),
                     "duckdb-cold": duck_cold(wh, policy, q),
@@ -172,7 +177,7 @@ def main(bin_, out):
         os.unlink(cfg.name)
     os.makedirs(os.path.join(out, "sql"), exist_ok=True)
     with open(os.path.join(out, "sql", "results.json"), "w") as f:
-        json.dump({"runs": RUNS, "queries": QUERIES, "results": results}, f, indent=2)
+        json.dump({"runs": RUNS, "threads": THREADS, "queries": QUERIES, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
