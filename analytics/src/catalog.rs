@@ -15,8 +15,8 @@
 //!   `exporter_clocks_daily` and `gateway_clocks_daily` (per day, each source's newest record),
 //!   which the watermarks read.
 //! - Functions: `in_cidr(ip, cidr)`, `country_of(ip)`, `basis_for(country, ts)`; DataFusion's
-//!   `date_trunc` with a fast path for UTC timestamps, and `CAST(ts AS DATE)` through one in the
-//!   embedded engine ([`crate::functions`]).
+//!   `date_trunc` with a fast path for UTC timestamps, and `CAST(ts AS DATE)` and
+//!   `ts ± INTERVAL` through fast paths in the embedded engine ([`crate::functions`]).
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,11 @@
 //!   by it and join events to the roster's validity dates with it. A cast is not a function, so
 //!   an analyzer rule puts a function in its place, except where a comparison with a literal
 //!   lets DataFusion prune Parquet row groups and pages by the cast's statistics.
+//! - `ts ± INTERVAL '…'` of a UTC microsecond timestamp and an interval without months
+//!   ([`UtcShift`], through the same rule): arrow adds an interval to a timestamp with a zone
+//!   through chrono-tz for each value (the day part depends on the zone's calendar); in UTC a
+//!   day and a second are fixed lengths, so it is one addition. `gateway_bypass` compares every
+//!   flow with every candidate session within minutes of it: 28 % of its profile was this.
 use std::sync::Arc;
 
 use arrow::array::{Array, Date32Array, TimestampMicrosecondArray};
@@ -223,8 +228,134 @@ impl ScalarUDFImpl for UtcDate {
     }
 }
 
-/// Replaces `CAST(x AS DATE)` of a UTC microsecond timestamp by [`UtcDate`], in every plan
-/// node, except under a comparison with a literal (`CAST(ts AS DATE) = DATE '…'`, `BETWEEN`,
+/// `ts + interval` (or `ts - interval`) for a UTC microsecond timestamp and an interval of days
+/// and time but no months: one addition per value, the value arrow's interval arithmetic gives
+/// wherever the input and the result are times chrono can represent; anything else goes to
+/// arrow's arithmetic, errors included.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct UtcShift {
+    signature: Signature,
+    negate: bool,
+}
+
+impl UtcShift {
+    /// The function's name in plans, by direction (it is not registered: SQL cannot call it).
+    pub const PLUS: &'static str = "flowaudit_utc_plus";
+    pub const MINUS: &'static str = "flowaudit_utc_minus";
+
+    pub fn new(negate: bool) -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+            negate,
+        }
+    }
+
+    /// The interval in microseconds (negated for `-`), if it has no months and no fraction of a
+    /// microsecond and fits.
+    fn micros(v: &arrow::datatypes::IntervalMonthDayNano, negate: bool) -> Option<i64> {
+        if v.months != 0 || v.nanoseconds % 1000 != 0 {
+            return None;
+        }
+        let us = i64::from(v.days)
+            .checked_mul(DAY_US)?
+            .checked_add(v.nanoseconds / 1000)?;
+        if negate {
+            us.checked_neg()
+        } else {
+            Some(us)
+        }
+    }
+
+    /// Arrow's own arithmetic, for what the fast path does not take.
+    fn arrow(
+        &self,
+        ts: &dyn arrow::array::Datum,
+        interval: &dyn arrow::array::Datum,
+    ) -> Result<arrow::array::ArrayRef> {
+        use arrow::compute::kernels::numeric::{add, sub};
+        Ok(if self.negate {
+            sub(ts, interval)?
+        } else {
+            add(ts, interval)?
+        })
+    }
+}
+
+impl ScalarUDFImpl for UtcShift {
+    fn name(&self) -> &str {
+        if self.negate {
+            Self::MINUS
+        } else {
+            Self::PLUS
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        let nullable = args.arg_fields.iter().any(|f| f.is_nullable());
+        Ok(Arc::new(Field::new(
+            self.name(),
+            args.arg_fields[0].data_type().clone(),
+            nullable,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ColumnarValue::Scalar(interval) = &args.args[1] else {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "{}: the interval must be a literal",
+                self.name()
+            )));
+        };
+        let interval_array = interval.to_array()?;
+        let interval_datum = arrow::array::Scalar::new(interval_array);
+        match &args.args[0] {
+            ColumnarValue::Array(values) => {
+                let shift = match interval {
+                    ScalarValue::IntervalMonthDayNano(Some(v)) => Self::micros(v, self.negate),
+                    _ => None,
+                };
+                if let (Some(shift), Some((ts, tz))) = (shift, utc_micros(values.as_ref())) {
+                    let in_range = |v: Option<i64>| {
+                        v.is_none_or(|v| {
+                            chrono::DateTime::from_timestamp_micros(v).is_some()
+                                && v.checked_add(shift).is_some_and(|w| {
+                                    chrono::DateTime::from_timestamp_micros(w).is_some()
+                                })
+                        })
+                    };
+                    if in_range(arrow::compute::min(ts)) && in_range(arrow::compute::max(ts)) {
+                        let out: TimestampMicrosecondArray = ts.unary(|v| v + shift);
+                        return Ok(ColumnarValue::Array(Arc::new(
+                            out.with_timezone(tz.clone()),
+                        )));
+                    }
+                }
+                Ok(ColumnarValue::Array(self.arrow(values, &interval_datum)?))
+            }
+            ColumnarValue::Scalar(v) => {
+                let ts = arrow::array::Scalar::new(v.to_array()?);
+                let out = self.arrow(&ts, &interval_datum)?;
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+            }
+        }
+    }
+
+    fn output_ordering(&self, inputs: &[ExprProperties]) -> Result<SortProperties> {
+        // A fixed shift keeps the order.
+        Ok(inputs[0].sort_properties)
+    }
+}
+
+/// Replaces `CAST(x AS DATE)` of a UTC microsecond timestamp by [`UtcDate`], and `ts ± INTERVAL`
+/// without months by [`UtcShift`], in every plan node, except under a comparison with a literal (`CAST(ts AS DATE) = DATE '…'`, `BETWEEN`,
 /// `IN`): there DataFusion prunes row groups and pages by the cast of the column's statistics,
 /// which it cannot do through a function. Runs after type coercion; every expression keeps
 /// its name.
@@ -249,12 +380,14 @@ impl UtcDateCasts {
     }
 
     fn rewrite_expr(expr: Expr, schema: &DFSchema) -> Result<Transformed<Expr>> {
-        // A literal, or one type coercion cast (folded later by the optimizer).
-        let literal = |e: &Expr| match e {
-            Expr::Cast(Cast { expr, .. }) => matches!(expr.as_ref(), Expr::Literal(..)),
-            Expr::TryCast(c) => matches!(c.expr.as_ref(), Expr::Literal(..)),
-            e => matches!(e, Expr::Literal(..)),
-        };
+        // A literal, under any type coercion casts (folded later by the optimizer).
+        fn literal(e: &Expr) -> bool {
+            match e {
+                Expr::Cast(Cast { expr, .. }) => literal(expr),
+                Expr::TryCast(c) => literal(&c.expr),
+                e => matches!(e, Expr::Literal(..)),
+            }
+        }
         let prunable = match &expr {
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 use datafusion::logical_expr::Operator::*;
@@ -267,6 +400,25 @@ impl UtcDateCasts {
         };
         if prunable {
             return Ok(Transformed::new(expr, false, TreeNodeRecursion::Jump));
+        }
+        if let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &expr {
+            use datafusion::logical_expr::Operator;
+            let negate = match op {
+                Operator::Plus => false,
+                Operator::Minus => true,
+                _ => return Ok(Transformed::no(expr)),
+            };
+            let fixed = matches!(right.as_ref(), Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if UtcShift::micros(v, false).is_some());
+            let utc = matches!(left.get_type(schema), Ok(DataType::Timestamp(TimeUnit::Microsecond, Some(tz))) if is_utc(&tz));
+            if !(fixed && utc) {
+                return Ok(Transformed::no(expr));
+            }
+            return Ok(Transformed::yes(Expr::ScalarFunction(
+                ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::new_from_impl(UtcShift::new(negate))),
+                    vec![left.as_ref().clone(), right.as_ref().clone()],
+                ),
+            )));
         }
         let Expr::Cast(Cast { expr: inner, field }) = &expr else {
             return Ok(Transformed::no(expr));
@@ -434,5 +586,89 @@ mod tests {
                 run(SessionContext::new(), q).await.unwrap()
             );
         }
+    }
+
+    /// `ts ± INTERVAL` through the rewrite gives arrow's times, in a projection and a join
+    /// filter; an interval with months, another zone and a time past chrono's range go to arrow
+    /// (the last with arrow's error); a comparison with a literal keeps its form.
+    #[tokio::test]
+    async fn utc_shifts_give_arrows_times_and_leave_the_rest_to_arrow() {
+        let values =
+            "(TIMESTAMP '2026-11-21T23:59:59.999999Z'), (TIMESTAMP '1969-12-31T23:58:00Z'), \
+                      (TIMESTAMP '1900-02-28T00:00:00.000001Z'), (NULL)";
+        let table = format!(
+            "(SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS t FROM (VALUES {values}) AS x(t))"
+        );
+        let ours = || {
+            let ctx = SessionContext::new();
+            register_rewrites(&ctx);
+            ctx
+        };
+        let run = |ctx: SessionContext, sql: String| async move {
+            let batches = ctx.sql(&sql).await?.collect().await?;
+            Ok::<_, datafusion::error::DataFusionError>(
+                arrow::util::pretty::pretty_format_batches(&batches)?.to_string(),
+            )
+        };
+        let explain =
+            |sql: String| async move { run(ours(), format!("EXPLAIN {sql}")).await.unwrap() };
+        let rewritten = [
+            format!(
+                "SELECT t, t + INTERVAL '5 minutes' AS a, t - INTERVAL '1 day 2 hours' AS b, \
+                 t + INTERVAL '-3 days 0.000001 seconds' AS c FROM {table} ORDER BY t"
+            ),
+            format!(
+                "SELECT a.t, b.t AS u FROM {table} a JOIN {table} b \
+                 ON b.t >= a.t - INTERVAL '5 minutes' AND b.t <= a.t + INTERVAL '1 minute' ORDER BY a.t, b.t"
+            ),
+        ];
+        for q in &rewritten {
+            let got = run(ours(), q.clone()).await.unwrap();
+            assert_eq!(
+                got,
+                run(SessionContext::new(), q.clone()).await.unwrap(),
+                "{q}"
+            );
+            let plan = explain(q.clone()).await;
+            assert!(
+                plan.contains(UtcShift::PLUS) && plan.contains(UtcShift::MINUS),
+                "{q}\n{plan}"
+            );
+        }
+        let got = run(ours(), rewritten[0].clone()).await.unwrap();
+        assert!(got.contains("2026-11-22T00:04:59.999999Z"), "{got}");
+        assert!(got.contains("1969-12-30T21:58:00Z"), "{got}");
+        // Months, another zone: arrow's arithmetic, not rewritten.
+        for q in [
+            format!("SELECT t + INTERVAL '1 month' AS a FROM {table} ORDER BY a"),
+            format!(
+                "SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"Europe/Berlin\"))') + INTERVAL '1 day' AS a \
+                 FROM {table} ORDER BY a"
+            ),
+        ] {
+            assert_eq!(
+                run(ours(), q.clone()).await.unwrap(),
+                run(SessionContext::new(), q.clone()).await.unwrap()
+            );
+            let plan = explain(q.clone()).await;
+            assert!(!plan.contains(UtcShift::PLUS), "{q}\n{plan}");
+        }
+        // Past chrono's range: arrow's error.
+        let max = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp_micros();
+        let q = format!(
+            "SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') + INTERVAL '1 day' \
+             FROM (VALUES ({max}), (0)) AS x(t)"
+        );
+        let builtin = run(SessionContext::new(), q.clone()).await.unwrap_err();
+        let err = run(ours(), q.clone()).await.unwrap_err();
+        assert_eq!(err.to_string(), builtin.to_string());
+        assert!(explain(q).await.contains(UtcShift::PLUS));
+        // A comparison with a literal keeps its form.
+        let q = format!("SELECT count(*) FROM {table} WHERE t - INTERVAL '1 hour' >= TIMESTAMP '2026-01-01T00:00:00Z'");
+        assert!(!explain(q.clone()).await.contains(UtcShift::MINUS));
+        assert_eq!(
+            run(ours(), q.clone()).await.unwrap(),
+            run(SessionContext::new(), q).await.unwrap()
+        );
     }
 }
