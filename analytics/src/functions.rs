@@ -270,13 +270,14 @@ impl UtcShift {
     fn arrow(
         &self,
         ts: &dyn arrow::array::Datum,
-        interval: &dyn arrow::array::Datum,
+        interval: &ScalarValue,
     ) -> Result<arrow::array::ArrayRef> {
         use arrow::compute::kernels::numeric::{add, sub};
+        let interval = arrow::array::Scalar::new(interval.to_array()?);
         Ok(if self.negate {
-            sub(ts, interval)?
+            sub(ts, &interval)?
         } else {
-            add(ts, interval)?
+            add(ts, &interval)?
         })
     }
 }
@@ -314,8 +315,6 @@ impl ScalarUDFImpl for UtcShift {
                 self.name()
             )));
         };
-        let interval_array = interval.to_array()?;
-        let interval_datum = arrow::array::Scalar::new(interval_array);
         match &args.args[0] {
             ColumnarValue::Array(values) => {
                 let shift = match interval {
@@ -338,11 +337,11 @@ impl ScalarUDFImpl for UtcShift {
                         )));
                     }
                 }
-                Ok(ColumnarValue::Array(self.arrow(values, &interval_datum)?))
+                Ok(ColumnarValue::Array(self.arrow(values, interval)?))
             }
             ColumnarValue::Scalar(v) => {
                 let ts = arrow::array::Scalar::new(v.to_array()?);
-                let out = self.arrow(&ts, &interval_datum)?;
+                let out = self.arrow(&ts, interval)?;
                 Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
             }
         }
@@ -499,6 +498,32 @@ mod tests {
         assert!(berlin.contains("2026-11-22T00:00:00+01:00"), "{berlin}");
     }
 
+    /// `values` (a `VALUES` list of timestamps) as a table of UTC microsecond timestamps `t`.
+    fn utc_table(values: &str) -> String {
+        format!(
+            "(SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS t FROM (VALUES {values}) AS x(t))"
+        )
+    }
+
+    /// A session with the fast paths and the rewrites, as the embedded engine has them.
+    fn ours() -> SessionContext {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        register_rewrites(&ctx);
+        ctx
+    }
+
+    /// `sql`'s result in `ctx`, as a table.
+    async fn run(ctx: SessionContext, sql: String) -> datafusion::error::Result<String> {
+        let batches = ctx.sql(&sql).await?.collect().await?;
+        Ok(arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    }
+
+    /// `sql`'s plans in [`ours`].
+    async fn explain(sql: String) -> String {
+        run(ours(), format!("EXPLAIN {sql}")).await.unwrap()
+    }
+
     /// `CAST(ts AS DATE)` through the rewrite gives arrow's dates (before 1970, at midnight, a
     /// microsecond before it, nulls) in a projection, a grouping and a join filter; a value
     /// chrono cannot represent is the cast's error; a comparison with a literal keeps the cast.
@@ -507,23 +532,7 @@ mod tests {
         let values = "(TIMESTAMP '2026-11-21T23:59:59.999999Z'), (TIMESTAMP '2026-11-22T00:00:00Z'), \
                       (TIMESTAMP '1969-12-31T23:30:00.5Z'), (TIMESTAMP '1900-02-28T00:00:00.000001Z'), \
                       (TIMESTAMP '1969-12-31T00:00:00Z'), (NULL)";
-        let table = format!(
-            "(SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS t FROM (VALUES {values}) AS x(t))"
-        );
-        let ours = || {
-            let ctx = SessionContext::new();
-            register(&ctx);
-            register_rewrites(&ctx);
-            ctx
-        };
-        let run = |ctx: SessionContext, sql: String| async move {
-            let batches = ctx.sql(&sql).await?.collect().await?;
-            Ok::<_, datafusion::error::DataFusionError>(
-                arrow::util::pretty::pretty_format_batches(&batches)?.to_string(),
-            )
-        };
-        let explain =
-            |sql: String| async move { run(ours(), format!("EXPLAIN {sql}")).await.unwrap() };
+        let table = utc_table(values);
         let queries = [
             format!("SELECT t, CAST(t AS DATE) AS d FROM {table} ORDER BY t"),
             format!("SELECT CAST(t AS DATE) AS d, count(*) AS n FROM {table} GROUP BY CAST(t AS DATE) ORDER BY d"),
@@ -596,22 +605,7 @@ mod tests {
         let values =
             "(TIMESTAMP '2026-11-21T23:59:59.999999Z'), (TIMESTAMP '1969-12-31T23:58:00Z'), \
                       (TIMESTAMP '1900-02-28T00:00:00.000001Z'), (NULL)";
-        let table = format!(
-            "(SELECT arrow_cast(t, 'Timestamp(Microsecond, Some(\"UTC\"))') AS t FROM (VALUES {values}) AS x(t))"
-        );
-        let ours = || {
-            let ctx = SessionContext::new();
-            register_rewrites(&ctx);
-            ctx
-        };
-        let run = |ctx: SessionContext, sql: String| async move {
-            let batches = ctx.sql(&sql).await?.collect().await?;
-            Ok::<_, datafusion::error::DataFusionError>(
-                arrow::util::pretty::pretty_format_batches(&batches)?.to_string(),
-            )
-        };
-        let explain =
-            |sql: String| async move { run(ours(), format!("EXPLAIN {sql}")).await.unwrap() };
+        let table = utc_table(values);
         let rewritten = [
             format!(
                 "SELECT t, t + INTERVAL '5 minutes' AS a, t - INTERVAL '1 day 2 hours' AS b, \
