@@ -1545,6 +1545,18 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
     // A bar only for a backfill (more than a day), and only on a terminal.
     let progress = (days.len() > 1)
         .then(|| flowaudit_ingest::progress::bar(days.len() as u64, "rules", "days"));
+    // One catalog for the whole range: the policy is read once, so every day of a backfill is
+    // judged by the same policy files (each run record names their hashes), and the tables
+    // move to their latest snapshot at every query as they do within a day.
+    let opening = std::time::Instant::now();
+    let catalog = rt
+        .block_on(crate::catalog::Catalog::open_at(
+            &r.site,
+            &r.policy,
+            r.geoip.as_deref(),
+        ))
+        .context("opening the catalog")?;
+    tracing::debug!(ms = opening.elapsed().as_millis() as u64, "catalog opened");
     for day in days {
         if let Some(p) = &progress {
             p.set_message(format!("rules {day}"));
@@ -1552,15 +1564,6 @@ fn run_rules(a: RulesRunArgs, file: &FileConfig) -> anyhow::Result<()> {
         }
         let from = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
         let to = from + chrono::Duration::days(1);
-        let opening = std::time::Instant::now();
-        let catalog = rt
-            .block_on(crate::catalog::Catalog::open_at(
-                &r.site,
-                &r.policy,
-                r.geoip.as_deref(),
-            ))
-            .context("opening the catalog")?;
-        tracing::debug!(ms = opening.elapsed().as_millis() as u64, "catalog opened");
         let mut store =
             crate::alerts::AlertStore::open(r.site.state_dir().map_err(anyhow::Error::msg)?)?;
         let before = store.len();
