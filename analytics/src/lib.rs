@@ -18,6 +18,7 @@ pub mod flight;
 pub mod functions;
 pub mod fuzz;
 pub mod geoip_cmd;
+pub mod keysort;
 pub mod ledger;
 pub mod lifecycle;
 pub mod ops;

@@ -63,7 +63,7 @@ impl PhysicalOptimizerRule for WholePartitionWindows {
 
 /// Whether `rule` is one of this module's.
 pub fn is_ours(rule: &dyn PhysicalOptimizerRule) -> bool {
-    rule.name() == WholePartitionWindows.name()
+    rule.name() == WholePartitionWindows.name() || rule.name() == crate::keysort::BucketSorts.name()
 }
 
 /// A session with `config`, DataFusion's default rules and flowaudit's (this module's, last).
@@ -74,6 +74,7 @@ pub fn session(config: SessionConfig) -> SessionContext {
         .build();
     let state = SessionStateBuilder::new_from_existing(state)
         .with_physical_optimizer_rule(Arc::new(WholePartitionWindows))
+        .with_physical_optimizer_rule(Arc::new(crate::keysort::BucketSorts))
         .build();
     SessionContext::new_with_state(state)
 }
