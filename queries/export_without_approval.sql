@@ -5,6 +5,7 @@
 -- lookback: 1h
 -- entity: employee_id
 -- policy: approvals.csv
+-- settings: datafusion.execution.parquet.pushdown_filters = true
 -- summary: {employee_id} did {action} of {records} records of restricted data to destination country {dst_country}: {problem}
 -- description: Restricted data may leave only under an approval ticket that names the employee,
 --   covers restricted data, names the destination country (for exports) and is valid on the day.

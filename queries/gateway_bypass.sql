@@ -6,6 +6,7 @@
 -- history: 10m
 -- entity: src_ip, dst_ip, dst_country
 -- policy: networks.toml
+-- settings: datafusion.execution.parquet.pushdown_filters = true
 -- summary: {src_ip} sent {bytes} bytes in {flows} flows to {dst_ip} (country {dst_country}) {how}
 -- description: A flow went from an enclave address to an external one, and no security gateway
 --   allowed it: either the source is not a gateway address at all, or it is a gateway but no

@@ -5,6 +5,7 @@
 -- lookback: 1d
 -- entity: source
 -- policy: networks.toml
+-- settings: datafusion.execution.parquet.pushdown_filters = true
 -- summary: {kind} {source} sent nothing from {silent_from} to {silent_to} ({silent_s} s; expected at least every {expected_interval_s} s)
 -- description: Every flow exporter and security gateway in networks.toml must report at least once
 --   per its expected interval. A silence is the time between two consecutive records of the same

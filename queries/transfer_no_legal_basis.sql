@@ -5,6 +5,7 @@
 -- lookback: 1h
 -- entity: src_ip, dst_ip, dst_country
 -- policy: transfer_bases.csv, networks.toml
+-- settings: datafusion.execution.parquet.pushdown_filters = true
 -- summary: {src_ip} sent {bytes} bytes in {flows} flows to {dst_ip} in {destination} (first at {first_seen})
 -- description: Data left the enclave for an address in a country that, on the day it was sent,
 --   was neither in the EEA nor covered by an adequacy decision or another transfer basis listed

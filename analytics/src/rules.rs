@@ -19,8 +19,10 @@
 //! `history` key, `{{history_from}}` and `{{history_from_date}}` (the window's start minus the
 //! history). Optional keys: `summary` (a template with `{column}` placeholders), `policy` (the
 //! policy files that decide the rule), `history` and `lateness` (how late data may arrive before
-//! a window is evaluated without it; docs/rules.md, "Watermarks and late data"). Every problem is reported with the file
-//! and line.
+//! a window is evaluated without it; docs/rules.md, "Watermarks and late data") and `settings`
+//! (DataFusion options for the rule's query, e.g. `datafusion.execution.parquet.pushdown_filters
+//! = true`, where measured faster; docs/rules.md). Every problem is reported with the file and
+//! line.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,6 +88,9 @@ pub struct Rule {
     /// How late data may arrive before a window is evaluated without it (`lateness`; `None`:
     /// the configured default).
     pub lateness: Option<Duration>,
+    /// DataFusion settings for this rule's query in the embedded engine (`settings`:
+    /// `datafusion.… = value, …`), each checked against DataFusion's options when the rule loads.
+    pub settings: Vec<(String, String)>,
     /// The query, header removed.
     pub sql: String,
     pub path: PathBuf,
@@ -105,10 +110,11 @@ const KEYS: &[&str] = &[
     "policy",
     "history",
     "lateness",
+    "settings",
 ];
 
 /// Keys a header may leave out.
-const OPTIONAL: &[&str] = &["summary", "policy", "history", "lateness"];
+const OPTIONAL: &[&str] = &["summary", "policy", "history", "lateness", "settings"];
 
 /// How late data may arrive, by default, before a window is evaluated without it
 /// (`[rules] lateness` in flowaudit.toml overrides it; a rule's `lateness` key overrides both).
@@ -280,6 +286,26 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
             }
         },
     };
+    let mut settings = Vec::new();
+    if let Some((line, text)) = header.get("settings") {
+        let mut check = datafusion::common::config::ConfigOptions::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = pair.split_once('=') else {
+                return Err(err(*line, format!("setting `{pair}` is not `key = value`")));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if !k.starts_with("datafusion.") {
+                return Err(err(
+                    *line,
+                    format!("setting `{k}` is not a DataFusion option (datafusion.…)"),
+                ));
+            }
+            if let Err(e) = check.set(k, v) {
+                return Err(err(*line, format!("setting `{k} = {v}`: {e}")));
+            }
+            settings.push((k.to_string(), v.to_string()));
+        }
+    }
     let policy: Vec<String> = header
         .get("policy")
         .map(|(_, p)| {
@@ -308,6 +334,7 @@ pub fn parse_rule(path: &Path, text: &str) -> Result<Rule, RuleError> {
         policy,
         history,
         lateness,
+        settings,
         sql,
         path: path.to_path_buf(),
         sha256: hex::encode(Sha256::digest(text.as_bytes())),
@@ -461,5 +488,52 @@ mod tests {
         let to: chrono::DateTime<chrono::Utc> = "2026-11-21T00:00:00Z".parse().unwrap();
         let from = to - chrono::Duration::from_std(r.lookback).unwrap();
         assert!(render(&r, from, to).contains("SELECT 1"));
+    }
+
+    #[test]
+    fn settings_are_datafusion_options_checked_at_load() {
+        let p = Path::new("queries/r1.sql");
+        let with =
+            |v: &str| GOOD.replace("lookback: 1h", &format!("lookback: 1h\n-- settings: {v}"));
+        let r = parse_rule(
+            p,
+            &with("datafusion.execution.parquet.pushdown_filters = true, datafusion.execution.batch_size=4096"),
+        )
+        .unwrap();
+        assert_eq!(
+            r.settings,
+            [
+                (
+                    "datafusion.execution.parquet.pushdown_filters".to_string(),
+                    "true".to_string()
+                ),
+                (
+                    "datafusion.execution.batch_size".to_string(),
+                    "4096".to_string()
+                ),
+            ]
+        );
+        assert!(parse_rule(p, GOOD).unwrap().settings.is_empty());
+        for (v, want) in [
+            (
+                "pushdown_filters",
+                "r1.sql:6: setting `pushdown_filters` is not `key = value`",
+            ),
+            (
+                "threads = 4",
+                "r1.sql:6: setting `threads` is not a DataFusion option",
+            ),
+            (
+                "datafusion.execution.no_such_option = 1",
+                "r1.sql:6: setting `datafusion.execution.no_such_option = 1`",
+            ),
+            (
+                "datafusion.execution.batch_size = many",
+                "r1.sql:6: setting `datafusion.execution.batch_size = many`",
+            ),
+        ] {
+            let e = parse_rule(p, &with(v)).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} does not contain {want}");
+        }
     }
 }

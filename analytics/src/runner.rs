@@ -559,8 +559,9 @@ pub async fn query_rows(
     to: DateTime<Utc>,
 ) -> Result<Vec<Map<String, Value>>, String> {
     let sql = rules::render(rule, from, to);
-    let df = catalog
-        .ctx
+    let ctx = with_settings(&catalog.ctx, &rule.settings)
+        .map_err(|e| format!("{}: {e}", rule.path.display()))?;
+    let df = ctx
         .sql(&sql)
         .await
         .map_err(|e| format!("{}: {e}", rule.path.display()))?;
@@ -569,6 +570,24 @@ pub async fn query_rows(
         .await
         .map_err(|e| format!("{}: {e}", rule.path.display()))?;
     batches_to_json(&batches).map_err(|e| format!("{}: {e}", rule.path.display()))
+}
+
+/// `ctx`, or a session over the same tables and functions with `settings` (a rule's `settings`
+/// key) on top of its own.
+pub fn with_settings<'a>(
+    ctx: &'a datafusion::prelude::SessionContext,
+    settings: &[(String, String)],
+) -> datafusion::error::Result<std::borrow::Cow<'a, datafusion::prelude::SessionContext>> {
+    if settings.is_empty() {
+        return Ok(std::borrow::Cow::Borrowed(ctx));
+    }
+    let mut state = ctx.state();
+    for (k, v) in settings {
+        state.config_mut().options_mut().set(k, v)?;
+    }
+    Ok(std::borrow::Cow::Owned(
+        datafusion::prelude::SessionContext::new_with_state(state),
+    ))
 }
 
 /// Record batches as JSON objects, nulls included.
@@ -595,6 +614,44 @@ pub fn batches_to_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rule's settings are in the session its query is planned in, over the same tables, and
+    /// not in the catalog's own session; without settings the catalog's session is used.
+    #[tokio::test]
+    async fn a_rules_settings_apply_to_its_query_only() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.sql("CREATE TABLE t AS VALUES (1), (2)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let key = "datafusion.execution.parquet.pushdown_filters";
+        let pushdown = |c: &datafusion::prelude::SessionContext| {
+            c.state()
+                .config()
+                .options()
+                .execution
+                .parquet
+                .pushdown_filters
+        };
+        let set = with_settings(&ctx, &[(key.to_string(), "true".to_string())]).unwrap();
+        assert!(pushdown(&set));
+        assert!(!pushdown(&ctx));
+        let rows = set
+            .sql("SELECT count(*) AS n FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows[0].num_rows(), 1);
+        assert!(matches!(
+            with_settings(&ctx, &[]).unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert!(with_settings(&ctx, &[(key.to_string(), "maybe".to_string())]).is_err());
+    }
 
     #[test]
     fn runs_since_a_time_are_read_from_the_end_of_the_file() {
