@@ -155,8 +155,11 @@ impl PhysicalOptimizerRule for SortsAboveFilteringJoins {
     }
 }
 
-/// Whether `rule` is one of this module's.
-pub fn is_ours(rule: &dyn PhysicalOptimizerRule) -> bool {
+/// Whether `rule` is one of flowaudit's rules whose operators hold their input outside the
+/// memory pool (the whole-partition windows, the bucket sorts): the analysts' sessions, which
+/// have a memory limit per query, leave these out. [`SortsAboveFilteringJoins`] only moves
+/// DataFusion's own sort, which counts against the pool, so those sessions keep it.
+pub fn holds_memory_outside_the_pool(rule: &dyn PhysicalOptimizerRule) -> bool {
     rule.name() == WholePartitionWindows.name() || rule.name() == crate::keysort::BucketSorts.name()
 }
 

@@ -516,12 +516,13 @@ impl SqlEngine {
         if let Some(planners) = builder.expr_planners().as_mut() {
             planners.insert(0, Arc::new(ConcatOpPlanner { ctx: guard }));
         }
-        // Windows stay DataFusion's streaming operator here: the whole-partition one holds its
-        // input outside the query's memory pool (crate::optimizer).
+        // Windows stay DataFusion's streaming operator and sorts DataFusion's sort here: the
+        // whole-partition window and the bucket sort hold their input outside the query's
+        // memory pool (crate::optimizer, crate::keysort).
         if let Some(optimizer) = builder.physical_optimizers().as_mut() {
             optimizer
                 .rules
-                .retain(|r| !crate::optimizer::is_ours(r.as_ref()));
+                .retain(|r| !crate::optimizer::holds_memory_outside_the_pool(r.as_ref()));
         }
         let mut state = builder
             .with_physical_optimizer_rule(Arc::new(StopInJoins(stop.clone())))
@@ -783,6 +784,45 @@ fn number_placeholders(s: &mut Statement) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An analyst's query keeps DataFusion's window operator and sort, which count what they
+    /// hold against the query's memory limit, where the rule runner's session would use the
+    /// whole-partition window and the bucket sort (crate::optimizer, crate::keysort).
+    #[tokio::test]
+    async fn analysts_keep_the_operators_that_count_their_memory() {
+        let wh = tempfile::tempdir().unwrap();
+        let policy =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/policy");
+        let sql = "SELECT s, t, lag(t) OVER (PARTITION BY s ORDER BY t) AS prev \
+                   FROM (VALUES ('a', 2), ('b', 1), ('a', 1)) AS x(s, t) ORDER BY s, t";
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let planned = engine
+            .plan(&SqlEngine::parse_one(sql).unwrap())
+            .await
+            .unwrap();
+        let plan = planned.df.clone().create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(text.contains("BoundedWindowAggExec"), "{text}");
+        assert!(
+            text.contains("SortExec") && !text.contains("BucketSortExec"),
+            "{text}"
+        );
+        // The rule runner's session over the same catalog.
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let df = catalog.ctx.sql(sql).await.unwrap();
+        let plan = df.create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(
+            text.contains("BucketSortExec") && !text.contains("BoundedWindowAggExec"),
+            "{text}"
+        );
+    }
 
     fn refused(sql: &str) -> String {
         match SqlEngine::parse(sql) {
