@@ -213,8 +213,24 @@ impl Catalog {
         policy: &Path,
         geoip: Option<&Path>,
     ) -> Result<Self, CatalogError> {
+        Self::open_with(site, policy, geoip, Strings::Utf8).await
+    }
+
+    /// [`Catalog::open_at`] with the warehouse's strings as `strings` says; on a cluster they
+    /// stay `Utf8`, the type its members read.
+    pub async fn open_with(
+        site: &Site,
+        policy: &Path,
+        geoip: Option<&Path>,
+        strings: Strings,
+    ) -> Result<Self, CatalogError> {
+        let strings = if matches!(site.engine, Engine::Embedded) {
+            strings
+        } else {
+            Strings::Utf8
+        };
         let ctx = crate::optimizer::session(session_config()?);
-        register_warehouse(&ctx, site).await?;
+        register_warehouse(&ctx, site, strings).await?;
         let mut policy_versions = BTreeMap::new();
         let mut transfer_bases = Vec::new();
         for (name, schema) in policy_csv_tables() {
@@ -364,7 +380,22 @@ async fn ingest_gaps(location: &Location) -> Result<MemTable, CatalogError> {
     Ok(MemTable::try_new(ingest_gaps_schema(), vec![vec![batch]])?)
 }
 
-async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), CatalogError> {
+/// The types the warehouse tables' string columns have in a catalog's SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strings {
+    /// `Utf8`, as the rules, the report and the summaries were written against.
+    Utf8,
+    /// `Utf8View` (not the partition columns), for the analysts' sessions: faster to read from
+    /// Parquet and to compare (crate::tables::DeltaWarehouseTable::with_view_strings). The
+    /// summaries still read the tables as `Utf8`.
+    View,
+}
+
+async fn register_warehouse(
+    ctx: &SessionContext,
+    site: &Site,
+    strings: Strings,
+) -> Result<(), CatalogError> {
     let location = &site.tables;
     // The ingest tables and `alerts` (the rule runner's, crate::alerts_table).
     let mut opened = BTreeMap::new();
@@ -373,7 +404,12 @@ async fn register_warehouse(ctx: &SessionContext, site: &Site) -> Result<(), Cat
         match crate::tables::DeltaWarehouseTable::open_spec(location, spec).await? {
             Some(table) => {
                 let table = Arc::new(table);
-                ctx.register_table(name, table.clone())?;
+                match strings {
+                    Strings::Utf8 => ctx.register_table(name, table.clone())?,
+                    Strings::View => {
+                        ctx.register_table(name, Arc::new(table.with_view_strings()))?
+                    }
+                };
                 opened.insert(name, table);
             }
             // Nothing written yet: an empty table with the same columns.

@@ -471,24 +471,34 @@ fn concat3(e: &Expr) -> Option<(String, Expr, String)> {
     Some((text(head)?, x.as_ref().clone(), close))
 }
 
-fn is_string(t: &DataType) -> bool {
+/// Whether `t` is one of arrow's three string types.
+pub(crate) fn is_string(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
-/// The values of a string array of any of arrow's three string types.
-fn strings(a: &dyn Array) -> Result<Box<dyn Iterator<Item = Option<&str>> + '_>> {
+/// The values of an array of any of arrow's three string types, or of NULLs; `None` for another
+/// type.
+pub(crate) fn string_values(a: &dyn Array) -> Option<Box<dyn Iterator<Item = Option<&str>> + '_>> {
     use arrow::array::AsArray;
-    Ok(match a.data_type() {
+    Some(match a.data_type() {
         DataType::Utf8 => Box::new(a.as_string::<i32>().iter()),
         DataType::LargeUtf8 => Box::new(a.as_string::<i64>().iter()),
         DataType::Utf8View => Box::new(a.as_string_view().iter()),
         DataType::Null => Box::new(std::iter::repeat_n(None, a.len())),
-        other => {
-            return Err(datafusion::error::DataFusionError::Internal(format!(
-                "{}: not a string: {other}",
-                DelimitedItem::HAS
-            )))
-        }
+        _ => return None,
+    })
+}
+
+/// [`string_values`], or an error naming `function` for another type.
+fn strings<'a>(
+    a: &'a dyn Array,
+    function: &str,
+) -> Result<Box<dyn Iterator<Item = Option<&'a str>> + 'a>> {
+    string_values(a).ok_or_else(|| {
+        datafusion::error::DataFusionError::Internal(format!(
+            "{function}: not a string: {}",
+            a.data_type()
+        ))
     })
 }
 
@@ -527,8 +537,8 @@ impl ScalarUDFImpl for DelimitedItem {
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args[..2])?;
         let (mut hay, mut needle) = (Vec::new(), Vec::new());
-        let out = strings(arrays[0].as_ref())?
-            .zip(strings(arrays[1].as_ref())?)
+        let out = strings(arrays[0].as_ref(), self.name())?
+            .zip(strings(arrays[1].as_ref(), self.name())?)
             .map(|(list, item)| match (list, item) {
                 (Some(list), Some(item)) => Self::holds(list, item, d, &mut hay, &mut needle)
                     .map(|h| Some(h != self.negated)),

@@ -39,6 +39,8 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 
+use crate::functions::{is_string, string_values};
+
 /// Most distinct values of the leading key a partition is bucketed by.
 pub const MAX_BUCKETS: usize = 4096;
 
@@ -79,10 +81,6 @@ impl PhysicalOptimizerRule for BucketSorts {
     fn schema_check(&self) -> bool {
         true
     }
-}
-
-fn is_string(t: &DataType) -> bool {
-    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
 }
 
 /// Integer and time types, whose values order as their `i64` casts.
@@ -268,7 +266,7 @@ fn bucket_order(
         let Some(values) = string_values(a.as_ref()) else {
             return Ok(None);
         };
-        for v in values {
+        for v in values.map(|v| v.map(str::as_bytes)) {
             let id = match last {
                 Some((l, id)) if l == v => id,
                 _ => {
@@ -358,16 +356,6 @@ fn bucket_order(
         }
     }
     Ok(Some(order))
-}
-
-/// The values of a string array as bytes (`None` for NULL), or `None` for another type.
-fn string_values(a: &dyn Array) -> Option<Box<dyn Iterator<Item = Option<&[u8]>> + '_>> {
-    Some(match a.data_type() {
-        DataType::Utf8 => Box::new(a.as_string::<i32>().iter().map(|v| v.map(str::as_bytes))),
-        DataType::LargeUtf8 => Box::new(a.as_string::<i64>().iter().map(|v| v.map(str::as_bytes))),
-        DataType::Utf8View => Box::new(a.as_string_view().iter().map(|v| v.map(str::as_bytes))),
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{
+    CacheManagerConfig, FileMetadataCache, DEFAULT_METADATA_CACHE_LIMIT,
+};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -46,7 +50,7 @@ use datafusion::sql::sqlparser::ast::{self, visit_expressions_mut, Expr, Value};
 
 use futures::{FutureExt, Stream, StreamExt};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, Strings};
 use crate::site::Site;
 use crate::sqlguard::{
     guard_functions, ConcatOpPlanner, GuardContext, QueryPool, SharedMemory, SharedMemoryExhausted,
@@ -439,7 +443,14 @@ pub struct SqlEngine {
     catalog: std::sync::RwLock<(Arc<Catalog>, std::time::Instant)>,
     /// How long an opened catalog is used before policy files and new tables are re-read.
     refresh: Duration,
+    /// Parquet footers and page indexes already read, shared by every query's session (each has
+    /// its own runtime, for its own memory pool) and checked against each file's size and
+    /// modification time before use.
+    footers: Arc<FileMetadataCache>,
 }
+
+/// The environment variable of DataFusion's `execution.parquet.pushdown_filters`.
+const PUSHDOWN_VAR: &str = "DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS";
 
 const WAREHOUSE_TABLES: [&str; 5] = [
     "gateway_events",
@@ -456,7 +467,7 @@ impl SqlEngine {
         geoip: Option<&Path>,
         limits: Limits,
     ) -> Result<Self, SqlError> {
-        let catalog = Catalog::open_at(site, policy, geoip).await?;
+        let catalog = Catalog::open_with(site, policy, geoip, Strings::View).await?;
         let threads = QueryThreads::new(limits.threads)
             .map_err(|e| SqlError::Query(DataFusionError::IoError(e)))?;
         Ok(Self {
@@ -468,6 +479,9 @@ impl SqlEngine {
             shared: SharedMemory::new(limits.total_memory),
             catalog: std::sync::RwLock::new((Arc::new(catalog), std::time::Instant::now())),
             refresh: Duration::from_secs(30),
+            footers: Arc::new(
+                DefaultCache::new(DEFAULT_METADATA_CACHE_LIMIT).with_name("flowaudit sql footers"),
+            ),
         })
     }
 
@@ -480,8 +494,15 @@ impl SqlEngine {
                 return Ok(g.0.clone());
             }
         }
-        let fresh =
-            Arc::new(Catalog::open_at(&self.site, &self.policy, self.geoip.as_deref()).await?);
+        let fresh = Arc::new(
+            Catalog::open_with(
+                &self.site,
+                &self.policy,
+                self.geoip.as_deref(),
+                Strings::View,
+            )
+            .await?,
+        );
         *self.catalog.write().expect("catalog lock") = (fresh.clone(), std::time::Instant::now());
         Ok(fresh)
     }
@@ -492,7 +513,8 @@ impl SqlEngine {
     }
 
     /// A session over the catalog with this query's own memory pool (counted in the shared
-    /// one), no spill files, checked scalar functions, and join filters that see `stop`.
+    /// one), no spill files, the engine's cache of Parquet footers, checked scalar functions,
+    /// and join filters that see `stop`.
     async fn session(&self, stop: &Arc<QueryStop>) -> Result<SessionContext, SqlError> {
         let catalog = self.catalog().await?;
         let pool: Arc<dyn datafusion::execution::memory_pool::MemoryPool> =
@@ -501,6 +523,9 @@ impl SqlEngine {
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .with_cache_manager(
+                CacheManagerConfig::default().with_file_metadata_cache(Some(self.footers.clone())),
             )
             .build_arc()
             .map_err(SqlError::Query)?;
@@ -528,7 +553,14 @@ impl SqlEngine {
             .with_physical_optimizer_rule(Arc::new(StopInJoins(stop.clone())))
             .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
             .build();
-        state.config_mut().options_mut().execution.target_partitions = self.limits.threads.max(1);
+        let options = state.config_mut().options_mut();
+        options.execution.target_partitions = self.limits.threads.max(1);
+        // Filters are evaluated inside the Parquet scan, the other columns decoded only for the
+        // rows that pass: analysts' questions are mostly selective (docs/benchmarks.md, "Ad hoc
+        // SQL"). The variable of DataFusion's setting still decides where it is set.
+        if std::env::var_os(PUSHDOWN_VAR).is_none() {
+            options.execution.parquet.pushdown_filters = true;
+        }
         Ok(SessionContext::new_with_state(state))
     }
 
@@ -569,6 +601,10 @@ impl SqlEngine {
             .with_allow_statements(false)
             .verify_plan(&plan)
             .map_err(|e| SqlError::from_df(e, &self.limits))?;
+        // The warehouse's strings are read as `Utf8View`; results carry them as `Utf8`, as the
+        // tables' columns are documented and as every client reads them. A view array sent as
+        // is would carry each batch's whole data buffers (a Parquet page's dictionary).
+        let plan = utf8_results(plan).map_err(|e| SqlError::from_df(e, &self.limits))?;
         Ok(Planned {
             df: DataFrame::new(state, plan),
             limits: self.limits,
@@ -604,7 +640,7 @@ impl SqlEngine {
             out.push(TableInfo {
                 name,
                 kind,
-                schema: t.schema(),
+                schema: as_results_carry(&t.schema()),
             });
         }
         Ok(out)
@@ -643,9 +679,18 @@ impl Planned {
             })
             .collect();
         ids.sort();
+        // A parameter compared with a warehouse string is typed `Utf8View`; clients bind `Utf8`,
+        // the type results carry, and the plan casts it when it runs.
         Ok(Schema::new(
             ids.into_iter()
-                .map(|(_, id, t)| Field::new(id, t.unwrap_or(DataType::Null), true))
+                .map(|(_, id, t)| {
+                    let t = match t {
+                        Some(DataType::Utf8View) => DataType::Utf8,
+                        Some(t) => t,
+                        None => DataType::Null,
+                    };
+                    Field::new(id, t, true)
+                })
                 .collect::<Vec<_>>(),
         ))
     }
@@ -716,6 +761,60 @@ impl Planned {
     }
 }
 
+/// `schema` with the types results carry: `Utf8View` as `Utf8` ([`utf8_results`]).
+fn as_results_carry(schema: &SchemaRef) -> SchemaRef {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &DataType::Utf8View)
+    {
+        return schema.clone();
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let f = f.as_ref().clone();
+            if f.data_type() == &DataType::Utf8View {
+                f.with_data_type(DataType::Utf8)
+            } else {
+                f
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `plan` with its `Utf8View` columns cast to `Utf8` (the same names), or `plan` itself if it
+/// has none or is not a query (`EXPLAIN`, `DESCRIBE` keep their own output).
+fn utf8_results(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
+    use datafusion::logical_expr::{cast, Expr, LogicalPlanBuilder};
+    if matches!(
+        plan,
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
+    ) || !plan
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| f.data_type() == &DataType::Utf8View)
+    {
+        return Ok(plan);
+    }
+    let exprs: Vec<Expr> = plan
+        .schema()
+        .iter()
+        .map(|(qualifier, field)| {
+            let c = Expr::Column(datafusion::common::Column::from((qualifier, field)));
+            if field.data_type() == &DataType::Utf8View {
+                cast(c, DataType::Utf8).alias_qualified(qualifier.cloned(), field.name())
+            } else {
+                c
+            }
+        })
+        .collect();
+    LogicalPlanBuilder::from(plan).project(exprs)?.build()
+}
+
 /// Map an error raised while streaming results into a [`SqlError`].
 pub fn stream_error(e: DataFusionError, limits: &Limits) -> SqlError {
     SqlError::from_df(e, limits)
@@ -784,6 +883,193 @@ fn number_placeholders(s: &mut Statement) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each query has its own runtime (for its own memory pool), yet a file's Parquet footer is
+    /// read once: the engine's cache holds one entry per data file after a query, and the next
+    /// query's session reads through the same cache.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn queries_share_the_footers_they_read() {
+        let policy = repo().join("fixtures/policy");
+        let wh = case_warehouse("first_seen_destination");
+        let files = walk(&wh.path().join("flows"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count();
+        assert!(files > 1, "the case writes a file per hour: {files}");
+
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        assert_eq!(engine.footers.len(), 0);
+        let sum = "SELECT sum(bytes) AS b FROM flows";
+        let first = run(&engine, sum).await;
+        assert_eq!(engine.footers.len(), files);
+        let planned = engine
+            .plan(&SqlEngine::parse_one(sum).unwrap())
+            .await
+            .unwrap();
+        let cache = planned
+            .df
+            .task_ctx()
+            .runtime_env()
+            .cache_manager
+            .get_file_metadata_cache();
+        assert!(Arc::ptr_eq(&cache, &engine.footers));
+        assert_eq!(run(&engine, sum).await, first);
+        assert_eq!(engine.footers.len(), files);
+    }
+
+    /// An analyst's filter is evaluated inside the Parquet scan (`pushdown_filters`) and the
+    /// scan reads strings as views: no `FilterExec` above it, and the same rows, as `Utf8`, as
+    /// the rule runner's session gets with the filter above the scan.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn analysts_read_string_views_and_filter_inside_the_parquet_scan() {
+        if std::env::var_os(PUSHDOWN_VAR).is_some() {
+            eprintln!("{PUSHDOWN_VAR} is set: it decides, not the engine's default");
+            return;
+        }
+        let wh = case_warehouse("first_seen_destination");
+        let policy = repo().join("fixtures/policy");
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let sql =
+            "SELECT ts, dst_ip, bytes FROM flows WHERE dst_zone = 'external' ORDER BY ts, dst_ip";
+        let planned = engine
+            .plan(&SqlEngine::parse_one(sql).unwrap())
+            .await
+            .unwrap();
+        let plan = planned.df.clone().create_physical_plan().await.unwrap();
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(
+            !text.contains("FilterExec") && text.contains("predicate=dst_zone"),
+            "{text}"
+        );
+        let inside = run(&engine, sql).await;
+        // The rule runner's session over the same warehouse filters above the scan.
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let df = catalog.ctx.sql(sql).await.unwrap();
+        let text = datafusion::physical_plan::displayable(
+            df.clone().create_physical_plan().await.unwrap().as_ref(),
+        )
+        .indent(false)
+        .to_string();
+        assert!(text.contains("FilterExec"), "{text}");
+        let above = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+            .unwrap()
+            .to_string();
+        assert_eq!(inside, above);
+        assert!(inside.lines().count() > 5, "{inside}");
+
+        let types = "SELECT arrow_typeof(dst_zone) AS t, dst_zone, date FROM flows LIMIT 1";
+        assert!(run(&engine, types).await.contains("| Utf8View |"));
+        let planned = engine
+            .plan(&SqlEngine::parse_one(types).unwrap())
+            .await
+            .unwrap();
+        let schema = planned.schema();
+        let got: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+        assert_eq!(got, [&DataType::Utf8, &DataType::Utf8, &DataType::Utf8]);
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["t", "dst_zone", "date"]);
+        // A parameter compared with a string column is bound as `Utf8`.
+        let planned = engine
+            .plan(
+                &SqlEngine::parse_one("SELECT count(*) AS n FROM flows WHERE dst_zone = ?")
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            planned.parameter_schema().unwrap().field(0).data_type(),
+            &DataType::Utf8
+        );
+        let batches: Vec<_> = planned
+            .execute(Some(vec![ScalarValue::Utf8(Some("external".into()))]))
+            .await
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        let bound = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        let literal = run(
+            &engine,
+            "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external'",
+        )
+        .await;
+        assert_eq!(bound, literal);
+        // The table listings (`\d`, Flight's GetTables) give the types results carry.
+        let tables = engine.tables().await.unwrap();
+        let flows = tables.iter().find(|t| t.name == "flows").unwrap();
+        assert_eq!(
+            flows
+                .schema
+                .field_with_name("dst_zone")
+                .unwrap()
+                .data_type(),
+            &DataType::Utf8
+        );
+    }
+
+    fn repo() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// A warehouse holding the rows of a rule's test case (`fixtures/rules/<case>`).
+    fn case_warehouse(case: &str) -> tempfile::TempDir {
+        use flowaudit_ingest::batch::Enricher;
+        let policy = repo().join("fixtures/policy");
+        let enricher = Enricher {
+            geoip: Some(
+                flowaudit_ingest::geoip::GeoIp::open(&repo().join("fixtures/geoip/ranges.csv"))
+                    .unwrap(),
+            ),
+            networks: flowaudit_ingest::networks::Networks::load(&policy).unwrap(),
+        };
+        let wh = tempfile::tempdir().unwrap();
+        let case = repo().join("fixtures/rules").join(case);
+        std::thread::scope(|s| {
+            s.spawn(|| crate::cases::build_warehouse(&case, wh.path(), &enricher))
+                .join()
+        })
+        .unwrap()
+        .unwrap();
+        wh
+    }
+
+    async fn run(engine: &SqlEngine, sql: &str) -> String {
+        let planned = engine
+            .plan(&SqlEngine::parse_one(sql).unwrap())
+            .await
+            .unwrap();
+        let batches: Vec<_> = planned
+            .execute(None)
+            .await
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
 
     /// An analyst's query keeps DataFusion's window operator and sort, which count what they
     /// hold against the query's memory limit, where the rule runner's session would use the

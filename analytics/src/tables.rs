@@ -70,7 +70,8 @@ pub struct DeltaWarehouseTable {
     file_schema: SchemaRef,
     /// The partition columns, the last columns of `schema` (Utf8).
     partitions: &'static [&'static str],
-    table: Mutex<DeltaTable>,
+    /// The Delta table, shared with the same table read with other string types.
+    table: Arc<Mutex<DeltaTable>>,
 }
 
 /// What a scan reads, from the table's latest snapshot.
@@ -193,8 +194,36 @@ impl DeltaWarehouseTable {
             schema: spec.schema,
             file_schema: spec.file_schema,
             partitions: spec.partitions,
-            table: Mutex::new(dt),
+            table: Arc::new(Mutex::new(dt)),
         })
+    }
+
+    /// The same table with its string columns, but not the partition columns, read as
+    /// `Utf8View` (DataFusion's own type for strings read from Parquet): decoding a
+    /// dictionary-encoded page copies a 16-byte view per row instead of the bytes, and comparing
+    /// strings of up to 12 bytes compares the views. The rule pack and the summaries read
+    /// `Utf8`, the type they were written against; the analysts' sessions read this
+    /// (crate::sql, docs/benchmarks.md).
+    pub fn with_view_strings(&self) -> Self {
+        let view = |f: &FieldRef| -> Field {
+            let f = f.as_ref().clone();
+            if f.data_type() == &DataType::Utf8 {
+                f.with_data_type(DataType::Utf8View)
+            } else {
+                f
+            }
+        };
+        let file_schema: Vec<Field> = self.file_schema.fields().iter().map(view).collect();
+        let mut fields = file_schema.clone();
+        fields.extend(self.partition_fields().iter().map(|f| f.as_ref().clone()));
+        Self {
+            name: self.name,
+            url: self.url.clone(),
+            schema: Arc::new(Schema::new(fields)),
+            file_schema: Arc::new(Schema::new(file_schema)),
+            partitions: self.partitions,
+            table: self.table.clone(),
+        }
     }
 
     /// The table's name in SQL.
