@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::{
     CacheManagerConfig, FileMetadataCache, DEFAULT_METADATA_CACHE_LIMIT,
@@ -684,11 +684,7 @@ impl Planned {
         Ok(Schema::new(
             ids.into_iter()
                 .map(|(_, id, t)| {
-                    let t = match t {
-                        Some(DataType::Utf8View) => DataType::Utf8,
-                        Some(t) => t,
-                        None => DataType::Null,
-                    };
+                    let t = t.as_ref().map_or(DataType::Null, carried);
                     Field::new(id, t, true)
                 })
                 .collect::<Vec<_>>(),
@@ -761,42 +757,54 @@ impl Planned {
     }
 }
 
-/// `schema` with the types results carry: `Utf8View` as `Utf8` ([`utf8_results`]).
+/// The type a result column of type `t` carries: `Utf8View` as `Utf8`, also inside lists,
+/// structs, maps and dictionaries ([`utf8_results`]).
+fn carried(t: &DataType) -> DataType {
+    let field = |f: &FieldRef| Arc::new(f.as_ref().clone().with_data_type(carried(f.data_type())));
+    match t {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::List(f) => DataType::List(field(f)),
+        DataType::LargeList(f) => DataType::LargeList(field(f)),
+        DataType::ListView(f) => DataType::ListView(field(f)),
+        DataType::LargeListView(f) => DataType::LargeListView(field(f)),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(field(f), *n),
+        DataType::Struct(fs) => DataType::Struct(fs.iter().map(field).collect()),
+        DataType::Map(f, sorted) => DataType::Map(field(f), *sorted),
+        DataType::Dictionary(k, v) => DataType::Dictionary(k.clone(), Box::new(carried(v))),
+        other => other.clone(),
+    }
+}
+
+/// `schema` with the types results carry ([`carried`]).
 fn as_results_carry(schema: &SchemaRef) -> SchemaRef {
-    if !schema
+    if schema
         .fields()
         .iter()
-        .any(|f| f.data_type() == &DataType::Utf8View)
+        .all(|f| carried(f.data_type()) == *f.data_type())
     {
         return schema.clone();
     }
     let fields: Vec<Field> = schema
         .fields()
         .iter()
-        .map(|f| {
-            let f = f.as_ref().clone();
-            if f.data_type() == &DataType::Utf8View {
-                f.with_data_type(DataType::Utf8)
-            } else {
-                f
-            }
-        })
+        .map(|f| f.as_ref().clone().with_data_type(carried(f.data_type())))
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// `plan` with its `Utf8View` columns cast to `Utf8` (the same names), or `plan` itself if it
-/// has none or is not a query (`EXPLAIN`, `DESCRIBE` keep their own output).
+/// `plan` with every column holding `Utf8View` cast to the type it carries ([`carried`]; the
+/// same names), or `plan` itself if it has none or is not a query (`EXPLAIN`, `DESCRIBE` keep
+/// their own output).
 fn utf8_results(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
     use datafusion::logical_expr::{cast, Expr, LogicalPlanBuilder};
     if matches!(
         plan,
         LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
-    ) || !plan
+    ) || plan
         .schema()
         .fields()
         .iter()
-        .any(|f| f.data_type() == &DataType::Utf8View)
+        .all(|f| carried(f.data_type()) == *f.data_type())
     {
         return Ok(plan);
     }
@@ -805,8 +813,9 @@ fn utf8_results(plan: LogicalPlan) -> Result<LogicalPlan, DataFusionError> {
         .iter()
         .map(|(qualifier, field)| {
             let c = Expr::Column(datafusion::common::Column::from((qualifier, field)));
-            if field.data_type() == &DataType::Utf8View {
-                cast(c, DataType::Utf8).alias_qualified(qualifier.cloned(), field.name())
+            let to = carried(field.data_type());
+            if to != *field.data_type() {
+                cast(c, to).alias_qualified(qualifier.cloned(), field.name())
             } else {
                 c
             }
@@ -974,6 +983,35 @@ mod tests {
         assert_eq!(got, [&DataType::Utf8, &DataType::Utf8, &DataType::Utf8]);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["t", "dst_zone", "date"]);
+        // Strings inside lists and structs are carried as `Utf8` too, in the schema and in the
+        // batches themselves.
+        let nested = "SELECT array_agg(dst_country) AS countries, \
+                      named_struct('zone', dst_zone) AS s FROM flows GROUP BY dst_zone";
+        let planned = engine
+            .plan(&SqlEngine::parse_one(nested).unwrap())
+            .await
+            .unwrap();
+        let want = Schema::new(vec![
+            Field::new(
+                "countries",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                true,
+            ),
+            Field::new(
+                "s",
+                DataType::Struct(vec![Field::new("zone", DataType::Utf8, true)].into()),
+                false,
+            ),
+        ]);
+        let types = |s: &Schema| -> Vec<DataType> {
+            s.fields().iter().map(|f| f.data_type().clone()).collect()
+        };
+        assert_eq!(types(&planned.schema()), types(&want));
+        let batches = collect(planned, None).await;
+        assert!(!batches.is_empty());
+        for b in &batches {
+            assert_eq!(types(&b.schema()), types(&want));
+        }
         // A parameter compared with a string column is bound as `Utf8`.
         let planned = engine
             .plan(
@@ -986,13 +1024,11 @@ mod tests {
             planned.parameter_schema().unwrap().field(0).data_type(),
             &DataType::Utf8
         );
-        let batches: Vec<_> = planned
-            .execute(Some(vec![ScalarValue::Utf8(Some("external".into()))]))
-            .await
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect()
-            .await;
+        let batches = collect(
+            planned,
+            Some(vec![ScalarValue::Utf8(Some("external".into()))]),
+        )
+        .await;
         let bound = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
@@ -1013,6 +1049,20 @@ mod tests {
                 .data_type(),
             &DataType::Utf8
         );
+    }
+
+    /// Every batch of `planned` run with `params`.
+    async fn collect(
+        planned: Planned,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Vec<arrow::record_batch::RecordBatch> {
+        planned
+            .execute(params)
+            .await
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+            .await
     }
 
     fn repo() -> PathBuf {
@@ -1046,13 +1096,7 @@ mod tests {
             .plan(&SqlEngine::parse_one(sql).unwrap())
             .await
             .unwrap();
-        let batches: Vec<_> = planned
-            .execute(None)
-            .await
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect()
-            .await;
+        let batches = collect(planned, None).await;
         arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string()
