@@ -1003,14 +1003,14 @@ mod tests {
                 false,
             ),
         ]);
-        let types = |s: &Schema| -> Vec<DataType> {
+        let types_of = |s: &Schema| -> Vec<DataType> {
             s.fields().iter().map(|f| f.data_type().clone()).collect()
         };
-        assert_eq!(types(&planned.schema()), types(&want));
+        assert_eq!(types_of(&planned.schema()), types_of(&want));
         let batches = collect(planned, None).await;
         assert!(!batches.is_empty());
         for b in &batches {
-            assert_eq!(types(&b.schema()), types(&want));
+            assert_eq!(types_of(&b.schema()), types_of(&want));
         }
         // A parameter compared with a string column is bound as `Utf8`.
         let planned = engine
