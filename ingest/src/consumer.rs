@@ -643,6 +643,32 @@ const RESET_GRACE: Duration = Duration::from_secs(1);
 /// How often the loop checks flush deadlines, progress and "caught up".
 const TICK: Duration = Duration::from_millis(50);
 
+/// What keeping within the rows' share of memory asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BoundStep {
+    /// Nothing (more) to do.
+    Enough,
+    /// Over the bound with a job in flight: wait for the committer's oldest job.
+    Wait,
+    /// Over the bound with the committer idle: hand it the largest buffer, then look again.
+    Write,
+    /// Over half the bound with the committer idle: hand it the largest buffer without waiting,
+    /// so that it writes while the consumer goes on decoding rather than the consumer waiting for
+    /// a whole job each time the bound is reached (docs/DESIGN.md, "Bounded memory").
+    WriteEarly,
+}
+
+/// The next step for `held` bytes (buffers and jobs in flight) against `bound` with `in_flight`
+/// jobs handed to the committer.
+fn bound_step(held: usize, bound: usize, in_flight: usize) -> BoundStep {
+    match (held > bound, in_flight > 0) {
+        (true, true) => BoundStep::Wait,
+        (true, false) => BoundStep::Write,
+        (false, false) if held > bound / 2 => BoundStep::WriteEarly,
+        _ => BoundStep::Enough,
+    }
+}
+
 /// The (low, high) watermarks librdkafka cached for a partition: high from the last fetch
 /// response (`None` before the first), low when known (else -1).
 fn cached_watermarks(
@@ -1494,28 +1520,40 @@ impl Ingestor<'_> {
         self.since_recount = 0;
     }
 
-    /// While buffers and jobs with the committer together hold more than their share of
-    /// `max_buffer_bytes`: wait for the committer's job in flight, else hand it the largest buffer.
+    /// Keep buffers and jobs with the committer within their share of `max_buffer_bytes`
+    /// ([`bound_step`]).
     fn enforce_bound(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<()> {
-        while self.buffered_bytes + self.in_flight_bytes > self.cfg.row_bytes() {
-            if self.in_flight > 0 {
-                self.drain_one(consumer)?;
-                continue;
+        let bound = self.cfg.row_bytes();
+        loop {
+            let held = self.buffered_bytes + self.in_flight_bytes;
+            match bound_step(held, bound, self.in_flight) {
+                BoundStep::Enough => return Ok(()),
+                BoundStep::Wait => self.drain_one(consumer)?,
+                step @ (BoundStep::WriteEarly | BoundStep::Write) => {
+                    let Some(i) = self.largest_buffer() else {
+                        return Ok(());
+                    };
+                    debug!(
+                        buffered_bytes = self.buffered_bytes,
+                        in_flight_bytes = self.in_flight_bytes,
+                        row_bytes = bound,
+                        early = step == BoundStep::WriteEarly,
+                        "handing the largest buffer to the committer"
+                    );
+                    self.flush(i)?;
+                    if step == BoundStep::WriteEarly {
+                        return Ok(());
+                    }
+                }
             }
-            let Some(i) = (0..self.parts.len())
-                .filter(|i| self.parts[*i].buf.is_some())
-                .max_by_key(|i| self.parts[*i].buf.as_ref().map_or(0, |b| b.bytes))
-            else {
-                break;
-            };
-            debug!(
-                buffered_bytes = self.buffered_bytes,
-                row_bytes = self.cfg.row_bytes(),
-                "over the memory bound: writing the largest buffer"
-            );
-            self.flush(i)?;
         }
-        Ok(())
+    }
+
+    /// The partition whose buffer holds the most memory.
+    fn largest_buffer(&self) -> Option<usize> {
+        (0..self.parts.len())
+            .filter(|i| self.parts[*i].buf.is_some())
+            .max_by_key(|i| self.parts[*i].buf.as_ref().map_or(0, |b| b.bytes))
     }
 
     fn flush_all(&mut self) -> Result<()> {
@@ -1709,7 +1747,24 @@ impl Ingestor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_offset_reset;
+    use super::{bound_step, parse_offset_reset, BoundStep};
+
+    #[test]
+    fn the_committer_gets_a_buffer_from_half_the_bound_and_the_consumer_waits_only_over_it() {
+        let bound = 1000;
+        // Under half: buffers keep filling (a job per partition, not per half-full buffer).
+        assert_eq!(bound_step(0, bound, 0), BoundStep::Enough);
+        assert_eq!(bound_step(500, bound, 0), BoundStep::Enough);
+        // Over half with the committer idle: it gets work, and the consumer does not wait.
+        assert_eq!(bound_step(501, bound, 0), BoundStep::WriteEarly);
+        assert_eq!(bound_step(1000, bound, 0), BoundStep::WriteEarly);
+        // Over half with a job in flight: nothing more is handed over early.
+        assert_eq!(bound_step(900, bound, 1), BoundStep::Enough);
+        // Over the bound: write when idle, else wait for the committer.
+        assert_eq!(bound_step(1001, bound, 0), BoundStep::Write);
+        assert_eq!(bound_step(1001, bound, 1), BoundStep::Wait);
+        assert_eq!(bound_step(5000, bound, 2), BoundStep::Wait);
+    }
 
     #[test]
     fn librdkafkas_out_of_range_reset_warning_names_the_partition_and_position() {
