@@ -16,7 +16,7 @@
 //!   of a statement's parameters (DoPut is read up to the limit, never collected whole).
 //! - TLS when a certificate and key are configured; a loud warning when it listens beyond
 //!   loopback without.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -55,7 +55,7 @@ use tracing::{info, warn};
 
 pub use crate::auth::ThrottleConfig;
 use crate::auth::{check_token, check_user, random_bytes, Credential, LoginThrottle, Written};
-use crate::sql::{human_bytes, stream_error, SqlEngine, SqlError};
+use crate::sql::{human_bytes, stream_error, Planned, SqlEngine, SqlError};
 
 /// Who may connect.
 #[derive(Debug, Clone, Default)]
@@ -144,6 +144,51 @@ struct Session {
     expires: Instant,
 }
 
+/// How long a plan made for GetFlightInfo waits for the DoGet of its ticket.
+const PLAN_KEPT: Duration = Duration::from_secs(10);
+
+/// Plans kept at most (the oldest go first).
+const PLANS_KEPT: usize = 64;
+
+/// Plans made for GetFlightInfo, each kept for one DoGet of the same ticket by the same user, which
+/// clients send right after it: that DoGet runs the plan instead of parsing and planning the
+/// statement again (docs/sql.md, "Flight SQL").
+struct PlanCache<T> {
+    entries: VecDeque<(String, Vec<u8>, Instant, T)>,
+}
+
+impl<T> PlanCache<T> {
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+        }
+    }
+
+    /// Keep `plan` for `user`'s DoGet of `ticket`, replacing an earlier one of the same pair;
+    /// plans past [`PLAN_KEPT`] and the oldest beyond [`PLANS_KEPT`] are dropped.
+    fn put(&mut self, user: &str, ticket: Vec<u8>, plan: T, now: Instant) {
+        self.entries.retain(|(u, t, made, _)| {
+            now.saturating_duration_since(*made) < PLAN_KEPT && !(u == user && *t == ticket)
+        });
+        while self.entries.len() >= PLANS_KEPT {
+            self.entries.pop_front();
+        }
+        self.entries
+            .push_back((user.to_string(), ticket, now, plan));
+    }
+
+    /// The plan kept for `user`'s DoGet of `ticket`, if made less than [`PLAN_KEPT`] ago; it is
+    /// used once.
+    fn take(&mut self, user: &str, ticket: &[u8], now: Instant) -> Option<T> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(u, t, _, _)| u == user && t == ticket)?;
+        let (_, _, made, plan) = self.entries.remove(i)?;
+        (now.saturating_duration_since(made) < PLAN_KEPT).then_some(plan)
+    }
+}
+
 /// Queries running now: in total and per user.
 #[derive(Default)]
 struct Running {
@@ -213,6 +258,7 @@ pub struct FlightSql {
     /// SHA-256 of a session token → its session.
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
+    planned: Mutex<PlanCache<Planned>>,
     running: Arc<Mutex<Running>>,
     throttle: LoginThrottle,
     /// Password verifications running at once (each holds argon2's memory).
@@ -268,6 +314,7 @@ impl FlightSql {
             limits,
             sessions: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            planned: Mutex::new(PlanCache::new()),
             running: Arc::new(Mutex::new(Running::default())),
             verifying: tokio::sync::Semaphore::new(2),
             verified: Mutex::new(HashMap::new()),
@@ -480,20 +527,26 @@ impl FlightSql {
     }
 
     /// Start a query and encode its batches as Flight data; logs the analyst and the outcome.
+    /// The plan made for this ticket's GetFlightInfo ([`PlanCache`]) runs, else `sql` is planned.
     async fn stream(
         &self,
         user: &str,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
+        ticket: &[u8],
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let started = Instant::now();
         let admitted = self.admit(user).inspect_err(|s| {
             count_query(user, "refused", None);
             warn!(user, sql, error = s.message(), "flight query refused");
         })?;
+        let kept = lock(&self.planned).take(user, ticket, started);
         let run = async {
-            let stmt = SqlEngine::parse_one(sql)?;
-            self.engine.plan(&stmt).await?.execute(params).await
+            let planned = match kept {
+                Some(p) => p,
+                None => self.engine.plan(&SqlEngine::parse_one(sql)?).await?,
+            };
+            planned.execute(params).await
         };
         let stream = match run.await {
             Ok(s) => s,
@@ -536,8 +589,10 @@ impl FlightSql {
         Ok(Response::new(Box::pin(out)))
     }
 
+    /// The FlightInfo of a query; its plan is kept for the DoGet of `ticket` ([`PlanCache`]).
     async fn flight_info_for(
         &self,
+        user: &str,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
         ticket: Vec<u8>,
@@ -559,9 +614,10 @@ impl FlightSql {
         let info = FlightInfo::new()
             .try_with_schema(&schema)
             .map_err(|e| Status::internal(e.to_string()))?
-            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.clone())))
             .with_descriptor(descriptor)
             .with_ordered(true);
+        lock(&self.planned).put(user, ticket, planned, Instant::now());
         Ok(Response::new(info))
     }
 
@@ -775,7 +831,7 @@ impl FlightSqlService for FlightSql {
         .as_any()
         .encode_to_vec();
         let r = self
-            .flight_info_for(&query.query, None, ticket, request.into_inner())
+            .flight_info_for(&user, &query.query, None, ticket, request.into_inner())
             .await;
         if let Err(s) = &r {
             warn!(
@@ -796,7 +852,8 @@ impl FlightSqlService for FlightSql {
         let user = self.identify(&request).await?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8"))?;
-        self.stream(&user, &sql, None).await
+        let key = ticket.as_any().encode_to_vec();
+        self.stream(&user, &sql, None, &key).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -807,7 +864,7 @@ impl FlightSqlService for FlightSql {
         let user = self.identify(&request).await?;
         let (sql, params) = self.prepared_sql(&cmd.prepared_statement_handle, &user)?;
         let ticket = cmd.as_any().encode_to_vec();
-        self.flight_info_for(&sql, params, ticket, request.into_inner())
+        self.flight_info_for(&user, &sql, params, ticket, request.into_inner())
             .await
     }
 
@@ -818,7 +875,8 @@ impl FlightSqlService for FlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let user = self.identify(&request).await?;
         let (sql, params) = self.prepared_sql(&cmd.prepared_statement_handle, &user)?;
-        self.stream(&user, &sql, params).await
+        let key = cmd.as_any().encode_to_vec();
+        self.stream(&user, &sql, params, &key).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -1147,6 +1205,40 @@ fn warn_about_secrets(auth: &Auth) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_kept_for_get_flight_info_serves_one_do_get_of_the_same_ticket_and_user() {
+        let t0 = Instant::now();
+        let mut c: PlanCache<&str> = PlanCache::new();
+        c.put("alice", b"q1".to_vec(), "plan 1", t0);
+        // Another user's DoGet of the same ticket, or another ticket: not this plan.
+        assert_eq!(c.take("mallory", b"q1", t0), None);
+        assert_eq!(c.take("alice", b"q2", t0), None);
+        // Used once.
+        assert_eq!(c.take("alice", b"q1", t0), Some("plan 1"));
+        assert_eq!(c.take("alice", b"q1", t0), None);
+        // A later GetFlightInfo of the same ticket replaces the earlier plan.
+        c.put("alice", b"q1".to_vec(), "old", t0);
+        c.put("alice", b"q1".to_vec(), "new", t0);
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.take("alice", b"q1", t0), Some("new"));
+        // Too old: planned again.
+        c.put("alice", b"q1".to_vec(), "stale", t0);
+        assert_eq!(c.take("alice", b"q1", t0 + PLAN_KEPT), None);
+        // Bounded: GetFlightInfo without DoGet keeps at most PLANS_KEPT, the newest.
+        for i in 0..PLANS_KEPT + 10 {
+            c.put("bob", format!("q{i}").into_bytes(), "p", t0);
+        }
+        assert_eq!(c.entries.len(), PLANS_KEPT);
+        assert_eq!(c.take("bob", b"q0", t0), None);
+        assert_eq!(
+            c.take("bob", format!("q{}", PLANS_KEPT + 9).as_bytes(), t0),
+            Some("p")
+        );
+        // Expired plans are dropped when another is kept.
+        c.put("carol", b"q".to_vec(), "p", t0 + PLAN_KEPT);
+        assert_eq!(c.entries.len(), 1);
+    }
 
     #[test]
     fn basic_credentials_decode_in_every_alphabet() {
