@@ -14,6 +14,7 @@ pub mod config;
 pub mod config_check;
 pub mod cron;
 pub mod demo;
+pub mod dictscan;
 pub mod flight;
 pub mod functions;
 pub mod fuzz;

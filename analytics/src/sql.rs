@@ -1051,6 +1051,62 @@ mod tests {
         );
     }
 
+    /// The analysts' sessions read the few-valued string columns as dictionaries and compare
+    /// them there (crate::dictscan): every kind of filter on them, their values and their
+    /// groups come out as the rule runner's session, which reads `Utf8`, gets them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn few_valued_columns_read_as_dictionaries_give_the_rows_utf8_gives() {
+        let wh = case_warehouse("gateway_bypass");
+        let policy = repo().join("fixtures/policy");
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let queries = [
+            "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external'",
+            "SELECT src_zone, dst_zone, protocol, count(*) AS n, sum(bytes) AS b FROM flows \
+             WHERE dst_zone <> 'enclave' AND protocol = 'tcp' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            "SELECT ts, dst_ip, src_zone, dst_zone FROM flows \
+             WHERE 'external' = dst_zone AND src_zone >= 'e' ORDER BY ts, dst_ip",
+            "SELECT count(*) AS n FROM flows \
+             WHERE dst_zone IN ('external', 'partner') OR dst_zone LIKE 'en%'",
+            "SELECT count(*) AS n FROM flows WHERE dst_zone = 'no-such-zone'",
+            "SELECT decision, action, data_category, count(*) AS n FROM gateway_events \
+             WHERE decision IS DISTINCT FROM 'allow' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            "SELECT event_id, decision FROM gateway_events \
+             WHERE decision = 'deny' AND action < 'z' ORDER BY event_id",
+        ];
+        for sql in queries {
+            let got = run(&engine, sql).await;
+            let df = catalog.ctx.sql(sql).await.unwrap();
+            let want = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+                .unwrap()
+                .to_string();
+            assert_eq!(got, want, "{sql}");
+        }
+        let n = run(&engine, queries[0]).await;
+        assert!(!n.contains("| 0 "), "the case has external flows: {n}");
+        let denied = run(&engine, queries[6]).await;
+        assert!(
+            denied.contains("| deny "),
+            "the case has a denied event: {denied}"
+        );
+        // The files were read through the dictionary reader: a footer rewritten per file.
+        let catalog = engine.catalog.read().unwrap().0.clone();
+        for (table, dir) in [("flows", "flows"), ("gateway_events", "gateway_events")] {
+            let provider = catalog.ctx.table_provider(table).await.unwrap();
+            let t = provider
+                .as_ref()
+                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
+                .unwrap();
+            let files = walk(&wh.path().join(dir))
+                .iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .count();
+            assert_eq!(t.dictionary_footers().unwrap().len(), files, "{table}");
+        }
+    }
+
     /// Every batch of `planned` run with `params`.
     async fn collect(
         planned: Planned,

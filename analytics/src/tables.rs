@@ -25,7 +25,9 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::helpers::expr_applicable_for_cols;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
@@ -41,6 +43,8 @@ use deltalake::DeltaTable;
 use flowaudit_ingest::schema::Table;
 use flowaudit_ingest::warehouse::Location;
 use tokio::sync::Mutex;
+
+use crate::dictscan::{DictionaryExprAdapterFactory, DictionaryFooters, DictionaryReaderFactory};
 
 /// The partition columns of every ingest table, the last columns of [`sql_schema`].
 const PARTITION_COLUMNS: &[&str] = &["date", "hour"];
@@ -72,6 +76,9 @@ pub struct DeltaWarehouseTable {
     partitions: &'static [&'static str],
     /// The Delta table, shared with the same table read with other string types.
     table: Arc<Mutex<DeltaTable>>,
+    /// The string columns read from the files as dictionaries (crate::dictscan), with their
+    /// rewritten footers: [`crate::dictscan::DICTIONARY_COLUMNS`] in the analysts' sessions.
+    dictionaries: Option<Arc<DictionaryFooters>>,
 }
 
 /// What a scan reads, from the table's latest snapshot.
@@ -195,6 +202,7 @@ impl DeltaWarehouseTable {
             file_schema: spec.file_schema,
             partitions: spec.partitions,
             table: Arc::new(Mutex::new(dt)),
+            dictionaries: None,
         })
     }
 
@@ -223,7 +231,16 @@ impl DeltaWarehouseTable {
             file_schema: Arc::new(Schema::new(file_schema)),
             partitions: self.partitions,
             table: self.table.clone(),
+            dictionaries: Some(Arc::new(DictionaryFooters::new(
+                crate::dictscan::DICTIONARY_COLUMNS,
+            ))),
         }
+    }
+
+    /// The footers rewritten so far for reading few-valued strings as dictionaries, when this
+    /// table reads them so.
+    pub fn dictionary_footers(&self) -> Option<&DictionaryFooters> {
+        self.dictionaries.as_deref()
     }
 
     /// The table's name in SQL.
@@ -372,13 +389,36 @@ impl DeltaWarehouseTable {
                 .with_table_partition_cols(self.partition_fields())
                 .build(),
         );
-        let config = FileScanConfigBuilder::new(store, source)
+        let mut config = FileScanConfigBuilder::new(store, source)
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        format.create_physical_plan(state, config).await
+            .with_limit(limit);
+        if self.dictionaries.is_some() {
+            config = config.with_expr_adapter(Some(Arc::new(DictionaryExprAdapterFactory)));
+        }
+        let plan = format.create_physical_plan(state, config.build()).await?;
+        let Some(footers) = &self.dictionaries else {
+            return Ok(plan);
+        };
+        // DataFusion's Parquet reader factory (with the engine's metadata cache), wrapped.
+        let Some(exec) = plan.downcast_ref::<DataSourceExec>() else {
+            return Ok(plan);
+        };
+        let Some((config, parquet)) = exec.downcast_to_file_source::<ParquetSource>() else {
+            return Ok(plan);
+        };
+        let Some(inner) = parquet.parquet_file_reader_factory().cloned() else {
+            return Ok(plan);
+        };
+        let source = parquet.clone().with_parquet_file_reader_factory(Arc::new(
+            DictionaryReaderFactory::new(inner, footers.clone()),
+        ));
+        Ok(DataSourceExec::from_data_source(
+            FileScanConfigBuilder::from(config.clone())
+                .with_source(Arc::new(source))
+                .build(),
+        ))
     }
 
     /// A scan through delta-rs's provider, its columns cast back to `schema`'s types.

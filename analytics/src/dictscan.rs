@@ -1,0 +1,570 @@
+//! Few-valued string columns read from Parquet as dictionaries, for the analysts' sessions.
+//!
+//! The warehouse writes its strings dictionary-encoded, and a column such as `dst_zone` or
+//! `decision` has a handful of values in a file. DataFusion 55's Parquet scan decodes such a
+//! column to one string (or view) per row, so `dst_zone = 'external'` compares every row's
+//! bytes. Read as `Dictionary(Int32, Utf8)`, each batch is the page dictionary and a key per
+//! row, and arrow compares a dictionary with a scalar once per dictionary entry, then maps the
+//! answers through the keys.
+//!
+//! Two parts do it, only for the columns of [`DICTIONARY_COLUMNS`], and only in scans that ask
+//! for it (crate::tables, the analysts' catalog):
+//! - [`DictionaryReaderFactory`] wraps the scan's Parquet reader factory. The Arrow schema a file
+//!   carries (its `ARROW:schema` footer entry) is the parquet reader's hint for the types to
+//!   decode to; the wrapper gives the reader the file's own footer with those columns declared
+//!   dictionaries, so the pages decode straight into dictionary arrays. The file is not changed,
+//!   nor is the footer kept in the metadata cache.
+//! - [`DictionaryExprAdapterFactory`] adapts the scan's filters and projections to such a file:
+//!   the table still says `Utf8View`, so DataFusion's adapter wraps the column in a cast to
+//!   `Utf8View`; where that cast is compared with a string literal, the literal is made a
+//!   dictionary scalar instead and the cast dropped, so the comparison runs on the dictionary.
+//!   Elsewhere (projections, functions, `LIKE`) the cast stays: a dictionary of strings casts to
+//!   views without copying its bytes.
+//!
+//! The columns' values come out as before: the table's types, and the same rows.
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use bytes::Bytes;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_adapter::{
+    DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
+};
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{encode_arrow_schema, parquet_to_arrow_schema, ARROW_SCHEMA_META_KEY};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{FileMetaData, KeyValue, ParquetMetaData, ParquetMetaDataBuilder};
+
+/// The string columns the analysts' sessions read as dictionaries: those whose values come from
+/// a small fixed vocabulary (zones, decisions, actions, protocols, formats, connection states,
+/// the quarantine's tables and reasons). Countries, categories and roles stay views: queries
+/// group by them, and DataFusion 55 groups dictionaries through its generic row format, about
+/// 4× slower than it groups views (docs/benchmarks.md).
+pub const DICTIONARY_COLUMNS: &[&str] = &[
+    "src_zone",
+    "dst_zone",
+    "decision",
+    "action",
+    "protocol",
+    "source_format",
+    "flow_type",
+    "conn_state",
+    "target_table",
+    "reason_code",
+];
+
+/// The type such a column is read as.
+fn dictionary_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// `metadata` with the `Utf8` columns named in `columns` declared `Dictionary(Int32, Utf8)` in
+/// its Arrow schema; `None` when it has no such column (read it as it is).
+pub fn with_dictionary_columns(
+    metadata: &ParquetMetaData,
+    columns: &HashSet<&str>,
+) -> parquet::errors::Result<Option<ParquetMetaData>> {
+    let file = metadata.file_metadata();
+    let schema = parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())?;
+    let mut changed = false;
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.data_type() == &DataType::Utf8 && columns.contains(f.name().as_str()) {
+                changed = true;
+                f.as_ref().clone().with_data_type(dictionary_type())
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    if !changed {
+        return Ok(None);
+    }
+    let encoded = encode_arrow_schema(&Schema::new(fields));
+    let mut kv: Vec<KeyValue> = file
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter(|e| e.key != ARROW_SCHEMA_META_KEY)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    kv.push(KeyValue::new(ARROW_SCHEMA_META_KEY.to_string(), encoded));
+    let file = FileMetaData::new(
+        file.version(),
+        file.num_rows(),
+        file.created_by().map(str::to_string),
+        Some(kv),
+        file.schema_descr_ptr(),
+        file.column_orders().cloned(),
+    );
+    let mut old = metadata.clone().into_builder();
+    Ok(Some(
+        ParquetMetaDataBuilder::new(file)
+            .set_row_groups(old.take_row_groups())
+            .set_column_index(old.take_column_index())
+            .set_offset_index(old.take_offset_index())
+            .build(),
+    ))
+}
+
+/// The footers of [`with_dictionary_columns`], kept for the footers DataFusion's metadata cache
+/// hands out, so a file opened again is not rewritten again: one per table of an analysts'
+/// catalog, shared by its queries. At most [`FOOTERS_KEPT_BYTES`] of rewritten footers are kept;
+/// past that, all are dropped and the next queries rewrite them again.
+#[derive(Debug)]
+pub struct DictionaryFooters {
+    columns: HashSet<&'static str>,
+    kept: Mutex<Kept>,
+}
+
+/// Rewritten footers by the address of the footer they were made from, which each entry holds,
+/// so that the address is not reused while the entry is kept.
+#[derive(Debug, Default)]
+struct Kept {
+    footers: HashMap<usize, (Arc<ParquetMetaData>, Arc<ParquetMetaData>)>,
+    bytes: usize,
+}
+
+/// The most rewritten footers a table keeps, in bytes (as `ParquetMetaData::memory_size`
+/// counts them): the size of the engine's own footer cache.
+pub const FOOTERS_KEPT_BYTES: usize = 50 * 1024 * 1024;
+
+impl DictionaryFooters {
+    pub fn new(columns: &[&'static str]) -> Self {
+        Self {
+            columns: columns.iter().copied().collect(),
+            kept: Mutex::default(),
+        }
+    }
+
+    /// `footer` as the scan reads it: rewritten once, then kept.
+    fn get(&self, footer: Arc<ParquetMetaData>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
+        let key = Arc::as_ptr(&footer) as usize;
+        if let Some((_, kept)) = self.lock().footers.get(&key) {
+            return Ok(kept.clone());
+        }
+        let rewritten = match with_dictionary_columns(&footer, &self.columns)? {
+            Some(m) => Arc::new(m),
+            None => footer.clone(),
+        };
+        let size = rewritten.memory_size();
+        let mut kept = self.lock();
+        if kept.bytes + size > FOOTERS_KEPT_BYTES {
+            *kept = Kept::default();
+        }
+        if size <= FOOTERS_KEPT_BYTES {
+            kept.bytes += size;
+            kept.footers.insert(key, (footer, rewritten.clone()));
+        }
+        Ok(rewritten)
+    }
+
+    /// How many rewritten footers are kept.
+    pub fn len(&self) -> usize {
+        self.lock().footers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A Parquet reader factory whose readers give the columns of `footers` dictionary types in
+/// each file's Arrow schema (see the module's documentation).
+#[derive(Debug)]
+pub struct DictionaryReaderFactory {
+    inner: Arc<dyn ParquetFileReaderFactory>,
+    footers: Arc<DictionaryFooters>,
+}
+
+impl DictionaryReaderFactory {
+    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, footers: Arc<DictionaryFooters>) -> Self {
+        Self { inner, footers }
+    }
+}
+
+impl ParquetFileReaderFactory for DictionaryReaderFactory {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        partitioned_file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let inner = self.inner.create_reader(
+            partition_index,
+            partitioned_file,
+            metadata_size_hint,
+            metrics,
+        )?;
+        Ok(Box::new(DictionaryReader {
+            inner,
+            footers: self.footers.clone(),
+        }))
+    }
+}
+
+struct DictionaryReader {
+    inner: Box<dyn AsyncFileReader + Send>,
+    footers: Arc<DictionaryFooters>,
+}
+
+impl AsyncFileReader for DictionaryReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let footers = self.footers.clone();
+        let metadata = self.inner.get_metadata(options);
+        async move {
+            footers.get(metadata.await?).map_err(|e| {
+                ParquetError::General(format!("reading few-valued strings as dictionaries: {e}"))
+            })
+        }
+        .boxed()
+    }
+}
+
+/// DataFusion's expression adapter, then string comparisons moved onto dictionary columns (see
+/// the module's documentation).
+#[derive(Debug)]
+pub struct DictionaryExprAdapterFactory;
+
+impl PhysicalExprAdapterFactory for DictionaryExprAdapterFactory {
+    fn create(
+        &self,
+        logical_file_schema: SchemaRef,
+        physical_file_schema: SchemaRef,
+    ) -> Result<Arc<dyn PhysicalExprAdapter>> {
+        Ok(Arc::new(DictionaryExprAdapter {
+            inner: DefaultPhysicalExprAdapterFactory
+                .create(logical_file_schema, physical_file_schema.clone())?,
+            physical: physical_file_schema,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct DictionaryExprAdapter {
+    inner: Arc<dyn PhysicalExprAdapter>,
+    physical: SchemaRef,
+}
+
+impl PhysicalExprAdapter for DictionaryExprAdapter {
+    fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
+        self.inner
+            .rewrite(expr)?
+            .transform_up(|e| Ok(compare_on_dictionary(e, &self.physical)))
+            .data()
+    }
+}
+
+/// `CAST(col AS <string>) <op> 'literal'` (either side), where `col` is a dictionary of `Utf8`
+/// in `schema` and `op` a comparison, as `col <op> <the literal as a dictionary scalar>`.
+/// Anything else is returned as it is.
+fn compare_on_dictionary(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Transformed<Arc<dyn PhysicalExpr>> {
+    let Some(b) = expr.downcast_ref::<BinaryExpr>() else {
+        return Transformed::no(expr);
+    };
+    let op = *b.op();
+    let comparison = matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom
+    );
+    if !comparison {
+        return Transformed::no(expr);
+    }
+    let rewritten = match (
+        dictionary_column(b.left(), schema),
+        string_literal(b.right()),
+    ) {
+        (Some(col), Some(value)) => Some(BinaryExpr::new(col, op, value)),
+        _ => match (
+            string_literal(b.left()),
+            dictionary_column(b.right(), schema),
+        ) {
+            (Some(value), Some(col)) => Some(BinaryExpr::new(value, op, col)),
+            _ => None,
+        },
+    };
+    match rewritten {
+        Some(e) => Transformed::yes(Arc::new(e)),
+        None => Transformed::no(expr),
+    }
+}
+
+/// The column under `CAST(col AS Utf8 | LargeUtf8 | Utf8View)` when `col` is a dictionary of
+/// `Utf8` in `schema`.
+fn dictionary_column(
+    expr: &Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let cast = expr.downcast_ref::<CastExpr>()?;
+    if !matches!(
+        cast.cast_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return None;
+    }
+    let col = cast.expr().downcast_ref::<Column>()?;
+    let field = schema.fields().get(col.index())?;
+    (field.name() == col.name() && field.data_type() == &dictionary_type())
+        .then(|| cast.expr().clone())
+}
+
+/// A non-null string literal as a `Dictionary(Int32, Utf8)` scalar.
+fn string_literal(expr: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+    let value = match expr.downcast_ref::<Literal>()?.value() {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s.clone(),
+        _ => return None,
+    };
+    Some(Arc::new(Literal::new(ScalarValue::Dictionary(
+        Box::new(DataType::Int32),
+        Box::new(ScalarValue::Utf8(Some(value))),
+    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, StringArray};
+    use arrow::datatypes::Int32Type;
+    use arrow::record_batch::RecordBatch;
+    use datafusion::physical_expr::expressions::{col, like, lit};
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::metadata::ParquetMetaDataReader;
+
+    fn file_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("dst_zone", DataType::Utf8, true),
+            Field::new("dst_ip", DataType::Utf8, false),
+            Field::new("bytes", DataType::Int64, false),
+        ]))
+    }
+
+    fn zones() -> Vec<Option<&'static str>> {
+        vec![
+            Some("external"),
+            Some("enclave"),
+            None,
+            Some("external"),
+            Some("partner"),
+            Some("enclave"),
+        ]
+    }
+
+    /// A Parquet file as the warehouse writes it: strings dictionary-encoded, Arrow schema in
+    /// the footer.
+    fn parquet_file() -> Bytes {
+        let n = zones().len();
+        let batch = RecordBatch::try_new(
+            file_schema(),
+            vec![
+                Arc::new(StringArray::from(zones())),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("192.0.2.{i}")),
+                )),
+                Arc::new(Int64Array::from_iter_values(0..n as i64)),
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, file_schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        Bytes::from(out)
+    }
+
+    /// A file's footer with `dst_zone` declared a dictionary reads that column as a dictionary
+    /// of the page's values, with the same values; the other columns, and a footer naming no
+    /// such column, are read as they are.
+    #[test]
+    fn a_footer_with_few_valued_columns_declared_dictionaries_reads_them_as_dictionaries() {
+        let file = parquet_file();
+        let metadata = ParquetMetaDataReader::new()
+            .parse_and_finish(&file)
+            .unwrap();
+        let none: HashSet<&str> = ["dst_country", "bytes"].into_iter().collect();
+        assert!(with_dictionary_columns(&metadata, &none).unwrap().is_none());
+
+        let some: HashSet<&str> = ["dst_zone", "bytes"].into_iter().collect();
+        let hinted = with_dictionary_columns(&metadata, &some).unwrap().unwrap();
+        assert_eq!(hinted.row_groups().len(), metadata.row_groups().len());
+        let hinted =
+            ArrowReaderMetadata::try_new(Arc::new(hinted), ArrowReaderOptions::new()).unwrap();
+        let types: Vec<&DataType> = hinted
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type())
+            .collect();
+        assert_eq!(
+            types,
+            [&dictionary_type(), &DataType::Utf8, &DataType::Int64]
+        );
+        let batches: Vec<RecordBatch> =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), hinted)
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+        let zone = batches[0].column(0);
+        let dict = zone
+            .as_any()
+            .downcast_ref::<DictionaryArray<Int32Type>>()
+            .unwrap();
+        assert_eq!(dict.values().len(), 3, "the page dictionary: {dict:?}");
+        let back = arrow::compute::cast(zone, &DataType::Utf8).unwrap();
+        assert_eq!(
+            back.as_any().downcast_ref::<StringArray>().unwrap(),
+            &StringArray::from(zones())
+        );
+
+        // A footer is rewritten once while the footer it was made from is the one handed out;
+        // a footer with no such column is handed out as it is.
+        let footers = DictionaryFooters::new(&["dst_zone"]);
+        let metadata = Arc::new(metadata);
+        let first = footers.get(metadata.clone()).unwrap();
+        assert!(!Arc::ptr_eq(&first, &metadata));
+        assert!(Arc::ptr_eq(&footers.get(metadata.clone()).unwrap(), &first));
+        assert_eq!(footers.len(), 1);
+        let again = Arc::new(metadata.as_ref().clone());
+        assert!(!Arc::ptr_eq(&footers.get(again).unwrap(), &first));
+        assert_eq!(footers.len(), 2);
+        let plain = DictionaryFooters::new(&["dst_country"]);
+        assert!(Arc::ptr_eq(
+            &plain.get(metadata.clone()).unwrap(),
+            &metadata
+        ));
+    }
+
+    /// Comparisons of a dictionary column with a string literal are evaluated on the
+    /// dictionary (no cast left over the column) and select exactly the rows the comparison on
+    /// the table's `Utf8View` selects, nulls included; other uses of the column keep the cast.
+    #[test]
+    fn string_comparisons_move_onto_the_dictionary_and_select_the_same_rows() {
+        let logical = Arc::new(Schema::new(vec![
+            Field::new("dst_zone", DataType::Utf8View, true),
+            Field::new("dst_ip", DataType::Utf8View, false),
+        ]));
+        let physical = Arc::new(Schema::new(vec![
+            Field::new("dst_zone", dictionary_type(), true),
+            Field::new("dst_ip", DataType::Utf8, false),
+        ]));
+        let zone: DictionaryArray<Int32Type> = zones().into_iter().collect();
+        let ips = StringArray::from_iter_values(zones().iter().map(|_| "192.0.2.1"));
+        let physical_batch = RecordBatch::try_new(
+            physical.clone(),
+            vec![Arc::new(zone) as ArrayRef, Arc::new(ips) as ArrayRef],
+        )
+        .unwrap();
+        let logical_batch = RecordBatch::try_new(
+            logical.clone(),
+            physical_batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Utf8View).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        let adapter = DictionaryExprAdapterFactory
+            .create(logical.clone(), physical.clone())
+            .unwrap();
+        let zone_col = col("dst_zone", &logical).unwrap();
+        let external = || lit(ScalarValue::Utf8View(Some("external".into())));
+        let binary = |l: Arc<dyn PhysicalExpr>, op, r: Arc<dyn PhysicalExpr>| {
+            Arc::new(BinaryExpr::new(l, op, r)) as Arc<dyn PhysicalExpr>
+        };
+        let on_dictionary = [
+            binary(zone_col.clone(), Operator::Eq, external()),
+            binary(external(), Operator::NotEq, zone_col.clone()),
+            binary(zone_col.clone(), Operator::Lt, external()),
+            binary(zone_col.clone(), Operator::GtEq, external()),
+            binary(zone_col.clone(), Operator::IsDistinctFrom, external()),
+            binary(zone_col.clone(), Operator::IsNotDistinctFrom, external()),
+        ];
+        let mask = |e: &Arc<dyn PhysicalExpr>, b: &RecordBatch| -> BooleanArray {
+            let v = e.evaluate(b).unwrap().into_array(b.num_rows()).unwrap();
+            v.as_any().downcast_ref::<BooleanArray>().unwrap().clone()
+        };
+        for e in on_dictionary {
+            let rewritten = adapter.rewrite(e.clone()).unwrap();
+            let b = rewritten.downcast_ref::<BinaryExpr>().unwrap();
+            let sides = [b.left(), b.right()];
+            assert!(
+                sides.iter().any(|s| s.downcast_ref::<Column>().is_some())
+                    && sides.iter().all(|s| s.downcast_ref::<CastExpr>().is_none()),
+                "{rewritten}"
+            );
+            assert_eq!(
+                mask(&rewritten, &physical_batch),
+                mask(&e, &logical_batch),
+                "{e}"
+            );
+        }
+        // The column under a function keeps its cast; a column that is not a dictionary in the
+        // file is DataFusion's adapter's business alone.
+        let pattern = lit(ScalarValue::Utf8View(Some("ext%".into())));
+        let others = [
+            like(false, false, zone_col.clone(), pattern, &logical).unwrap(),
+            binary(
+                col("dst_ip", &logical).unwrap(),
+                Operator::Eq,
+                lit(ScalarValue::Utf8View(Some("192.0.2.1".into()))),
+            ),
+        ];
+        for e in others {
+            let rewritten = adapter.rewrite(e.clone()).unwrap();
+            assert!(format!("{rewritten}").contains("CAST("), "{rewritten}");
+            assert_eq!(
+                mask(&rewritten, &physical_batch),
+                mask(&e, &logical_batch),
+                "{e}"
+            );
+        }
+    }
+}
