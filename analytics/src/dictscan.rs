@@ -16,10 +16,10 @@
 //!   nor is the footer kept in the metadata cache.
 //! - [`DictionaryExprAdapterFactory`] adapts the scan's filters and projections to such a file:
 //!   the table still says `Utf8View`, so DataFusion's adapter wraps the column in a cast to
-//!   `Utf8View`; where that cast is compared with a string literal, the literal is made a
-//!   dictionary scalar instead and the cast dropped, so the comparison runs on the dictionary.
-//!   Elsewhere (projections, functions, `LIKE`) the cast stays: a dictionary of strings casts to
-//!   views without copying its bytes.
+//!   `Utf8View`; where that cast is compared with a string literal, or looked up in a list of
+//!   them (`IN`), the literals are made dictionary scalars instead and the cast dropped, so the
+//!   comparison runs on the dictionary. Elsewhere (projections, functions, `LIKE`) the cast
+//!   stays: a dictionary of strings casts to views without copying its bytes.
 //!
 //! The columns' values come out as before: the table's types, and the same rows.
 use std::collections::{HashMap, HashSet};
@@ -33,7 +33,7 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, InListExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_adapter::{
     DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
@@ -285,9 +285,45 @@ impl PhysicalExprAdapter for DictionaryExprAdapter {
     fn rewrite(&self, expr: Arc<dyn PhysicalExpr>) -> Result<Arc<dyn PhysicalExpr>> {
         self.inner
             .rewrite(expr)?
-            .transform_up(|e| Ok(compare_on_dictionary(e, &self.physical)))
+            .transform_up(|e| {
+                let e = compare_on_dictionary(e, &self.physical);
+                if e.transformed {
+                    return Ok(e);
+                }
+                in_list_on_dictionary(e.data, &self.physical)
+            })
             .data()
     }
+}
+
+/// `CAST(col AS <string>) [NOT] IN ('a', 'b', …)`, where `col` is a dictionary of `Utf8` in
+/// `schema` and every item a non-null string literal, as `col [NOT] IN (<the items as dictionary
+/// scalars>)`: DataFusion's list filter then looks up each dictionary value once. Anything else
+/// is returned as it is.
+fn in_list_on_dictionary(
+    expr: Arc<dyn PhysicalExpr>,
+    schema: &Schema,
+) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+    let Some(list) = expr.downcast_ref::<InListExpr>() else {
+        return Ok(Transformed::no(expr));
+    };
+    let Some(col) = dictionary_column(list.expr(), schema) else {
+        return Ok(Transformed::no(expr));
+    };
+    let Some(items) = list
+        .list()
+        .iter()
+        .map(string_literal)
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(Transformed::no(expr));
+    };
+    Ok(Transformed::yes(Arc::new(InListExpr::try_new(
+        col,
+        items,
+        list.negated(),
+        schema,
+    )?)))
 }
 
 /// `CAST(col AS <string>) <op> 'literal'` (either side), where `col` is a dictionary of `Utf8`
@@ -373,7 +409,7 @@ mod tests {
     use arrow::array::{Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, StringArray};
     use arrow::datatypes::Int32Type;
     use arrow::record_batch::RecordBatch;
-    use datafusion::physical_expr::expressions::{col, like, lit};
+    use datafusion::physical_expr::expressions::{col, in_list, like, lit};
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
     use parquet::arrow::ArrowWriter;
     use parquet::file::metadata::ParquetMetaDataReader;
@@ -527,6 +563,16 @@ mod tests {
             binary(zone_col.clone(), Operator::IsDistinctFrom, external()),
             binary(zone_col.clone(), Operator::IsNotDistinctFrom, external()),
         ];
+        let zones_list = || {
+            vec![
+                external(),
+                lit(ScalarValue::Utf8View(Some("partner".into()))),
+            ]
+        };
+        let lists = [
+            in_list(zone_col.clone(), zones_list(), &false, &logical).unwrap(),
+            in_list(zone_col.clone(), zones_list(), &true, &logical).unwrap(),
+        ];
         let mask = |e: &Arc<dyn PhysicalExpr>, b: &RecordBatch| -> BooleanArray {
             let v = e.evaluate(b).unwrap().into_array(b.num_rows()).unwrap();
             v.as_any().downcast_ref::<BooleanArray>().unwrap().clone()
@@ -546,11 +592,28 @@ mod tests {
                 "{e}"
             );
         }
-        // The column under a function keeps its cast; a column that is not a dictionary in the
-        // file is DataFusion's adapter's business alone.
+        for e in lists {
+            let rewritten = adapter.rewrite(e.clone()).unwrap();
+            let l = rewritten.downcast_ref::<InListExpr>().unwrap();
+            assert!(l.expr().downcast_ref::<Column>().is_some(), "{rewritten}");
+            assert_eq!(
+                mask(&rewritten, &physical_batch),
+                mask(&e, &logical_batch),
+                "{e}"
+            );
+        }
+        // The column under a function keeps its cast, as does a list with a null in it; a
+        // column that is not a dictionary in the file is DataFusion's adapter's business alone.
         let pattern = lit(ScalarValue::Utf8View(Some("ext%".into())));
         let others = [
             like(false, false, zone_col.clone(), pattern, &logical).unwrap(),
+            in_list(
+                zone_col.clone(),
+                vec![external(), lit(ScalarValue::Utf8View(None))],
+                &false,
+                &logical,
+            )
+            .unwrap(),
             binary(
                 col("dst_ip", &logical).unwrap(),
                 Operator::Eq,
