@@ -13,7 +13,8 @@
 //!   carries (its `ARROW:schema` footer entry) is the parquet reader's hint for the types to
 //!   decode to; the wrapper gives the reader the file's own footer with those columns declared
 //!   dictionaries, so the pages decode straight into dictionary arrays. The file is not changed,
-//!   nor is the footer kept in the metadata cache.
+//!   and DataFusion's metadata cache keeps the file's own footer; the rewritten one is kept
+//!   beside it ([`DictionaryFooters`]).
 //! - [`DictionaryExprAdapterFactory`] adapts the scan's filters and projections to such a file:
 //!   the table still says `Utf8View`, so DataFusion's adapter wraps the column in a cast to
 //!   `Utf8View`; where that cast is compared with a string literal, or looked up in a list of
@@ -125,12 +126,15 @@ pub fn with_dictionary_columns(
 
 /// The footers of [`with_dictionary_columns`], kept for the footers DataFusion's metadata cache
 /// hands out, so a file opened again is not rewritten again: one per table of an analysts'
-/// catalog, shared by its queries. At most [`FOOTERS_KEPT_BYTES`] of rewritten footers are kept;
-/// past that, all are dropped and the next queries rewrite them again.
+/// catalog, shared by its queries. At most [`FOOTERS_KEPT_BYTES`] of footers are held (the
+/// rewritten ones and those they were made from); past that, all are dropped and the next
+/// queries rewrite them again.
 #[derive(Debug)]
 pub struct DictionaryFooters {
     columns: HashSet<&'static str>,
     kept: Mutex<Kept>,
+    /// The most bytes of footers held: [`FOOTERS_KEPT_BYTES`].
+    limit: usize,
 }
 
 /// Rewritten footers by the address of the footer they were made from, which each entry holds,
@@ -141,8 +145,8 @@ struct Kept {
     bytes: usize,
 }
 
-/// The most rewritten footers a table keeps, in bytes (as `ParquetMetaData::memory_size`
-/// counts them): the size of the engine's own footer cache.
+/// The most footers a table's [`DictionaryFooters`] holds, in bytes (as
+/// `ParquetMetaData::memory_size` counts them): the size of the engine's own footer cache.
 pub const FOOTERS_KEPT_BYTES: usize = 50 * 1024 * 1024;
 
 impl DictionaryFooters {
@@ -150,6 +154,7 @@ impl DictionaryFooters {
         Self {
             columns: columns.iter().copied().collect(),
             kept: Mutex::default(),
+            limit: FOOTERS_KEPT_BYTES,
         }
     }
 
@@ -163,12 +168,16 @@ impl DictionaryFooters {
             Some(m) => Arc::new(m),
             None => footer.clone(),
         };
-        let size = rewritten.memory_size();
+        let size = if Arc::ptr_eq(&rewritten, &footer) {
+            footer.memory_size()
+        } else {
+            footer.memory_size() + rewritten.memory_size()
+        };
         let mut kept = self.lock();
-        if kept.bytes + size > FOOTERS_KEPT_BYTES {
+        if kept.bytes + size > self.limit {
             *kept = Kept::default();
         }
-        if size <= FOOTERS_KEPT_BYTES {
+        if size <= self.limit {
             kept.bytes += size;
             kept.footers.insert(key, (footer, rewritten.clone()));
         }
@@ -211,6 +220,7 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        let file = partitioned_file.object_meta.location.to_string();
         let inner = self.inner.create_reader(
             partition_index,
             partitioned_file,
@@ -220,6 +230,7 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
         Ok(Box::new(DictionaryReader {
             inner,
             footers: self.footers.clone(),
+            file,
         }))
     }
 }
@@ -227,6 +238,8 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
 struct DictionaryReader {
     inner: Box<dyn AsyncFileReader + Send>,
     footers: Arc<DictionaryFooters>,
+    /// The file's path, for errors.
+    file: String,
 }
 
 impl AsyncFileReader for DictionaryReader {
@@ -246,10 +259,13 @@ impl AsyncFileReader for DictionaryReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         let footers = self.footers.clone();
+        let file = &self.file;
         let metadata = self.inner.get_metadata(options);
         async move {
             footers.get(metadata.await?).map_err(|e| {
-                ParquetError::General(format!("reading few-valued strings as dictionaries: {e}"))
+                ParquetError::General(format!(
+                    "{file}: declaring its few-valued strings dictionaries in its footer: {e}"
+                ))
             })
         }
         .boxed()
@@ -516,6 +532,25 @@ mod tests {
             &plain.get(metadata.clone()).unwrap(),
             &metadata
         ));
+
+        // Past the bound, what is held is dropped before the next footer is kept, and a footer
+        // larger than the bound is not kept at all.
+        let one = metadata.memory_size() + first.memory_size();
+        let bounded = DictionaryFooters {
+            limit: one + one / 2,
+            ..DictionaryFooters::new(&["dst_zone"])
+        };
+        bounded.get(metadata.clone()).unwrap();
+        assert_eq!(bounded.len(), 1);
+        bounded.get(Arc::new(metadata.as_ref().clone())).unwrap();
+        assert_eq!(bounded.len(), 1);
+        assert!(bounded.lock().bytes <= bounded.limit);
+        let tiny = DictionaryFooters {
+            limit: one / 2,
+            ..DictionaryFooters::new(&["dst_zone"])
+        };
+        tiny.get(metadata.clone()).unwrap();
+        assert!(tiny.is_empty());
     }
 
     /// Comparisons of a dictionary column with a string literal are evaluated on the
