@@ -73,7 +73,7 @@ fn dictionary_type() -> DataType {
 
 /// `metadata` with the `Utf8` columns named in `columns` declared `Dictionary(Int32, Utf8)` in
 /// its Arrow schema; `None` when it has no such column (read it as it is).
-pub fn with_dictionary_columns(
+fn with_dictionary_columns(
     metadata: &ParquetMetaData,
     columns: &HashSet<&str>,
 ) -> parquet::errors::Result<Option<ParquetMetaData>> {
@@ -174,10 +174,11 @@ impl DictionaryFooters {
             footer.memory_size() + rewritten.memory_size()
         };
         let mut kept = self.lock();
-        if kept.bytes + size > self.limit {
-            *kept = Kept::default();
-        }
-        if size <= self.limit {
+        // Another scan may have rewritten the same footer meanwhile: keep (and count) one.
+        if size <= self.limit && !kept.footers.contains_key(&key) {
+            if kept.bytes + size > self.limit {
+                *kept = Kept::default();
+            }
             kept.bytes += size;
             kept.footers.insert(key, (footer, rewritten.clone()));
         }
@@ -302,11 +303,11 @@ impl PhysicalExprAdapter for DictionaryExprAdapter {
         self.inner
             .rewrite(expr)?
             .transform_up(|e| {
-                let e = compare_on_dictionary(e, &self.physical);
-                if e.transformed {
-                    return Ok(e);
-                }
-                in_list_on_dictionary(e.data, &self.physical)
+                let on_dictionary = match compare_on_dictionary(&e, &self.physical) {
+                    Some(d) => Some(d),
+                    None => in_list_on_dictionary(&e, &self.physical)?,
+                };
+                Ok(on_dictionary.map_or(Transformed::no(e), Transformed::yes))
             })
             .data()
     }
@@ -314,17 +315,17 @@ impl PhysicalExprAdapter for DictionaryExprAdapter {
 
 /// `CAST(col AS <string>) [NOT] IN ('a', 'b', …)`, where `col` is a dictionary of `Utf8` in
 /// `schema` and every item a non-null string literal, as `col [NOT] IN (<the items as dictionary
-/// scalars>)`: DataFusion's list filter then looks up each dictionary value once. Anything else
-/// is returned as it is.
+/// scalars>)`: DataFusion's list filter then looks up each dictionary value once. `None` for
+/// anything else.
 fn in_list_on_dictionary(
-    expr: Arc<dyn PhysicalExpr>,
+    expr: &Arc<dyn PhysicalExpr>,
     schema: &Schema,
-) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
+) -> Result<Option<Arc<dyn PhysicalExpr>>> {
     let Some(list) = expr.downcast_ref::<InListExpr>() else {
-        return Ok(Transformed::no(expr));
+        return Ok(None);
     };
     let Some(col) = dictionary_column(list.expr(), schema) else {
-        return Ok(Transformed::no(expr));
+        return Ok(None);
     };
     let Some(items) = list
         .list()
@@ -332,9 +333,9 @@ fn in_list_on_dictionary(
         .map(string_literal)
         .collect::<Option<Vec<_>>>()
     else {
-        return Ok(Transformed::no(expr));
+        return Ok(None);
     };
-    Ok(Transformed::yes(Arc::new(InListExpr::try_new(
+    Ok(Some(Arc::new(InListExpr::try_new(
         col,
         items,
         list.negated(),
@@ -344,14 +345,12 @@ fn in_list_on_dictionary(
 
 /// `CAST(col AS <string>) <op> 'literal'` (either side), where `col` is a dictionary of `Utf8`
 /// in `schema` and `op` a comparison, as `col <op> <the literal as a dictionary scalar>`.
-/// Anything else is returned as it is.
+/// `None` for anything else.
 fn compare_on_dictionary(
-    expr: Arc<dyn PhysicalExpr>,
+    expr: &Arc<dyn PhysicalExpr>,
     schema: &Schema,
-) -> Transformed<Arc<dyn PhysicalExpr>> {
-    let Some(b) = expr.downcast_ref::<BinaryExpr>() else {
-        return Transformed::no(expr);
-    };
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let b = expr.downcast_ref::<BinaryExpr>()?;
     let op = *b.op();
     let comparison = matches!(
         op,
@@ -365,25 +364,20 @@ fn compare_on_dictionary(
             | Operator::IsNotDistinctFrom
     );
     if !comparison {
-        return Transformed::no(expr);
+        return None;
     }
     let rewritten = match (
         dictionary_column(b.left(), schema),
         string_literal(b.right()),
     ) {
-        (Some(col), Some(value)) => Some(BinaryExpr::new(col, op, value)),
-        _ => match (
-            string_literal(b.left()),
-            dictionary_column(b.right(), schema),
-        ) {
-            (Some(value), Some(col)) => Some(BinaryExpr::new(value, op, col)),
-            _ => None,
-        },
+        (Some(col), Some(value)) => BinaryExpr::new(col, op, value),
+        _ => BinaryExpr::new(
+            string_literal(b.left())?,
+            op,
+            dictionary_column(b.right(), schema)?,
+        ),
     };
-    match rewritten {
-        Some(e) => Transformed::yes(Arc::new(e)),
-        None => Transformed::no(expr),
-    }
+    Some(Arc::new(rewritten))
 }
 
 /// The column under `CAST(col AS Utf8 | LargeUtf8 | Utf8View)` when `col` is a dictionary of

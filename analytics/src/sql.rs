@@ -900,10 +900,7 @@ mod tests {
     async fn queries_share_the_footers_they_read() {
         let policy = repo().join("fixtures/policy");
         let wh = case_warehouse("first_seen_destination");
-        let files = walk(&wh.path().join("flows"))
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .count();
+        let files = parquet_files(&wh.path().join("flows"));
         assert!(files > 1, "the case writes a file per hour: {files}");
 
         let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
@@ -1093,16 +1090,13 @@ mod tests {
         );
         // The files were read through the dictionary reader: a footer rewritten per file.
         let catalog = engine.catalog.read().unwrap().0.clone();
-        for (table, dir) in [("flows", "flows"), ("gateway_events", "gateway_events")] {
+        for table in ["flows", "gateway_events"] {
             let provider = catalog.ctx.table_provider(table).await.unwrap();
             let t = provider
                 .as_ref()
                 .downcast_ref::<crate::tables::DeltaWarehouseTable>()
                 .unwrap();
-            let files = walk(&wh.path().join(dir))
-                .iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-                .count();
+            let files = parquet_files(&wh.path().join(table));
             assert_eq!(t.dictionary_footers().unwrap().len(), files, "{table}");
         }
     }
@@ -1156,6 +1150,14 @@ mod tests {
         arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string()
+    }
+
+    /// How many Parquet files are under `dir`.
+    fn parquet_files(dir: &Path) -> usize {
+        walk(dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
