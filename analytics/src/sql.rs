@@ -452,6 +452,12 @@ pub struct SqlEngine {
 /// The environment variable of DataFusion's `execution.parquet.pushdown_filters`.
 const PUSHDOWN_VAR: &str = "DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS";
 
+/// The environment variable of DataFusion's `execution.parquet.bloom_filter_on_read`.
+const BLOOM_VAR: &str = "DATAFUSION_EXECUTION_PARQUET_BLOOM_FILTER_ON_READ";
+
+/// The environment variable of DataFusion's `optimizer.hash_join_inlist_pushdown_max_distinct_values`.
+const INLIST_VAR: &str = "DATAFUSION_OPTIMIZER_HASH_JOIN_INLIST_PUSHDOWN_MAX_DISTINCT_VALUES";
+
 const WAREHOUSE_TABLES: [&str; 5] = [
     "gateway_events",
     "flows",
@@ -560,6 +566,27 @@ impl SqlEngine {
         // SQL"). The variable of DataFusion's setting still decides where it is set.
         if std::env::var_os(PUSHDOWN_VAR).is_none() {
             options.execution.parquet.pushdown_filters = true;
+        }
+        // A join's build side reaches the probe side's scan as its key range plus a hash lookup,
+        // not as an IN list: a list is worth its cost where Bloom filters can use it, and here it
+        // was re-analysed for pruning at every file open (about 1 ms of a 9 ms query over 30
+        // employees; docs/benchmarks.md). The range still prunes files, row groups and pages.
+        if std::env::var_os(INLIST_VAR).is_none() {
+            options
+                .optimizer
+                .hash_join_inlist_pushdown_max_distinct_values = 0;
+        }
+        // No writer of the warehouse writes Bloom filters (ingest, `convert`, the alerts table):
+        // looking for them cost every file open about 0.1 ms of predicate analysis for nothing
+        // (docs/benchmarks.md, "Ad hoc SQL"). DataFusion's variable still decides where it is set.
+        // The Parquet scan reads this from the table options (made from the configuration when
+        // the state was built), not from the configuration.
+        if std::env::var_os(BLOOM_VAR).is_none() {
+            state
+                .table_options_mut()
+                .parquet
+                .global
+                .bloom_filter_on_read = false;
         }
         Ok(SessionContext::new_with_state(state))
     }
@@ -1099,6 +1126,82 @@ mod tests {
             let files = parquet_files(&wh.path().join(table));
             assert_eq!(t.dictionary_footers().unwrap().len(), files, "{table}");
         }
+    }
+
+    /// A join's build side reaches the scan of the other side as a key range with a hash
+    /// lookup, not an IN list, and the scan does not look for Bloom filters (the warehouse's
+    /// writers write none): the rows are those of the rule runner's session, which does both.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn joins_filter_the_scan_by_key_range_and_hash_without_bloom_filters() {
+        if std::env::var_os(INLIST_VAR).is_some() || std::env::var_os(BLOOM_VAR).is_some() {
+            eprintln!("{INLIST_VAR} or {BLOOM_VAR} is set: it decides, not the engine's default");
+            return;
+        }
+        let wh = case_warehouse("repeated_denials");
+        let policy = repo().join("fixtures/policy");
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let sql = "SELECT e.name, g.data_category, count(*) AS n FROM gateway_events g \
+                   JOIN employees e ON e.employee_id = g.employee_id \
+                   GROUP BY e.name, g.data_category ORDER BY n DESC, e.name, g.data_category";
+        let analysed = run(&engine, &format!("EXPLAIN ANALYZE {sql}")).await;
+        let scan = analysed
+            .lines()
+            .skip_while(|l| !l.contains("file_type=parquet"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            scan.contains("DynamicFilter [ employee_id@")
+                && scan.contains("<=")
+                && !scan.contains("IN (SET)"),
+            "{analysed}"
+        );
+        // The scan's metrics count row groups "matched" by Bloom filters either way; the
+        // setting the scan reads is in the session's table options.
+        let session = engine
+            .session(&Arc::new(QueryStop::default()))
+            .await
+            .unwrap();
+        assert!(
+            !session
+                .state()
+                .table_options()
+                .parquet
+                .global
+                .bloom_filter_on_read
+        );
+        // DataFusion's defaults, which the rule runner's session keeps, do both.
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let batches = catalog
+            .ctx
+            .sql(&format!("EXPLAIN ANALYZE {sql}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let defaults = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(defaults.contains("IN (SET)"), "{defaults}");
+        assert!(
+            catalog
+                .ctx
+                .state()
+                .table_options()
+                .parquet
+                .global
+                .bloom_filter_on_read
+        );
+        let want = arrow::util::pretty::pretty_format_batches(
+            &catalog.ctx.sql(sql).await.unwrap().collect().await.unwrap(),
+        )
+        .unwrap()
+        .to_string();
+        let got = run(&engine, sql).await;
+        assert_eq!(got, want);
+        assert!(got.lines().count() > 4, "the case has joined events: {got}");
     }
 
     /// Every batch of `planned` run with `params`.
