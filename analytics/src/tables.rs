@@ -12,8 +12,16 @@
 //! as view types and partition values dictionary-encoded, and so needed a cast above its scan:
 //! 1.4× the CPU of this scan over the rule pack. A table whose protocol needs a reader feature is
 //! still read through delta-rs's provider, its columns cast back.
+//!
+//! On a local warehouse a scan asks delta-rs for new commits only when the `_delta_log`
+//! directory changed since the last time it asked ([`LogWatch`]): asking lists the log through
+//! delta-kernel's blocking executor, about 1 ms of every analyst's query (docs/sql.md, "Speed").
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
@@ -76,9 +84,95 @@ pub struct DeltaWarehouseTable {
     partitions: &'static [&'static str],
     /// The Delta table, shared with the same table read with other string types.
     table: Arc<Mutex<DeltaTable>>,
+    /// When its log last changed, on a local warehouse; shared as `table` is.
+    log: Arc<LogWatch>,
     /// The string columns read from the files as dictionaries (crate::dictscan), with their
     /// rewritten footers: [`crate::dictscan::DICTIONARY_COLUMNS`] in the analysts' sessions.
     dictionaries: Option<Arc<DictionaryFooters>>,
+}
+
+/// Whether a local table's `_delta_log` directory changed since delta-rs last read it.
+///
+/// A commit, a checkpoint or a log clean-up adds, renames or removes an entry of that directory,
+/// which changes its modification and change times. The check is the one git makes of its
+/// index ("racy git"): file times come from a coarse clock, so a second change within the same
+/// tick as the one recorded would leave them equal. A stamp is therefore trusted only if, when it
+/// was taken, the directory had not changed for [`LogWatch::QUIET`]; any change after that
+/// carries a later time. Otherwise, on any difference, or where the stamp cannot be read, the log
+/// is read again. An S3 warehouse has no such stamp and always reads it.
+#[derive(Debug, Default)]
+struct LogWatch {
+    /// The `_delta_log` directory; `None` on S3.
+    dir: Option<PathBuf>,
+    /// The stamp taken just before delta-rs last read the log, if that read succeeded.
+    seen: std::sync::Mutex<Option<LogStamp>>,
+    /// How many times the log was read for a scan (for tests).
+    reads: AtomicU64,
+}
+
+/// The `_delta_log` directory's identity and times, and when they were read.
+#[derive(Debug, Clone, PartialEq)]
+struct LogStamp {
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    taken: SystemTime,
+}
+
+impl LogWatch {
+    /// How long the directory must have been unchanged before its stamp is trusted.
+    const QUIET: Duration = Duration::from_secs(1);
+
+    fn new(location: &Location, table: &str) -> Self {
+        let dir = match location {
+            Location::Local(_) => location
+                .table_url(table)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .map(|p| p.join("_delta_log")),
+            Location::S3(_) => None,
+        };
+        Self {
+            dir,
+            ..Self::default()
+        }
+    }
+
+    fn stamp(&self) -> Option<LogStamp> {
+        let taken = SystemTime::now();
+        let m = std::fs::metadata(self.dir.as_ref()?).ok()?;
+        Some(LogStamp {
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            taken,
+        })
+    }
+
+    /// Whether the log must be read again, given `now`, a stamp taken just before.
+    fn changed(&self, now: &Option<LogStamp>) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some(seen), Some(now)) = (seen.as_ref(), now) else {
+            return true;
+        };
+        let quiet_since = seen.taken.checked_sub(Self::QUIET);
+        let settled = |(s, ns): (i64, i64)| {
+            let t = SystemTime::UNIX_EPOCH.checked_add(Duration::new(
+                s.max(0) as u64,
+                ns.clamp(0, 999_999_999) as u32,
+            ));
+            matches!((t, quiet_since), (Some(t), Some(q)) if s >= 0 && t <= q)
+        };
+        !(seen.ino == now.ino
+            && seen.mtime == now.mtime
+            && seen.ctime == now.ctime
+            && settled(seen.mtime)
+            && settled(seen.ctime))
+    }
+
+    fn record(&self, stamp: Option<LogStamp>) {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+    }
 }
 
 /// What a scan reads, from the table's latest snapshot.
@@ -202,8 +296,14 @@ impl DeltaWarehouseTable {
             file_schema: spec.file_schema,
             partitions: spec.partitions,
             table: Arc::new(Mutex::new(dt)),
+            log: Arc::new(LogWatch::new(location, spec.name)),
             dictionaries: None,
         })
+    }
+
+    /// How many times a scan read this table's Delta log for new commits.
+    pub fn log_reads(&self) -> u64 {
+        self.log.reads.load(Ordering::Relaxed)
     }
 
     /// The same table with its string columns, but not the partition columns, read as
@@ -231,6 +331,7 @@ impl DeltaWarehouseTable {
             file_schema: Arc::new(Schema::new(file_schema)),
             partitions: self.partitions,
             table: self.table.clone(),
+            log: self.log.clone(),
             dictionaries: Some(Arc::new(DictionaryFooters::new(
                 crate::dictscan::DICTIONARY_COLUMNS,
             ))),
@@ -263,9 +364,16 @@ impl DeltaWarehouseTable {
     /// partition columns only) keep, or delta-rs's provider.
     async fn current(&self, state: &dyn Session, partition_filters: &[Expr]) -> Result<Snapshot> {
         let mut dt = self.table.lock().await;
-        dt.update_incremental(None)
-            .await
-            .map_err(|e| dferr(format!("{}: {e}", self.name)))?;
+        // The stamp is taken before the log is read: a commit during the read changes it.
+        let stamp = self.log.stamp();
+        if self.log.changed(&stamp) {
+            self.log.reads.fetch_add(1, Ordering::Relaxed);
+            self.log.record(None);
+            dt.update_incremental(None)
+                .await
+                .map_err(|e| dferr(format!("{}: {e}", self.name)))?;
+            self.log.record(stamp);
+        }
         let snapshot = dt
             .snapshot()
             .map_err(|e| dferr(format!("{}: {e}", self.name)))?;

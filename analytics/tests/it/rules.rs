@@ -1140,4 +1140,43 @@ fn a_long_lived_catalog_sees_each_new_commit_and_prunes_by_partition() {
         .join("\n");
     assert!(plan.contains("date=2026-11-22"), "{plan}");
     assert!(!plan.contains("date=2026-11-21"), "{plan}");
+
+    // The log is read again only when its directory changed: once it has been quiet for a
+    // second, repeated scans reuse the snapshot; a new commit is still seen by the next scan.
+    let log_reads = || {
+        let table = rt
+            .block_on(cat.ctx.table_provider("flows"))
+            .expect("flows is registered");
+        table
+            .as_ref()
+            .downcast_ref::<flowaudit_analytics::tables::DeltaWarehouseTable>()
+            .expect("flows is a Delta table")
+            .log_reads()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(count("SELECT count(*) AS n FROM flows"), 5);
+    let settled = log_reads();
+    assert_eq!(count("SELECT count(*) AS n FROM flows"), 5);
+    assert_eq!(
+        count("SELECT count(*) AS n FROM flows WHERE date = '2026-11-21'"),
+        3
+    );
+    assert_eq!(
+        log_reads(),
+        settled,
+        "an unchanged, quiet log is not read again"
+    );
+    convert_into(&wh, "flows", "2026-11-23", &lines("2026-11-23", 4), false);
+    assert_eq!(count("SELECT count(*) AS n FROM flows"), 9);
+    assert_eq!(
+        log_reads(),
+        settled + 1,
+        "a commit is read at the next scan"
+    );
+    assert_eq!(count("SELECT count(*) AS n FROM flows"), 9);
+    assert_eq!(
+        log_reads(),
+        settled + 2,
+        "a log changed within the last second is read again"
+    );
 }
