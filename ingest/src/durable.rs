@@ -58,8 +58,9 @@ impl DurableLocal {
         self.inline_reads.load(Ordering::Relaxed)
     }
 
-    /// The ranges `ranges` asks for, given the file's metadata, of `location`, read on this
-    /// thread; `None` if `ranges` declines, they are too large together, or anything fails (the caller then asks `LocalFileSystem`, for its errors).
+    /// The ranges of `location` that `ranges` asks for, given the file's metadata, read on this
+    /// thread. `None` if `ranges` declines, they are too large together, or anything fails: the
+    /// caller then asks `LocalFileSystem`, for its errors.
     fn read_inline(
         &self,
         location: &Path,
