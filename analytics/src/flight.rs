@@ -546,7 +546,14 @@ impl FlightSql {
                 Some(p) => p,
                 None => self.engine.plan(&SqlEngine::parse_one(sql)?).await?,
             };
-            planned.execute(params).await
+            let ahead = planned.is_planning_ahead() && params.is_none();
+            let stream = planned.execute(params).await?;
+            if ahead {
+                flowaudit_ingest::metrics::metrics()
+                    .flight_plans_ahead_run
+                    .inc();
+            }
+            Ok::<_, SqlError>(stream)
         };
         let stream = match run.await {
             Ok(s) => s,
@@ -599,7 +606,12 @@ impl FlightSql {
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
         let stmt = SqlEngine::parse_one(sql).map_err(status)?;
-        let planned = self.engine.plan(&stmt).await.map_err(status)?;
+        let mut planned = self.engine.plan(&stmt).await.map_err(status)?;
+        // The physical plan is made while this answer travels and the client sends the DoGet
+        // (docs/sql.md, "Flight SQL"). Parameters bound in the DoGet would change it.
+        if params.is_none() {
+            planned.plan_ahead();
+        }
         let schema = match params {
             Some(p) => {
                 let plan = planned

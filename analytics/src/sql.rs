@@ -43,6 +43,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{DataFrame, SQLOptions, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::{DFParser, Statement};
@@ -637,6 +638,7 @@ impl SqlEngine {
             limits: self.limits,
             threads: self.threads.clone(),
             stop,
+            ahead: None,
         })
     }
 
@@ -680,6 +682,18 @@ pub struct Planned {
     limits: Limits,
     threads: Arc<QueryThreads>,
     stop: Arc<QueryStop>,
+    /// Its physical plan, being made on the query threads since [`Planned::plan_ahead`].
+    ahead: Option<PlanAhead>,
+}
+
+/// A physical plan being made in the background; the work is stopped if the statement is dropped
+/// before it runs.
+struct PlanAhead(tokio::task::JoinHandle<Result<Arc<dyn ExecutionPlan>, DataFusionError>>);
+
+impl Drop for PlanAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Planned {
@@ -689,6 +703,32 @@ impl Planned {
 
     pub fn plan(&self) -> &LogicalPlan {
         self.df.logical_plan()
+    }
+
+    /// Start making the physical plan (optimising, choosing operators, listing the files to
+    /// read) on the query threads now, for an [`execute`](Self::execute) without parameters that
+    /// is expected soon: a Flight client asks for a statement's FlightInfo, then for its rows,
+    /// and the plan is made while that second request travels. Nothing is read before
+    /// `execute`. An `execute` with parameters plans again with them bound.
+    pub fn plan_ahead(&mut self) {
+        if self.ahead.is_none() {
+            let df = self.df.clone();
+            self.ahead = Some(PlanAhead(
+                self.threads
+                    .handle()
+                    .spawn(async move { df.create_physical_plan().await }),
+            ));
+        }
+    }
+
+    /// Whether [`plan_ahead`](Self::plan_ahead) was called.
+    pub fn is_planning_ahead(&self) -> bool {
+        self.ahead.is_some()
+    }
+
+    /// Whether the physical plan started by [`plan_ahead`](Self::plan_ahead) is made (or failed).
+    pub fn planned_ahead(&self) -> bool {
+        self.ahead.as_ref().is_some_and(|a| a.0.is_finished())
     }
 
     /// The statement's parameters (`$1`, `$2`, …) in order, typed where the plan implies a type.
@@ -724,11 +764,14 @@ impl Planned {
         params: Option<Vec<ScalarValue>>,
     ) -> Result<SendableRecordBatchStream, SqlError> {
         let limits = self.limits;
+        let mut ahead = self.ahead;
         let df = match params {
-            Some(p) => self
-                .df
-                .with_param_values(p)
-                .map_err(|e| SqlError::Params(e.find_root().to_string()))?,
+            Some(p) => {
+                ahead = None;
+                self.df
+                    .with_param_values(p)
+                    .map_err(|e| SqlError::Params(e.find_root().to_string()))?
+            }
             None => self.df,
         };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -744,7 +787,17 @@ impl Planned {
         let task = self.threads.handle().spawn(async move {
             let on_panic = tx.clone();
             let run = async move {
-                let mut stream = match df.execute_stream().await {
+                let started = match ahead.as_mut() {
+                    Some(a) => match (&mut a.0).await {
+                        Ok(plan) => plan.and_then(|p| execute_stream(p, Arc::new(df.task_ctx()))),
+                        Err(e) if e.is_panic() => Err(DataFusionError::External(Box::new(
+                            Panicked(panic_message(e.into_panic().as_ref())),
+                        ))),
+                        Err(e) => Err(DataFusionError::External(Box::new(e))),
+                    },
+                    None => df.execute_stream().await,
+                };
+                let mut stream = match started {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;

@@ -122,6 +122,7 @@ pub struct Metrics {
     // Flight SQL.
     pub flight_queries: Family<FlightLabels, Counter>,
     pub flight_query_seconds: Family<FlightLabels, Histogram, fn() -> Histogram>,
+    pub flight_plans_ahead_run: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -188,6 +189,7 @@ impl Metrics {
             reports: reg!("reports_written", "Nightly reports written", Counter::default()),
             flight_queries: reg!("flight_queries", "Flight SQL queries by user and outcome (ok, error, refused)", Family::default()),
             flight_query_seconds: reg!("flight_query_duration_seconds", "Time to plan and stream one Flight SQL query", Family::new_with_constructor(seconds_histogram as fn() -> Histogram)),
+            flight_plans_ahead_run: reg!("flight_plans_ahead_run", "Flight SQL queries whose DoGet ran the physical plan made after their GetFlightInfo", Counter::default()),
             registry: r,
         }
     }

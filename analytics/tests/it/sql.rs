@@ -572,6 +572,12 @@ fn flight_sql_serves_adbc_and_pyarrow_with_auth_and_refuses_writes() {
             ok
         );
     }
+    // Statements' physical plans were made while their DoGet travelled, and ran.
+    assert!(
+        m.sum("flowaudit_flight_plans_ahead_run_total", &[]) >= 1.0,
+        "{:?}",
+        m.samples
+    );
     stop(&mut server);
 }
 
@@ -1186,4 +1192,95 @@ fn ingest_keeps_committing_while_hostile_queries_run() {
     );
     assert_eq!(rows, serde_json::json!([{"n": 100}]));
     stop(&mut server);
+}
+
+/// A Flight statement's physical plan is made in the background once its FlightInfo is answered
+/// (`Planned::plan_ahead`), and its DoGet runs that plan: the rows are those of the files listed
+/// then. A statement run with parameters is planned again with them bound; a statement that is
+/// never run stops its planning when dropped.
+#[test]
+fn a_plan_made_ahead_is_the_plan_that_runs() {
+    use flowaudit_analytics::sql::{Limits, SqlEngine};
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("warehouse");
+    let flows = |day: &str, n: u64| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                crate::rules::flow(
+                    &format!("{day}T00:10:00Z"),
+                    "10.20.0.10",
+                    "45.37.0.9",
+                    100 + i,
+                )
+            })
+            .collect()
+    };
+    crate::rules::convert_into(&wh, "flows", "2026-11-21", &flows("2026-11-21", 3), false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = rt
+        .block_on(SqlEngine::open(
+            &flowaudit_analytics::site::Site::local(&wh),
+            &policy(),
+            None,
+            Limits::default(),
+        ))
+        .unwrap();
+    let plan = |sql: &str| {
+        rt.block_on(engine.plan(&SqlEngine::parse_one(sql).unwrap()))
+            .unwrap()
+    };
+    let count = |p: flowaudit_analytics::sql::Planned, params| -> i64 {
+        rt.block_on(async {
+            let batches: Vec<_> = p
+                .execute(params)
+                .await
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect()
+                .await;
+            let rows = flowaudit_analytics::runner::batches_to_json(&batches).unwrap();
+            rows[0]["n"].as_i64().unwrap()
+        })
+    };
+    let ready = |p: &flowaudit_analytics::sql::Planned| {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while !p.planned_ahead() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the plan made ahead never finished"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    let all = "SELECT count(*) AS n FROM flows";
+    let mut ahead = plan(all);
+    assert!(
+        !ahead.planned_ahead(),
+        "nothing is planned ahead unless asked"
+    );
+    ahead.plan_ahead();
+    ready(&ahead);
+    let at_run = plan(all);
+    let mut with_params = plan("SELECT count(*) AS n FROM flows WHERE bytes >= $1");
+    with_params.plan_ahead();
+    ready(&with_params);
+    let mut dropped = plan(all);
+    dropped.plan_ahead();
+    drop(dropped);
+
+    // A commit after the plans were made: the plan made ahead had listed the files already.
+    crate::rules::convert_into(&wh, "flows", "2026-11-22", &flows("2026-11-22", 2), false);
+    assert_eq!(count(ahead, None), 3);
+    assert_eq!(count(at_run, None), 5);
+    assert_eq!(
+        count(
+            with_params,
+            Some(vec![datafusion::scalar::ScalarValue::Int64(Some(101))])
+        ),
+        3,
+        "planned again with $1 bound, over both commits: 101, 102 and the second day's 101"
+    );
 }
