@@ -1196,8 +1196,8 @@ fn ingest_keeps_committing_while_hostile_queries_run() {
 
 /// A Flight statement's physical plan is made in the background once its FlightInfo is answered
 /// (`Planned::plan_ahead`), and its DoGet runs that plan: the rows are those of the files listed
-/// then. A statement run with parameters is planned again with them bound; a statement that is
-/// never run stops its planning when dropped.
+/// then. A statement run with parameters is planned again with them bound; dropping one that is
+/// planning ahead and never run is harmless.
 #[test]
 fn a_plan_made_ahead_is_the_plan_that_runs() {
     use flowaudit_analytics::sql::{Limits, SqlEngine};
