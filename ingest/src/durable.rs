@@ -65,7 +65,7 @@ impl DurableLocal {
         &self,
         location: &Path,
         ranges: impl FnOnce(&std::fs::Metadata) -> Option<Vec<Range<u64>>>,
-    ) -> Option<(std::fs::Metadata, Vec<Bytes>)> {
+    ) -> Option<Vec<Bytes>> {
         let path = self.inner.path_to_filesystem(location).ok()?;
         let file = std::fs::File::open(path).ok()?;
         let meta = file.metadata().ok().filter(std::fs::Metadata::is_file)?;
@@ -81,25 +81,29 @@ impl DurableLocal {
             out.push(Bytes::from(buf));
         }
         self.inline_reads.fetch_add(1, Ordering::Relaxed);
-        Some((meta, out))
+        Some(out)
     }
 
     /// A ranged `get` served on this thread; `None` where `LocalFileSystem` is to answer.
     fn get_inline(&self, location: &Path, options: &GetOptions) -> Option<GetResult> {
         let range = options.range.as_ref().filter(|_| !options.head)?;
-        let (meta, mut bytes) = self.read_inline(location, |meta| {
-            options
-                .check_preconditions(&object_meta(location, meta)?)
-                .ok()?;
-            Some(vec![range.as_range(meta.len()).ok()?])
+        // The file's metadata and the range, worked out once, from the opened file.
+        let mut found = None;
+        let mut bytes = self.read_inline(location, |meta| {
+            let object = object_meta(location, meta)?;
+            options.check_preconditions(&object).ok()?;
+            let range = range.as_range(meta.len()).ok()?;
+            found = Some((object, range.clone()));
+            Some(vec![range])
         })?;
+        let (meta, range) = found?;
         Some(GetResult {
             payload: GetResultPayload::Stream(Box::pin(futures::stream::once(std::future::ready(
                 Ok(bytes.pop()?),
             )))),
             attributes: Attributes::default(),
-            range: range.as_range(meta.len()).ok()?,
-            meta: object_meta(location, &meta)?,
+            range,
+            meta,
         })
     }
 
@@ -185,7 +189,7 @@ impl ObjectStore for DurableLocal {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         match self.read_inline(location, |_| Some(ranges.to_vec())) {
-            Some((_, bytes)) => Ok(bytes),
+            Some(bytes) => Ok(bytes),
             None => self.inner.get_ranges(location, ranges).await,
         }
     }

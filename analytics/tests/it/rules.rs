@@ -969,6 +969,20 @@ pub fn flow(ts: &str, src: &str, dst: &str, bytes: u64) -> String {
     .to_string()
 }
 
+/// `n` flows of one host to one external address at 00:10 on `day`, of 100, 101, … bytes.
+pub fn one_host_flows(day: &str, n: u64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            flow(
+                &format!("{day}T00:10:00Z"),
+                "10.20.0.10",
+                "45.37.0.9",
+                100 + i,
+            )
+        })
+        .collect()
+}
+
 /// Issue 10, item 2: a NULL in an entity column (here `dst_country` of a destination GeoIP does
 /// not know, or of every external address when ingest ran without GeoIP) used to fail the whole
 /// rule, losing every other finding of it. Unknown is a value: the alert is raised, says so, and
@@ -1084,18 +1098,7 @@ fn a_bypass_to_an_unknown_country_is_raised_with_its_siblings_and_a_stable_finge
 fn a_long_lived_catalog_sees_each_new_commit_and_prunes_by_partition() {
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
-    let lines = |day: &str, n: u64| -> Vec<String> {
-        (0..n)
-            .map(|i| {
-                flow(
-                    &format!("{day}T00:10:00Z"),
-                    "10.20.0.10",
-                    "45.37.0.9",
-                    100 + i,
-                )
-            })
-            .collect()
-    };
+    let lines = one_host_flows;
     convert_into(&wh, "flows", "2026-11-21", &lines("2026-11-21", 3), false);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cat = rt

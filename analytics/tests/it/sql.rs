@@ -1205,18 +1205,7 @@ fn a_plan_made_ahead_is_the_plan_that_runs() {
 
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("warehouse");
-    let flows = |day: &str, n: u64| -> Vec<String> {
-        (0..n)
-            .map(|i| {
-                crate::rules::flow(
-                    &format!("{day}T00:10:00Z"),
-                    "10.20.0.10",
-                    "45.37.0.9",
-                    100 + i,
-                )
-            })
-            .collect()
-    };
+    let flows = crate::rules::one_host_flows;
     crate::rules::convert_into(&wh, "flows", "2026-11-21", &flows("2026-11-21", 3), false);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let engine = rt
