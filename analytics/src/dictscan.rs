@@ -22,6 +22,11 @@
 //!   comparison runs on the dictionary. Elsewhere (projections, functions, `LIKE`) the cast
 //!   stays: a dictionary of strings casts to views without copying its bytes.
 //!
+//! The wrapper also decides what the decoder knows of the file's pages: a scan that will not
+//! prune pages (crate::tables) gets the footer without its page index, and one that will gets it
+//! with the index, read from the file once and kept with the footer (DataFusion's scan reads it
+//! again at every open).
+//!
 //! The columns' values come out as before: the table's types, and the same rows.
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -43,10 +48,13 @@ use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_reader::{AsyncFileReader, MetadataFetch};
 use parquet::arrow::{encode_arrow_schema, parquet_to_arrow_schema, ARROW_SCHEMA_META_KEY};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{FileMetaData, KeyValue, ParquetMetaData, ParquetMetaDataBuilder};
+use parquet::file::metadata::{
+    FileMetaData, KeyValue, PageIndexPolicy, ParquetMetaData, ParquetMetaDataBuilder,
+    ParquetMetaDataReader,
+};
 
 /// The string columns the analysts' sessions read as dictionaries: those whose values come from
 /// a small fixed vocabulary (zones, decisions, actions, protocols, formats, connection states,
@@ -124,6 +132,16 @@ fn with_dictionary_columns(
     ))
 }
 
+/// Whether the file of `footer` has a page index to read: its footer gives where a column's
+/// offset index is.
+fn writes_page_index(footer: &ParquetMetaData) -> bool {
+    footer.row_groups().iter().any(|rg| {
+        rg.columns()
+            .iter()
+            .any(|c| c.offset_index_offset().is_some())
+    })
+}
+
 /// The footers of [`with_dictionary_columns`], kept for the footers DataFusion's metadata cache
 /// hands out, so a file opened again is not rewritten again: one per table of an analysts'
 /// catalog, shared by its queries. At most [`FOOTERS_KEPT_BYTES`] of footers are held (the
@@ -137,11 +155,12 @@ pub struct DictionaryFooters {
     limit: usize,
 }
 
-/// Rewritten footers by the address of the footer they were made from, which each entry holds,
-/// so that the address is not reused while the entry is kept.
+/// Rewritten footers by the address of the footer they were made from (which each entry holds,
+/// so that the address is not reused while the entry is kept) and whether they keep its page
+/// index.
 #[derive(Debug, Default)]
 struct Kept {
-    footers: HashMap<usize, (Arc<ParquetMetaData>, Arc<ParquetMetaData>)>,
+    footers: HashMap<(usize, bool), (Arc<ParquetMetaData>, Arc<ParquetMetaData>)>,
     bytes: usize,
 }
 
@@ -158,15 +177,40 @@ impl DictionaryFooters {
         }
     }
 
-    /// `footer` as the scan reads it: rewritten once, then kept.
-    fn get(&self, footer: Arc<ParquetMetaData>) -> parquet::errors::Result<Arc<ParquetMetaData>> {
-        let key = Arc::as_ptr(&footer) as usize;
+    /// `footer` as the scan reads it, rewritten once, then kept: with its page index (read
+    /// from `file` the first time, when `footer` came without it) or without it (see
+    /// [`DictionaryReaderFactory::new`]).
+    async fn get<F: MetadataFetch>(
+        &self,
+        footer: Arc<ParquetMetaData>,
+        page_index: bool,
+        file: F,
+    ) -> parquet::errors::Result<Arc<ParquetMetaData>> {
+        let key = (Arc::as_ptr(&footer) as usize, page_index);
         if let Some((_, kept)) = self.lock().footers.get(&key) {
             return Ok(kept.clone());
         }
-        let rewritten = match with_dictionary_columns(&footer, &self.columns)? {
-            Some(m) => Arc::new(m),
-            None => footer.clone(),
+        let rewritten = with_dictionary_columns(&footer, &self.columns)?;
+        let has_index = footer.column_index().is_some() && footer.offset_index().is_some();
+        let has_none = footer.column_index().is_none() && footer.offset_index().is_none();
+        let rewritten = if page_index && !has_index && writes_page_index(&footer) {
+            let mut reader = ParquetMetaDataReader::new_with_metadata(
+                rewritten.unwrap_or_else(|| footer.as_ref().clone()),
+            )
+            .with_page_index_policy(PageIndexPolicy::Optional);
+            reader.load_page_index(file).await?;
+            Arc::new(reader.finish()?)
+        } else if !page_index && !has_none {
+            Arc::new(
+                rewritten
+                    .unwrap_or_else(|| footer.as_ref().clone())
+                    .into_builder()
+                    .set_column_index(None)
+                    .set_offset_index(None)
+                    .build(),
+            )
+        } else {
+            rewritten.map_or_else(|| footer.clone(), Arc::new)
         };
         let size = if Arc::ptr_eq(&rewritten, &footer) {
             footer.memory_size()
@@ -190,6 +234,15 @@ impl DictionaryFooters {
         self.lock().footers.len()
     }
 
+    /// How many of the kept footers were asked for without their page index.
+    pub fn without_page_index(&self) -> usize {
+        self.lock()
+            .footers
+            .keys()
+            .filter(|(_, index)| !index)
+            .count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -205,11 +258,25 @@ impl DictionaryFooters {
 pub struct DictionaryReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     footers: Arc<DictionaryFooters>,
+    page_index: bool,
 }
 
 impl DictionaryReaderFactory {
-    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, footers: Arc<DictionaryFooters>) -> Self {
-        Self { inner, footers }
+    /// Readers through `inner` whose footers are rewritten by `footers`; without their page
+    /// index (column and offset indexes) unless `page_index`. A scan that will not prune pages
+    /// is given footers without it: the decoder otherwise works out, for every column it
+    /// reads, which pages the filter's selection touches, walking the selection's runs once per
+    /// column, and a scattered selection touches them all (crate::tables).
+    pub fn new(
+        inner: Arc<dyn ParquetFileReaderFactory>,
+        footers: Arc<DictionaryFooters>,
+        page_index: bool,
+    ) -> Self {
+        Self {
+            inner,
+            footers,
+            page_index,
+        }
     }
 }
 
@@ -231,6 +298,7 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
         Ok(Box::new(DictionaryReader {
             inner,
             footers: self.footers.clone(),
+            page_index: self.page_index,
             file,
         }))
     }
@@ -239,6 +307,8 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
 struct DictionaryReader {
     inner: Box<dyn AsyncFileReader + Send>,
     footers: Arc<DictionaryFooters>,
+    /// Whether the footers keep their page index.
+    page_index: bool,
     /// The file's path, for errors.
     file: String,
 }
@@ -260,16 +330,27 @@ impl AsyncFileReader for DictionaryReader {
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         let footers = self.footers.clone();
-        let file = &self.file;
-        let metadata = self.inner.get_metadata(options);
+        let page_index = self.page_index;
         async move {
-            footers.get(metadata.await?).map_err(|e| {
+            let footer = self.inner.get_metadata(options).await?;
+            let file = &self.file;
+            let fetch = PageIndexFetch(self.inner.as_mut());
+            footers.get(footer, page_index, fetch).await.map_err(|e| {
                 ParquetError::General(format!(
                     "{file}: declaring its few-valued strings dictionaries in its footer: {e}"
                 ))
             })
         }
         .boxed()
+    }
+}
+
+/// A file's page index read through the scan's own reader of it.
+struct PageIndexFetch<'a>(&'a mut (dyn AsyncFileReader + Send));
+
+impl MetadataFetch for PageIndexFetch<'_> {
+    fn fetch(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.0.get_bytes(range)
     }
 }
 
@@ -422,7 +503,6 @@ mod tests {
     use datafusion::physical_expr::expressions::{col, in_list, like, lit};
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
     use parquet::arrow::ArrowWriter;
-    use parquet::file::metadata::ParquetMetaDataReader;
 
     fn file_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -513,17 +593,25 @@ mod tests {
         // A footer is rewritten once while the footer it was made from is the one handed out;
         // a footer with no such column is handed out as it is.
         let footers = DictionaryFooters::new(&["dst_zone"]);
-        let metadata = Arc::new(metadata);
-        let first = footers.get(metadata.clone()).unwrap();
+        let metadata = Arc::new(
+            ParquetMetaDataReader::new()
+                .with_page_index_policy(PageIndexPolicy::Required)
+                .parse_and_finish(&file)
+                .unwrap(),
+        );
+        let first = get(&footers, metadata.clone(), true, &file);
         assert!(!Arc::ptr_eq(&first, &metadata));
-        assert!(Arc::ptr_eq(&footers.get(metadata.clone()).unwrap(), &first));
+        assert!(Arc::ptr_eq(
+            &get(&footers, metadata.clone(), true, &file),
+            &first
+        ));
         assert_eq!(footers.len(), 1);
         let again = Arc::new(metadata.as_ref().clone());
-        assert!(!Arc::ptr_eq(&footers.get(again).unwrap(), &first));
+        assert!(!Arc::ptr_eq(&get(&footers, again, true, &file), &first));
         assert_eq!(footers.len(), 2);
         let plain = DictionaryFooters::new(&["dst_country"]);
         assert!(Arc::ptr_eq(
-            &plain.get(metadata.clone()).unwrap(),
+            &get(&plain, metadata.clone(), true, &file),
             &metadata
         ));
 
@@ -534,17 +622,89 @@ mod tests {
             limit: one + one / 2,
             ..DictionaryFooters::new(&["dst_zone"])
         };
-        bounded.get(metadata.clone()).unwrap();
+        get(&bounded, metadata.clone(), true, &file);
         assert_eq!(bounded.len(), 1);
-        bounded.get(Arc::new(metadata.as_ref().clone())).unwrap();
+        get(&bounded, Arc::new(metadata.as_ref().clone()), true, &file);
         assert_eq!(bounded.len(), 1);
         assert!(bounded.lock().bytes <= bounded.limit);
         let tiny = DictionaryFooters {
             limit: one / 2,
             ..DictionaryFooters::new(&["dst_zone"])
         };
-        tiny.get(metadata.clone()).unwrap();
+        get(&tiny, metadata.clone(), true, &file);
         assert!(tiny.is_empty());
+    }
+
+    /// A scan that will not prune pages gets the rewritten footer without the page index, kept
+    /// apart from the one with it; both read the same rows. A footer read without a page index
+    /// is handed out as it is to a scan that does not want one, and gets it, read once from the
+    /// file, for a scan that does.
+    #[test]
+    fn footers_without_their_page_index_are_kept_apart_and_read_the_same_rows() {
+        let file = parquet_file();
+        let indexed = Arc::new(
+            ParquetMetaDataReader::new()
+                .with_page_index_policy(PageIndexPolicy::Required)
+                .parse_and_finish(&file)
+                .unwrap(),
+        );
+        assert!(indexed.column_index().is_some() && indexed.offset_index().is_some());
+        let footers = DictionaryFooters::new(&["dst_zone"]);
+        let with = get(&footers, indexed.clone(), true, &file);
+        let without = get(&footers, indexed.clone(), false, &file);
+        assert!(with.column_index().is_some() && with.offset_index().is_some());
+        assert!(without.column_index().is_none() && without.offset_index().is_none());
+        assert_eq!(footers.len(), 2);
+        assert!(Arc::ptr_eq(
+            &get(&footers, indexed.clone(), false, &file),
+            &without
+        ));
+        let read = |m: &Arc<ParquetMetaData>| -> Vec<RecordBatch> {
+            let m = ArrowReaderMetadata::try_new(m.clone(), ArrowReaderOptions::new()).unwrap();
+            assert_eq!(m.schema().field(0).data_type(), &dictionary_type());
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), m)
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect()
+        };
+        assert_eq!(read(&with), read(&without));
+
+        // No column to declare a dictionary: only the index is taken off.
+        let plain = DictionaryFooters::new(&["dst_country"]);
+        let bare = get(&plain, indexed.clone(), false, &file);
+        assert!(bare.offset_index().is_none() && bare.column_index().is_none());
+        assert_eq!(bare.row_groups().len(), indexed.row_groups().len());
+        // A footer that has no page index has nothing to take off.
+        let unindexed = Arc::new(
+            ParquetMetaDataReader::new()
+                .with_page_index_policy(PageIndexPolicy::Skip)
+                .parse_and_finish(&file)
+                .unwrap(),
+        );
+        assert!(Arc::ptr_eq(
+            &get(&plain, unindexed.clone(), false, &file),
+            &unindexed
+        ));
+        // Asked for with it, its page index is read from the file once, then kept.
+        let loaded = get(&footers, unindexed.clone(), true, &file);
+        assert!(loaded.column_index().is_some() && loaded.offset_index().is_some());
+        assert_eq!(read(&loaded), read(&with));
+        assert!(Arc::ptr_eq(
+            &get(&footers, unindexed.clone(), true, &Bytes::new()),
+            &loaded
+        ));
+    }
+
+    /// `footers.get`, reading any page index from `file`.
+    fn get(
+        footers: &DictionaryFooters,
+        footer: Arc<ParquetMetaData>,
+        page_index: bool,
+        file: &Bytes,
+    ) -> Arc<ParquetMetaData> {
+        let mut file = std::io::Cursor::new(file.clone());
+        futures::executor::block_on(footers.get(footer, page_index, &mut file)).unwrap()
     }
 
     /// Comparisons of a dictionary column with a string literal are evaluated on the

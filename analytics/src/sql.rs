@@ -1181,6 +1181,90 @@ mod tests {
         }
     }
 
+    /// An analyst's scan whose filters name only few-valued strings (and partition columns)
+    /// neither prunes pages nor gives the decoder the files' page index; a filter on any other
+    /// column, or no filter, keeps both. The rows are the rule runner's either way.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn scans_filtered_only_on_few_valued_strings_leave_the_page_index() {
+        use datafusion::datasource::physical_plan::ParquetSource;
+        use datafusion::datasource::source::DataSourceExec;
+        let wh = case_warehouse("gateway_bypass");
+        let policy = repo().join("fixtures/policy");
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let flows = || async {
+            let c = engine.catalog.read().unwrap().0.clone();
+            let provider = c.ctx.table_provider("flows").await.unwrap();
+            let t = provider
+                .as_ref()
+                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
+                .unwrap()
+                .dictionary_footers()
+                .unwrap();
+            (t.len(), t.without_page_index())
+        };
+        let files = parquet_files(&wh.path().join("flows"));
+        let cases = [
+            (
+                "SELECT count(*) AS n FROM flows WHERE ts >= TIMESTAMP '2026-11-21T00:00:00Z'",
+                true,
+            ),
+            ("SELECT sum(bytes) AS b FROM flows", true),
+            (
+                "SELECT count(*) AS n, sum(bytes) AS b FROM flows \
+                 WHERE dst_zone = 'external' AND date >= '2026-01-01'",
+                false,
+            ),
+            (
+                "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external' AND dst_port = 443",
+                true,
+            ),
+        ];
+        let mut stripped = 0;
+        for (sql, page_index) in cases {
+            let planned = engine
+                .plan(&SqlEngine::parse_one(sql).unwrap())
+                .await
+                .unwrap();
+            let plan = planned.df.clone().create_physical_plan().await.unwrap();
+            let mut scans = Vec::new();
+            let mut stack = vec![plan];
+            while let Some(p) = stack.pop() {
+                if let Some((_, parquet)) = p
+                    .downcast_ref::<DataSourceExec>()
+                    .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
+                {
+                    scans.push(parquet.table_parquet_options().global.enable_page_index);
+                }
+                stack.extend(p.children().into_iter().cloned());
+            }
+            assert_eq!(scans, [page_index], "{sql}");
+            let got = run(&engine, sql).await;
+            let df = catalog.ctx.sql(sql).await.unwrap();
+            let want = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+                .unwrap()
+                .to_string();
+            assert_eq!(got, want, "{sql}");
+            if !page_index {
+                stripped = files;
+            }
+            // Each file's footer is kept once with its page index (from the first query on)
+            // and once without it (from the first scan that leaves it).
+            assert_eq!(flows().await, (files + stripped, stripped), "{sql}");
+        }
+        let external = run(
+            &engine,
+            "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external'",
+        )
+        .await;
+        assert!(
+            !external.contains("| 0 "),
+            "the case has external flows: {external}"
+        );
+    }
+
     /// A join's build side reaches the scan of the other side as a key range with a hash
     /// lookup, not an IN list, and the scan does not look for Bloom filters (the warehouse's
     /// writers write none): the rows are those of the rule runner's session, which does both.
