@@ -32,13 +32,15 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, AsArray, BooleanArray, Int32Array, RecordBatch};
+use arrow::buffer::BooleanBuffer;
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use bytes::Bytes;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-use datafusion::logical_expr::Operator;
+use datafusion::logical_expr::{ColumnarValue, Operator};
 use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, InListExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_adapter::{
@@ -458,7 +460,139 @@ fn compare_on_dictionary(
             dictionary_column(b.right(), schema)?,
         ),
     };
+    if matches!(op, Operator::Eq | Operator::NotEq) {
+        // Symmetric: the column on the left, as the keys' comparison reads it.
+        let (l, r) = match rewritten.left().downcast_ref::<Column>() {
+            Some(_) => (rewritten.left().clone(), rewritten.right().clone()),
+            None => (rewritten.right().clone(), rewritten.left().clone()),
+        };
+        return Some(Arc::new(KeyCompare(Arc::new(BinaryExpr::new(l, op, r)))));
+    }
     Some(Arc::new(rewritten))
+}
+
+/// `col = 'literal'` or `col <> 'literal'` on a dictionary column ([`compare_on_dictionary`]),
+/// compared on the dictionary's keys: the literal is looked up among the batch's few values
+/// once, and where it is one of them, the keys are compared with its key, an integer comparison
+/// arrow vectorises. arrow's own comparison of a dictionary instead gathers one bit per row from
+/// the values' result (`take_bits`), about 6 % of `egress_by_country` (docs/benchmarks.md, "Ad
+/// hoc SQL"). Anything else (a value repeated in the dictionary, null values, a scalar column)
+/// is left to that comparison. Pruning sees the comparison itself: DataFusion's pruning takes a
+/// [`PhysicalExpr::snapshot`] of a predicate before reading it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KeyCompare(Arc<BinaryExpr>);
+
+impl KeyCompare {
+    /// The comparison on the keys, when the batch's column allows it.
+    fn on_keys(&self, batch: &RecordBatch) -> Result<Option<ColumnarValue>> {
+        let ColumnarValue::Array(column) = self.0.left().evaluate(batch)? else {
+            return Ok(None);
+        };
+        let Some(dict) = column.as_dictionary_opt::<Int32Type>() else {
+            return Ok(None);
+        };
+        let Some(values) = dict.values().as_string_opt::<i32>() else {
+            return Ok(None);
+        };
+        let Some(literal) =
+            self.0
+                .right()
+                .downcast_ref::<Literal>()
+                .and_then(|l| match l.value() {
+                    ScalarValue::Dictionary(_, v) => match v.as_ref() {
+                        ScalarValue::Utf8(Some(s)) => Some(s.as_str()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+        else {
+            return Ok(None);
+        };
+        if values.null_count() > 0 {
+            return Ok(None);
+        }
+        let mut at = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| *v == Some(literal));
+        let key = match (at.next(), at.next()) {
+            (None, _) => None,
+            (Some((k, _)), None) => Some(k as i32),
+            (Some(_), Some(_)) => return Ok(None),
+        };
+        let eq = *self.0.op() == Operator::Eq;
+        let keys = dict.keys();
+        let result = match key {
+            Some(k) => {
+                let k = Int32Array::new_scalar(k);
+                if eq {
+                    arrow::compute::kernels::cmp::eq(keys, &k)?
+                } else {
+                    arrow::compute::kernels::cmp::neq(keys, &k)?
+                }
+            }
+            // A value not in the dictionary: no row is equal, every non-null row differs.
+            None => BooleanArray::new(
+                if eq {
+                    BooleanBuffer::new_unset(keys.len())
+                } else {
+                    BooleanBuffer::new_set(keys.len())
+                },
+                keys.nulls().cloned(),
+            ),
+        };
+        Ok(Some(ColumnarValue::Array(Arc::new(result))))
+    }
+}
+
+impl std::fmt::Display for KeyCompare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PhysicalExpr for KeyCompare {
+    fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
+        self.0.data_type(input_schema)
+    }
+
+    fn nullable(&self, input_schema: &Schema) -> Result<bool> {
+        self.0.nullable(input_schema)
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
+        match self.on_keys(batch)? {
+            Some(v) => Ok(v),
+            None => self.0.evaluate(batch),
+        }
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+        self.0.children()
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Result<Arc<dyn PhysicalExpr>> {
+        let inner = Arc::clone(&self.0).with_new_children(children)?;
+        Ok(match inner.downcast_ref::<BinaryExpr>() {
+            Some(b) => Arc::new(KeyCompare(Arc::new(BinaryExpr::new(
+                b.left().clone(),
+                *b.op(),
+                b.right().clone(),
+            )))),
+            None => inner,
+        })
+    }
+
+    fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt_sql(f)
+    }
+
+    fn snapshot(&self) -> Result<Option<Arc<dyn PhysicalExpr>>> {
+        Ok(Some(self.0.clone()))
+    }
 }
 
 /// The column under `CAST(col AS Utf8 | LargeUtf8 | Utf8View)` when `col` is a dictionary of
@@ -497,10 +631,11 @@ fn string_literal(expr: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, ArrayRef, BooleanArray, DictionaryArray, Int64Array, StringArray};
+    use arrow::array::{ArrayRef, DictionaryArray, Int64Array, StringArray};
     use arrow::datatypes::Int32Type;
     use arrow::record_batch::RecordBatch;
     use datafusion::physical_expr::expressions::{col, in_list, like, lit};
+    use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
     use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder};
     use parquet::arrow::ArrowWriter;
 
@@ -768,7 +903,18 @@ mod tests {
         };
         for e in on_dictionary {
             let rewritten = adapter.rewrite(e.clone()).unwrap();
-            let b = rewritten.downcast_ref::<BinaryExpr>().unwrap();
+            // `=` and `<>` compare keys; pruning reads the comparison under them.
+            let keys = rewritten.downcast_ref::<KeyCompare>().is_some();
+            assert_eq!(
+                keys,
+                matches!(
+                    e.downcast_ref::<BinaryExpr>().unwrap().op(),
+                    Operator::Eq | Operator::NotEq
+                ),
+                "{rewritten}"
+            );
+            let plain = snapshot_physical_expr(rewritten.clone()).unwrap();
+            let b = plain.downcast_ref::<BinaryExpr>().unwrap();
             let sides = [b.left(), b.right()];
             assert!(
                 sides.iter().any(|s| s.downcast_ref::<Column>().is_some())
@@ -791,6 +937,53 @@ mod tests {
                 "{e}"
             );
         }
+        // On the keys: a value missing from the dictionary, a dictionary repeating the value
+        // (left to arrow's comparison), and nulls among the keys, each as on the table's type.
+        let missing = || lit(ScalarValue::Utf8View(Some("no-such-zone".into())));
+        let repeated: DictionaryArray<Int32Type> = DictionaryArray::new(
+            Int32Array::from(vec![Some(0), Some(1), None, Some(2), Some(1)]),
+            Arc::new(StringArray::from(vec!["external", "enclave", "external"])),
+        );
+        let repeated_batch = RecordBatch::try_new(
+            physical.clone(),
+            vec![
+                Arc::new(repeated.clone()) as ArrayRef,
+                Arc::new(StringArray::from_iter_values((0..5).map(|_| "192.0.2.1"))),
+            ],
+        )
+        .unwrap();
+        let repeated_logical = RecordBatch::try_new(
+            logical.clone(),
+            repeated_batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Utf8View).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        for op in [Operator::Eq, Operator::NotEq] {
+            for value in [external(), missing()] {
+                let e = binary(zone_col.clone(), op, value);
+                let rewritten = adapter.rewrite(e.clone()).unwrap();
+                assert!(
+                    rewritten.downcast_ref::<KeyCompare>().is_some(),
+                    "{rewritten}"
+                );
+                for (p, l) in [
+                    (&physical_batch, &logical_batch),
+                    (&repeated_batch, &repeated_logical),
+                ] {
+                    assert_eq!(mask(&rewritten, p), mask(&e, l), "{e}");
+                }
+            }
+        }
+        let e = binary(zone_col.clone(), Operator::NotEq, missing());
+        let all = mask(&adapter.rewrite(e).unwrap(), &physical_batch);
+        assert_eq!(
+            (all.true_count(), all.null_count()),
+            (zones().iter().filter(|z| z.is_some()).count(), 1)
+        );
+
         // The column under a function keeps its cast, as does a list with a null in it; a
         // column that is not a dictionary in the file is DataFusion's adapter's business alone.
         let pattern = lit(ScalarValue::Utf8View(Some("ext%".into())));
