@@ -22,10 +22,10 @@
 //!   comparison runs on the dictionary. Elsewhere (projections, functions, `LIKE`) the cast
 //!   stays: a dictionary of strings casts to views without copying its bytes.
 //!
-//! The wrapper also decides what the decoder knows of the file's pages: a scan that will not
-//! prune pages (crate::tables) gets the footer without its page index, and one that will gets it
-//! with the index, read from the file once and kept with the footer (DataFusion's scan reads it
-//! again at every open).
+//! The wrapper also gives the decoder what the scan's [`PageIndex`] asks of each file's page
+//! index, chosen by [`PageIndexChoice`] from the scan's complete predicate: a scan that will not
+//! prune pages gets the footer without it, and one that will gets it with the index, read from
+//! the file once and kept with the footer (DataFusion's scan reads it again at every open).
 //!
 //! The columns' values come out as before: the table's types, and the same rows.
 use std::collections::{HashMap, HashSet};
@@ -36,17 +36,25 @@ use arrow::array::{Array, AsArray, BooleanArray, Int32Array, RecordBatch};
 use arrow::buffer::BooleanBuffer;
 use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use bytes::Bytes;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, ScalarValue};
+use datafusion::config::ConfigOptions;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::{
+    FileScanConfigBuilder, FileSource, ParquetFileReaderFactory, ParquetSource,
+};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::logical_expr::{ColumnarValue, Operator};
-use datafusion::physical_expr::expressions::{BinaryExpr, CastExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, CastExpr, Column, DynamicFilterPhysicalExpr, InListExpr, Literal,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr_adapter::{
     DefaultPhysicalExprAdapterFactory, PhysicalExprAdapter, PhysicalExprAdapterFactory,
 };
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::ExecutionPlan;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
@@ -135,13 +143,138 @@ fn with_dictionary_columns(
 }
 
 /// Whether the file of `footer` has a page index to read: its footer gives where a column's
-/// offset index is.
+/// column index and offset index are.
 fn writes_page_index(footer: &ParquetMetaData) -> bool {
     footer.row_groups().iter().any(|rg| {
         rg.columns()
             .iter()
-            .any(|c| c.offset_index_offset().is_some())
+            .any(|c| c.column_index_offset().is_some() && c.offset_index_offset().is_some())
     })
+}
+
+/// What a scan's readers give the Parquet decoder of a file's page index (its column and offset
+/// indexes), chosen for the whole scan by [`PageIndexChoice`] once the scan's predicate is
+/// complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PageIndex {
+    /// The footer as DataFusion's metadata cache gives it (without the index): DataFusion's scan
+    /// reads the index from the file at each open where it prunes pages. What a scan gets unless
+    /// [`PageIndexChoice`] chose otherwise, and what a scan of an object store gets where the
+    /// index cannot prune: without the offset index the decoder fetches whole column chunks.
+    AsIs,
+    /// With the index, read from the file the first time and kept with the footer.
+    Load,
+    /// Without it: no page is pruned, and the decoder does not work out which pages a filter's
+    /// selection touches.
+    Strip,
+}
+
+/// A scan's choice of [`PageIndex`], shared by its files (a `PartitionedFile` extension, which
+/// the reader factory is given with each file).
+#[derive(Debug)]
+pub struct ScanPageIndex {
+    mode: Mutex<PageIndex>,
+    /// Whether the scan's files are on local disk, where fetching a whole column chunk costs
+    /// little more than fetching the pages a selection touches.
+    local: bool,
+}
+
+impl ScanPageIndex {
+    pub fn new(local: bool) -> Self {
+        Self {
+            mode: Mutex::new(PageIndex::AsIs),
+            local,
+        }
+    }
+
+    /// The scan's choice so far.
+    pub fn mode(&self) -> PageIndex {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, mode: PageIndex) {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
+    }
+}
+
+/// Chooses each analysts' warehouse scan's [`PageIndex`] from the filters pushed into it, once
+/// DataFusion's rules have pushed them all, but not from the filters a join or an `ORDER BY …
+/// LIMIT` adds while the query runs (dynamic filters): row-group statistics still prune by
+/// those, and reading the page index for them made `WHERE dst_zone = 'external' ORDER BY ts
+/// DESC LIMIT 10` take 1.6× its time (docs/benchmarks.md, "Ad hoc SQL").
+/// - A filter naming a column other than the few-valued strings ([`DICTIONARY_COLUMNS`]) and
+///   the partition columns may prune pages: [`PageIndex::Load`].
+/// - Otherwise nothing prunes pages: a few-valued column's values are spread over every page of
+///   a file written in time order. On local disk, [`PageIndex::Strip`], with DataFusion's page
+///   index off for the scan: given the index, the decoder works out, for every column it reads,
+///   which pages a filter's scattered selection touches (all of them), about 13 % of
+///   `egress_by_country` (docs/benchmarks.md, "Ad hoc SQL"). On an object store,
+///   [`PageIndex::AsIs`].
+#[derive(Debug)]
+pub struct PageIndexChoice;
+
+impl PhysicalOptimizerRule for PageIndexChoice {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|p| {
+            let Some(exec) = p.downcast_ref::<DataSourceExec>() else {
+                return Ok(Transformed::no(p));
+            };
+            let Some((config, parquet)) = exec.downcast_to_file_source::<ParquetSource>() else {
+                return Ok(Transformed::no(p));
+            };
+            let Some(scan) = config
+                .file_groups
+                .iter()
+                .flat_map(|g| g.files())
+                .find_map(|f| f.extensions.get_arc::<ScanPageIndex>())
+            else {
+                return Ok(Transformed::no(p));
+            };
+            let partitions = config.table_partition_cols();
+            let mut prunes = false;
+            if let Some(predicate) = parquet.filter() {
+                predicate.apply(|e| {
+                    if e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some() {
+                        return Ok(TreeNodeRecursion::Jump);
+                    }
+                    if let Some(c) = e.downcast_ref::<Column>() {
+                        prunes |= !DICTIONARY_COLUMNS.contains(&c.name())
+                            && !partitions.iter().any(|f| f.name() == c.name());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
+            }
+            let mode = match (prunes, scan.local) {
+                (true, _) => PageIndex::Load,
+                (false, true) => PageIndex::Strip,
+                (false, false) => PageIndex::AsIs,
+            };
+            scan.set(mode);
+            if mode != PageIndex::Strip || !parquet.table_parquet_options().global.enable_page_index
+            {
+                return Ok(Transformed::no(p));
+            }
+            let source = parquet.clone().with_enable_page_index(false);
+            Ok(Transformed::yes(DataSourceExec::from_data_source(
+                FileScanConfigBuilder::from(config.clone())
+                    .with_source(Arc::new(source))
+                    .build(),
+            )))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "flowaudit_page_index_choice"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
 }
 
 /// The footers of [`with_dictionary_columns`], kept for the footers DataFusion's metadata cache
@@ -158,11 +291,11 @@ pub struct DictionaryFooters {
 }
 
 /// Rewritten footers by the address of the footer they were made from (which each entry holds,
-/// so that the address is not reused while the entry is kept) and whether they keep its page
+/// so that the address is not reused while the entry is kept) and what they have of its page
 /// index.
 #[derive(Debug, Default)]
 struct Kept {
-    footers: HashMap<(usize, bool), (Arc<ParquetMetaData>, Arc<ParquetMetaData>)>,
+    footers: HashMap<(usize, PageIndex), (Arc<ParquetMetaData>, Arc<ParquetMetaData>)>,
     bytes: usize,
 }
 
@@ -179,30 +312,39 @@ impl DictionaryFooters {
         }
     }
 
-    /// `footer` as the scan reads it, rewritten once, then kept: with its page index (read
-    /// from `file` the first time, when `footer` came without it) or without it (see
-    /// [`DictionaryReaderFactory::new`]).
+    /// `footer` as the scan reads it, rewritten once, then kept, with what `page_index` asks of
+    /// its page index (read from `file` the first time, when `footer` came without it).
     async fn get<F: MetadataFetch>(
         &self,
         footer: Arc<ParquetMetaData>,
-        page_index: bool,
+        page_index: PageIndex,
         file: F,
     ) -> parquet::errors::Result<Arc<ParquetMetaData>> {
         let key = (Arc::as_ptr(&footer) as usize, page_index);
         if let Some((_, kept)) = self.lock().footers.get(&key) {
             return Ok(kept.clone());
         }
-        let rewritten = with_dictionary_columns(&footer, &self.columns)?;
+        let rewritten = with_dictionary_columns(&footer, &self.columns).map_err(|e| {
+            ParquetError::General(format!(
+                "declaring its few-valued strings dictionaries in its footer: {e}"
+            ))
+        })?;
         let has_index = footer.column_index().is_some() && footer.offset_index().is_some();
         let has_none = footer.column_index().is_none() && footer.offset_index().is_none();
-        let rewritten = if page_index && !has_index && writes_page_index(&footer) {
+        let rewritten = if page_index == PageIndex::Load && !has_index && writes_page_index(&footer)
+        {
             let mut reader = ParquetMetaDataReader::new_with_metadata(
                 rewritten.unwrap_or_else(|| footer.as_ref().clone()),
             )
             .with_page_index_policy(PageIndexPolicy::Optional);
-            reader.load_page_index(file).await?;
-            Arc::new(reader.finish()?)
-        } else if !page_index && !has_none {
+            let read = match reader.load_page_index(file).await {
+                Ok(()) => reader.finish(),
+                Err(e) => Err(e),
+            };
+            Arc::new(
+                read.map_err(|e| ParquetError::General(format!("reading its page index: {e}")))?,
+            )
+        } else if page_index == PageIndex::Strip && !has_none {
             Arc::new(
                 rewritten
                     .unwrap_or_else(|| footer.as_ref().clone())
@@ -236,12 +378,12 @@ impl DictionaryFooters {
         self.lock().footers.len()
     }
 
-    /// How many of the kept footers were asked for without their page index.
-    pub fn without_page_index(&self) -> usize {
+    /// How many of the kept footers were asked for with `page_index`.
+    pub fn kept(&self, page_index: PageIndex) -> usize {
         self.lock()
             .footers
             .keys()
-            .filter(|(_, index)| !index)
+            .filter(|(_, index)| *index == page_index)
             .count()
     }
 
@@ -260,25 +402,13 @@ impl DictionaryFooters {
 pub struct DictionaryReaderFactory {
     inner: Arc<dyn ParquetFileReaderFactory>,
     footers: Arc<DictionaryFooters>,
-    page_index: bool,
 }
 
 impl DictionaryReaderFactory {
-    /// Readers through `inner` whose footers are rewritten by `footers`; without their page
-    /// index (column and offset indexes) unless `page_index`. A scan that will not prune pages
-    /// is given footers without it: the decoder otherwise works out, for every column it
-    /// reads, which pages the filter's selection touches, walking the selection's runs once per
-    /// column, and a scattered selection touches them all (crate::tables).
-    pub fn new(
-        inner: Arc<dyn ParquetFileReaderFactory>,
-        footers: Arc<DictionaryFooters>,
-        page_index: bool,
-    ) -> Self {
-        Self {
-            inner,
-            footers,
-            page_index,
-        }
+    /// Readers through `inner` whose footers are rewritten by `footers`, with what the file's
+    /// [`ScanPageIndex`] extension asks of the page index ([`PageIndex::AsIs`] without one).
+    pub fn new(inner: Arc<dyn ParquetFileReaderFactory>, footers: Arc<DictionaryFooters>) -> Self {
+        Self { inner, footers }
     }
 }
 
@@ -291,6 +421,10 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
         let file = partitioned_file.object_meta.location.to_string();
+        let page_index = partitioned_file
+            .extensions
+            .get::<ScanPageIndex>()
+            .map_or(PageIndex::AsIs, ScanPageIndex::mode);
         let inner = self.inner.create_reader(
             partition_index,
             partitioned_file,
@@ -300,7 +434,7 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
         Ok(Box::new(DictionaryReader {
             inner,
             footers: self.footers.clone(),
-            page_index: self.page_index,
+            page_index,
             file,
         }))
     }
@@ -309,8 +443,8 @@ impl ParquetFileReaderFactory for DictionaryReaderFactory {
 struct DictionaryReader {
     inner: Box<dyn AsyncFileReader + Send>,
     footers: Arc<DictionaryFooters>,
-    /// Whether the footers keep their page index.
-    page_index: bool,
+    /// What the footers have of their page index.
+    page_index: PageIndex,
     /// The file's path, for errors.
     file: String,
 }
@@ -337,11 +471,10 @@ impl AsyncFileReader for DictionaryReader {
             let footer = self.inner.get_metadata(options).await?;
             let file = &self.file;
             let fetch = PageIndexFetch(self.inner.as_mut());
-            footers.get(footer, page_index, fetch).await.map_err(|e| {
-                ParquetError::General(format!(
-                    "{file}: declaring its few-valued strings dictionaries in its footer: {e}"
-                ))
-            })
+            footers
+                .get(footer, page_index, fetch)
+                .await
+                .map_err(|e| ParquetError::General(format!("{file}: {e}")))
         }
         .boxed()
     }
@@ -734,19 +867,22 @@ mod tests {
                 .parse_and_finish(&file)
                 .unwrap(),
         );
-        let first = get(&footers, metadata.clone(), true, &file);
+        let first = get(&footers, metadata.clone(), PageIndex::Load, &file);
         assert!(!Arc::ptr_eq(&first, &metadata));
         assert!(Arc::ptr_eq(
-            &get(&footers, metadata.clone(), true, &file),
+            &get(&footers, metadata.clone(), PageIndex::Load, &file),
             &first
         ));
         assert_eq!(footers.len(), 1);
         let again = Arc::new(metadata.as_ref().clone());
-        assert!(!Arc::ptr_eq(&get(&footers, again, true, &file), &first));
+        assert!(!Arc::ptr_eq(
+            &get(&footers, again, PageIndex::Load, &file),
+            &first
+        ));
         assert_eq!(footers.len(), 2);
         let plain = DictionaryFooters::new(&["dst_country"]);
         assert!(Arc::ptr_eq(
-            &get(&plain, metadata.clone(), true, &file),
+            &get(&plain, metadata.clone(), PageIndex::Load, &file),
             &metadata
         ));
 
@@ -757,16 +893,21 @@ mod tests {
             limit: one + one / 2,
             ..DictionaryFooters::new(&["dst_zone"])
         };
-        get(&bounded, metadata.clone(), true, &file);
+        get(&bounded, metadata.clone(), PageIndex::Load, &file);
         assert_eq!(bounded.len(), 1);
-        get(&bounded, Arc::new(metadata.as_ref().clone()), true, &file);
+        get(
+            &bounded,
+            Arc::new(metadata.as_ref().clone()),
+            PageIndex::Load,
+            &file,
+        );
         assert_eq!(bounded.len(), 1);
         assert!(bounded.lock().bytes <= bounded.limit);
         let tiny = DictionaryFooters {
             limit: one / 2,
             ..DictionaryFooters::new(&["dst_zone"])
         };
-        get(&tiny, metadata.clone(), true, &file);
+        get(&tiny, metadata.clone(), PageIndex::Load, &file);
         assert!(tiny.is_empty());
     }
 
@@ -785,13 +926,13 @@ mod tests {
         );
         assert!(indexed.column_index().is_some() && indexed.offset_index().is_some());
         let footers = DictionaryFooters::new(&["dst_zone"]);
-        let with = get(&footers, indexed.clone(), true, &file);
-        let without = get(&footers, indexed.clone(), false, &file);
+        let with = get(&footers, indexed.clone(), PageIndex::Load, &file);
+        let without = get(&footers, indexed.clone(), PageIndex::Strip, &file);
         assert!(with.column_index().is_some() && with.offset_index().is_some());
         assert!(without.column_index().is_none() && without.offset_index().is_none());
         assert_eq!(footers.len(), 2);
         assert!(Arc::ptr_eq(
-            &get(&footers, indexed.clone(), false, &file),
+            &get(&footers, indexed.clone(), PageIndex::Strip, &file),
             &without
         ));
         let read = |m: &Arc<ParquetMetaData>| -> Vec<RecordBatch> {
@@ -807,7 +948,7 @@ mod tests {
 
         // No column to declare a dictionary: only the index is taken off.
         let plain = DictionaryFooters::new(&["dst_country"]);
-        let bare = get(&plain, indexed.clone(), false, &file);
+        let bare = get(&plain, indexed.clone(), PageIndex::Strip, &file);
         assert!(bare.offset_index().is_none() && bare.column_index().is_none());
         assert_eq!(bare.row_groups().len(), indexed.row_groups().len());
         // A footer that has no page index has nothing to take off.
@@ -818,24 +959,61 @@ mod tests {
                 .unwrap(),
         );
         assert!(Arc::ptr_eq(
-            &get(&plain, unindexed.clone(), false, &file),
+            &get(&plain, unindexed.clone(), PageIndex::Strip, &file),
             &unindexed
         ));
+        // As it is: neither read nor taken off.
+        let as_is = get(&footers, unindexed.clone(), PageIndex::AsIs, &Bytes::new());
+        assert!(as_is.offset_index().is_none() && as_is.column_index().is_none());
+        assert!(get(&footers, indexed.clone(), PageIndex::AsIs, &file)
+            .offset_index()
+            .is_some());
         // Asked for with it, its page index is read from the file once, then kept.
-        let loaded = get(&footers, unindexed.clone(), true, &file);
+        let loaded = get(&footers, unindexed.clone(), PageIndex::Load, &file);
         assert!(loaded.column_index().is_some() && loaded.offset_index().is_some());
         assert_eq!(read(&loaded), read(&with));
         assert!(Arc::ptr_eq(
-            &get(&footers, unindexed.clone(), true, &Bytes::new()),
+            &get(&footers, unindexed.clone(), PageIndex::Load, &Bytes::new()),
             &loaded
         ));
+    }
+
+    /// A file written without column indexes has no page index to read: the footer is handed
+    /// out without one, and the file is not read.
+    #[test]
+    fn a_file_without_a_page_index_is_not_read_for_one() {
+        let mut out = Vec::new();
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+            .build();
+        let mut w = ArrowWriter::try_new(&mut out, file_schema(), Some(props)).unwrap();
+        let file = parquet_file();
+        let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+        let footer = Arc::new(
+            ParquetMetaDataReader::new()
+                .parse_and_finish(&Bytes::from(out))
+                .unwrap(),
+        );
+        assert!(!writes_page_index(&footer));
+        let footers = DictionaryFooters::new(&["dst_zone"]);
+        let got = get(&footers, footer, PageIndex::Load, &Bytes::new());
+        assert!(got.column_index().is_none());
     }
 
     /// `footers.get`, reading any page index from `file`.
     fn get(
         footers: &DictionaryFooters,
         footer: Arc<ParquetMetaData>,
-        page_index: bool,
+        page_index: PageIndex,
         file: &Bytes,
     ) -> Arc<ParquetMetaData> {
         let mut file = std::io::Cursor::new(file.clone());
@@ -962,12 +1140,16 @@ mod tests {
         )
         .unwrap();
         for op in [Operator::Eq, Operator::NotEq] {
-            for value in [external(), missing()] {
+            for (value, repeated_in_dictionary) in [(external(), true), (missing(), false)] {
                 let e = binary(zone_col.clone(), op, value);
                 let rewritten = adapter.rewrite(e.clone()).unwrap();
-                assert!(
-                    rewritten.downcast_ref::<KeyCompare>().is_some(),
-                    "{rewritten}"
+                let keys = rewritten.downcast_ref::<KeyCompare>().unwrap();
+                // Compared on the keys, but for a value the dictionary holds twice.
+                assert!(keys.on_keys(&physical_batch).unwrap().is_some(), "{e}");
+                assert_eq!(
+                    keys.on_keys(&repeated_batch).unwrap().is_none(),
+                    repeated_in_dictionary,
+                    "{e}"
                 );
                 for (p, l) in [
                     (&physical_batch, &logical_batch),

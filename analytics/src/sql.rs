@@ -559,6 +559,7 @@ impl SqlEngine {
         let mut state = builder
             .with_physical_optimizer_rule(Arc::new(StopInJoins(stop.clone())))
             .with_physical_optimizer_rule(Arc::new(YieldEverywhere))
+            .with_physical_optimizer_rule(Arc::new(crate::dictscan::PageIndexChoice))
             .build();
         let options = state.config_mut().options_mut();
         options.execution.target_partitions = self.limits.threads.max(1);
@@ -1181,12 +1182,15 @@ mod tests {
         }
     }
 
-    /// An analyst's scan whose filters name only few-valued strings (and partition columns)
-    /// neither prunes pages nor gives the decoder the files' page index; a filter on any other
-    /// column, or no filter, keeps both. The rows are the rule runner's either way.
+    /// An analyst's scan is given the files' page index, read once and kept, when the query's
+    /// filters pushed into it name a column other than the few-valued strings and the partition
+    /// columns; otherwise (on local disk) it neither prunes pages nor gives the decoder the
+    /// index, whatever a join or an `ORDER BY … LIMIT` adds to the scan's filter as it runs.
+    /// The rows are the rule runner's either way.
     #[tokio::test(flavor = "multi_thread")]
-    async fn scans_filtered_only_on_few_valued_strings_leave_the_page_index() {
-        use datafusion::datasource::physical_plan::ParquetSource;
+    async fn the_page_index_is_read_for_scans_it_can_prune_and_left_for_the_others() {
+        use crate::dictscan::{PageIndex, ScanPageIndex};
+        use datafusion::datasource::physical_plan::{FileSource, ParquetSource};
         use datafusion::datasource::source::DataSourceExec;
         let wh = case_warehouse("gateway_bypass");
         let policy = repo().join("fixtures/policy");
@@ -1194,36 +1198,45 @@ mod tests {
             .await
             .unwrap();
         let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
-        let flows = || async {
-            let c = engine.catalog.read().unwrap().0.clone();
-            let provider = c.ctx.table_provider("flows").await.unwrap();
-            let t = provider
-                .as_ref()
-                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
-                .unwrap()
-                .dictionary_footers()
-                .unwrap();
-            (t.len(), t.without_page_index())
-        };
-        let files = parquet_files(&wh.path().join("flows"));
+        let (load, strip) = ((true, PageIndex::Load), (false, PageIndex::Strip));
         let cases = [
             (
                 "SELECT count(*) AS n FROM flows WHERE ts >= TIMESTAMP '2026-11-21T00:00:00Z'",
-                true,
+                load,
             ),
-            ("SELECT sum(bytes) AS b FROM flows", true),
+            ("SELECT sum(bytes) AS b FROM flows", strip),
+            (
+                "SELECT sum(bytes) AS b FROM flows WHERE date >= '2026-01-01'",
+                strip,
+            ),
             (
                 "SELECT count(*) AS n, sum(bytes) AS b FROM flows \
                  WHERE dst_zone = 'external' AND date >= '2026-01-01'",
-                false,
+                strip,
             ),
             (
                 "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external' AND dst_port = 443",
-                true,
+                load,
+            ),
+            // `ORDER BY … LIMIT` filters the scan on `ts` as it runs: not counted.
+            (
+                "SELECT ts, dst_ip FROM flows WHERE dst_zone = 'external' \
+                 ORDER BY ts DESC, dst_ip LIMIT 3",
+                strip,
+            ),
+            // Nor is the join's filter on `employee_id`; the query's own filters are.
+            (
+                "SELECT count(*) AS n FROM gateway_events g \
+                 JOIN employees e ON e.employee_id = g.employee_id WHERE g.decision = 'allow'",
+                strip,
+            ),
+            (
+                "SELECT count(*) AS n FROM gateway_events g JOIN employees e \
+                 ON e.employee_id = g.employee_id WHERE g.decision = 'allow' AND g.records > 1",
+                load,
             ),
         ];
-        let mut stripped = 0;
-        for (sql, page_index) in cases {
+        for (sql, want) in cases {
             let planned = engine
                 .plan(&SqlEngine::parse_one(sql).unwrap())
                 .await
@@ -1232,27 +1245,55 @@ mod tests {
             let mut scans = Vec::new();
             let mut stack = vec![plan];
             while let Some(p) = stack.pop() {
-                if let Some((_, parquet)) = p
+                if let Some((config, parquet)) = p
                     .downcast_ref::<DataSourceExec>()
                     .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
                 {
-                    scans.push(parquet.table_parquet_options().global.enable_page_index);
+                    let mode = config
+                        .file_groups
+                        .iter()
+                        .flat_map(|g| g.files())
+                        .map(|f| f.extensions.get::<ScanPageIndex>().unwrap().mode())
+                        .collect::<std::collections::HashSet<_>>();
+                    assert_eq!(mode.len(), 1, "{sql}");
+                    scans.push((
+                        parquet.table_parquet_options().global.enable_page_index,
+                        mode.into_iter().next().unwrap(),
+                    ));
+                    // The cases of a join and a `LIMIT` do have a filter added as they run.
+                    let dynamic = parquet
+                        .filter()
+                        .is_some_and(|f| f.to_string().contains("DynamicFilter"));
+                    assert_eq!(
+                        dynamic,
+                        sql.contains("JOIN") || sql.contains("LIMIT"),
+                        "{sql}"
+                    );
                 }
                 stack.extend(p.children().into_iter().cloned());
             }
-            assert_eq!(scans, [page_index], "{sql}");
+            assert_eq!(scans, [want], "{sql}");
             let got = run(&engine, sql).await;
             let df = catalog.ctx.sql(sql).await.unwrap();
             let want = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
                 .unwrap()
                 .to_string();
             assert_eq!(got, want, "{sql}");
-            if !page_index {
-                stripped = files;
-            }
-            // Each file's footer is kept once with its page index (from the first query on)
-            // and once without it (from the first scan that leaves it).
-            assert_eq!(flows().await, (files + stripped, stripped), "{sql}");
+        }
+        // Each file's footer is kept once with its page index and once without.
+        let c = engine.catalog.read().unwrap().0.clone();
+        for table in ["flows", "gateway_events"] {
+            let provider = c.ctx.table_provider(table).await.unwrap();
+            let footers = provider
+                .as_ref()
+                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
+                .unwrap()
+                .dictionary_footers()
+                .unwrap();
+            let files = parquet_files(&wh.path().join(table));
+            let with = footers.kept(PageIndex::Load);
+            let without = footers.kept(PageIndex::Strip);
+            assert_eq!((with, without), (files, files), "{table}");
         }
         let external = run(
             &engine,

@@ -52,7 +52,9 @@ use flowaudit_ingest::schema::Table;
 use flowaudit_ingest::warehouse::Location;
 use tokio::sync::Mutex;
 
-use crate::dictscan::{DictionaryExprAdapterFactory, DictionaryFooters, DictionaryReaderFactory};
+use crate::dictscan::{
+    DictionaryExprAdapterFactory, DictionaryFooters, DictionaryReaderFactory, ScanPageIndex,
+};
 
 /// The partition columns of every ingest table, the last columns of [`sql_schema`].
 const PARTITION_COLUMNS: &[&str] = &["date", "hour"];
@@ -481,7 +483,6 @@ impl DeltaWarehouseTable {
         files: Vec<PartitionedFile>,
         projection: Option<&Vec<usize>>,
         limit: Option<usize>,
-        page_index: bool,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if files.is_empty() {
             let schema = project_schema(&self.schema, projection)?;
@@ -491,12 +492,17 @@ impl DeltaWarehouseTable {
             files.iter().filter_map(|f| f.statistics.as_deref()),
             &self.schema,
         )?;
-        let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
-        let mut options = state.table_options().parquet.clone();
-        if !page_index {
-            options.global.enable_page_index = false;
+        // The analysts' scans: what their readers give the decoder of each file's page index is
+        // chosen once the scan's predicate is complete (crate::dictscan::PageIndexChoice).
+        let mut files = files;
+        if self.dictionaries.is_some() {
+            let scan = Arc::new(ScanPageIndex::new(self.url.starts_with("file:")));
+            for f in &mut files {
+                f.extensions.insert_arc(scan.clone());
+            }
         }
-        let format = ParquetFormat::default().with_options(options);
+        let groups = FileGroup::new(files).split_files(state.config().target_partitions().max(1));
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let source = format.file_source(
             TableSchema::builder(self.file_schema.clone())
                 .with_table_partition_cols(self.partition_fields())
@@ -525,7 +531,7 @@ impl DeltaWarehouseTable {
             return Ok(plan);
         };
         let source = parquet.clone().with_parquet_file_reader_factory(Arc::new(
-            DictionaryReaderFactory::new(inner, footers.clone(), page_index),
+            DictionaryReaderFactory::new(inner, footers.clone()),
         ));
         Ok(DataSourceExec::from_data_source(
             FileScanConfigBuilder::from(config.clone())
@@ -570,24 +576,6 @@ impl DeltaWarehouseTable {
         }
         Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
     }
-}
-
-/// Whether a scan of `table` with `filters` should read the files' page indexes: when no filter
-/// is given (a join's or a `LIMIT`'s filters, made while the query runs, may still use them), or
-/// when one names a column that is neither a partition column nor a few-valued string
-/// (crate::dictscan::DICTIONARY_COLUMNS). A few-valued column's values are spread over every
-/// page of a file written in time order, so its page statistics prune nothing, while a filter
-/// on it leaves a scattered selection: given the page index, the decoder works out, for each
-/// column it reads, which pages that selection touches (all of them), about 13 % of
-/// `egress_by_country` (docs/benchmarks.md, "Ad hoc SQL").
-fn prunes_pages(table: &DeltaWarehouseTable, filters: &[Expr]) -> bool {
-    filters.is_empty()
-        || filters.iter().any(|f| {
-            f.column_refs().iter().any(|c| {
-                !table.partitions.contains(&c.name.as_str())
-                    && !crate::dictscan::DICTIONARY_COLUMNS.contains(&c.name.as_str())
-            })
-        })
 }
 
 /// The files whose partition values pass every filter in `filters` (filters over the partition
@@ -670,8 +658,7 @@ impl TableProvider for DeltaWarehouseTable {
             .collect();
         match self.current(state, &partition_filters).await? {
             Snapshot::Files { store, files } => {
-                let page_index = self.dictionaries.is_none() || prunes_pages(self, filters);
-                self.scan_files(state, store, files, projection, limit, page_index)
+                self.scan_files(state, store, files, projection, limit)
                     .await
             }
             Snapshot::Provider(inner) => {
