@@ -1033,22 +1033,26 @@ mod tests {
             Field::new("dst_zone", dictionary_type(), true),
             Field::new("dst_ip", DataType::Utf8, false),
         ]));
-        let zone: DictionaryArray<Int32Type> = zones().into_iter().collect();
-        let ips = StringArray::from_iter_values(zones().iter().map(|_| "192.0.2.1"));
-        let physical_batch = RecordBatch::try_new(
-            physical.clone(),
-            vec![Arc::new(zone) as ArrayRef, Arc::new(ips) as ArrayRef],
-        )
-        .unwrap();
-        let logical_batch = RecordBatch::try_new(
-            logical.clone(),
-            physical_batch
-                .columns()
-                .iter()
-                .map(|c| arrow::compute::cast(c, &DataType::Utf8View).unwrap())
-                .collect(),
-        )
-        .unwrap();
+        // A batch as the file gives it, and the same batch in the table's types.
+        let batches = |zone: DictionaryArray<Int32Type>| -> (RecordBatch, RecordBatch) {
+            let ips = StringArray::from_iter_values((0..zone.len()).map(|_| "192.0.2.1"));
+            let physical_batch = RecordBatch::try_new(
+                physical.clone(),
+                vec![Arc::new(zone) as ArrayRef, Arc::new(ips) as ArrayRef],
+            )
+            .unwrap();
+            let logical_batch = RecordBatch::try_new(
+                logical.clone(),
+                physical_batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::cast(c, &DataType::Utf8View).unwrap())
+                    .collect(),
+            )
+            .unwrap();
+            (physical_batch, logical_batch)
+        };
+        let (physical_batch, logical_batch) = batches(zones().into_iter().collect());
         let adapter = DictionaryExprAdapterFactory
             .create(logical.clone(), physical.clone())
             .unwrap();
@@ -1122,23 +1126,7 @@ mod tests {
             Int32Array::from(vec![Some(0), Some(1), None, Some(2), Some(1)]),
             Arc::new(StringArray::from(vec!["external", "enclave", "external"])),
         );
-        let repeated_batch = RecordBatch::try_new(
-            physical.clone(),
-            vec![
-                Arc::new(repeated.clone()) as ArrayRef,
-                Arc::new(StringArray::from_iter_values((0..5).map(|_| "192.0.2.1"))),
-            ],
-        )
-        .unwrap();
-        let repeated_logical = RecordBatch::try_new(
-            logical.clone(),
-            repeated_batch
-                .columns()
-                .iter()
-                .map(|c| arrow::compute::cast(c, &DataType::Utf8View).unwrap())
-                .collect(),
-        )
-        .unwrap();
+        let (repeated_batch, repeated_logical) = batches(repeated);
         for op in [Operator::Eq, Operator::NotEq] {
             for (value, repeated_in_dictionary) in [(external(), true), (missing(), false)] {
                 let e = binary(zone_col.clone(), op, value);

@@ -1134,12 +1134,7 @@ mod tests {
     /// groups come out as the rule runner's session, which reads `Utf8`, gets them.
     #[tokio::test(flavor = "multi_thread")]
     async fn few_valued_columns_read_as_dictionaries_give_the_rows_utf8_gives() {
-        let wh = case_warehouse("gateway_bypass");
-        let policy = repo().join("fixtures/policy");
-        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
-            .await
-            .unwrap();
-        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let (wh, engine, catalog) = case_engine("gateway_bypass").await;
         let queries = [
             "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external'",
             "SELECT src_zone, dst_zone, protocol, count(*) AS n, sum(bytes) AS b FROM flows \
@@ -1155,12 +1150,11 @@ mod tests {
              WHERE decision = 'deny' AND action < 'z' ORDER BY event_id",
         ];
         for sql in queries {
-            let got = run(&engine, sql).await;
-            let df = catalog.ctx.sql(sql).await.unwrap();
-            let want = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
-                .unwrap()
-                .to_string();
-            assert_eq!(got, want, "{sql}");
+            assert_eq!(
+                run(&engine, sql).await,
+                rule_runner_rows(&catalog, sql).await,
+                "{sql}"
+            );
         }
         let n = run(&engine, queries[0]).await;
         assert!(!n.contains("| 0 "), "the case has external flows: {n}");
@@ -1170,15 +1164,13 @@ mod tests {
             "the case has a denied event: {denied}"
         );
         // The files were read through the dictionary reader: a footer rewritten per file.
-        let catalog = engine.catalog.read().unwrap().0.clone();
         for table in ["flows", "gateway_events"] {
-            let provider = catalog.ctx.table_provider(table).await.unwrap();
-            let t = provider
-                .as_ref()
-                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
-                .unwrap();
             let files = parquet_files(&wh.path().join(table));
-            assert_eq!(t.dictionary_footers().unwrap().len(), files, "{table}");
+            assert_eq!(
+                kept_footers(&engine, table, |f| f.len()).await,
+                files,
+                "{table}"
+            );
         }
     }
 
@@ -1192,12 +1184,7 @@ mod tests {
         use crate::dictscan::{PageIndex, ScanPageIndex};
         use datafusion::datasource::physical_plan::{FileSource, ParquetSource};
         use datafusion::datasource::source::DataSourceExec;
-        let wh = case_warehouse("gateway_bypass");
-        let policy = repo().join("fixtures/policy");
-        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
-            .await
-            .unwrap();
-        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        let (wh, engine, catalog) = case_engine("gateway_bypass").await;
         let (load, strip) = ((true, PageIndex::Load), (false, PageIndex::Strip));
         let cases = [
             (
@@ -1273,26 +1260,17 @@ mod tests {
                 stack.extend(p.children().into_iter().cloned());
             }
             assert_eq!(scans, [want], "{sql}");
-            let got = run(&engine, sql).await;
-            let df = catalog.ctx.sql(sql).await.unwrap();
-            let want = arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
-                .unwrap()
-                .to_string();
-            assert_eq!(got, want, "{sql}");
+            assert_eq!(
+                run(&engine, sql).await,
+                rule_runner_rows(&catalog, sql).await,
+                "{sql}"
+            );
         }
         // Each file's footer is kept once with its page index and once without.
-        let c = engine.catalog.read().unwrap().0.clone();
         for table in ["flows", "gateway_events"] {
-            let provider = c.ctx.table_provider(table).await.unwrap();
-            let footers = provider
-                .as_ref()
-                .downcast_ref::<crate::tables::DeltaWarehouseTable>()
-                .unwrap()
-                .dictionary_footers()
-                .unwrap();
             let files = parquet_files(&wh.path().join(table));
-            let with = footers.kept(PageIndex::Load);
-            let without = footers.kept(PageIndex::Strip);
+            let with = kept_footers(&engine, table, |f| f.kept(PageIndex::Load)).await;
+            let without = kept_footers(&engine, table, |f| f.kept(PageIndex::Strip)).await;
             assert_eq!((with, without), (files, files), "{table}");
         }
         let external = run(
@@ -1420,6 +1398,41 @@ mod tests {
         .unwrap()
         .unwrap();
         wh
+    }
+
+    /// An engine over the warehouse of the rules' test case `case`, and the rule runner's
+    /// catalog over the same warehouse.
+    async fn case_engine(case: &str) -> (tempfile::TempDir, SqlEngine, Catalog) {
+        let wh = case_warehouse(case);
+        let policy = repo().join("fixtures/policy");
+        let engine = SqlEngine::open(&Site::local(wh.path()), &policy, None, Limits::default())
+            .await
+            .unwrap();
+        let catalog = Catalog::open(wh.path(), &policy, None).await.unwrap();
+        (wh, engine, catalog)
+    }
+
+    /// The rows of `sql` in the rule runner's session, as [`run`] prints an engine's.
+    async fn rule_runner_rows(catalog: &Catalog, sql: &str) -> String {
+        let df = catalog.ctx.sql(sql).await.unwrap();
+        arrow::util::pretty::pretty_format_batches(&df.collect().await.unwrap())
+            .unwrap()
+            .to_string()
+    }
+
+    /// `count` of the rewritten footers the engine's `table` keeps.
+    async fn kept_footers(
+        engine: &SqlEngine,
+        table: &str,
+        count: impl Fn(&crate::dictscan::DictionaryFooters) -> usize,
+    ) -> usize {
+        let catalog = engine.catalog.read().unwrap().0.clone();
+        let provider = catalog.ctx.table_provider(table).await.unwrap();
+        let t = provider
+            .as_ref()
+            .downcast_ref::<crate::tables::DeltaWarehouseTable>()
+            .unwrap();
+        count(t.dictionary_footers().unwrap())
     }
 
     async fn run(engine: &SqlEngine, sql: &str) -> String {
