@@ -23,9 +23,10 @@
 //!   stays: a dictionary of strings casts to views without copying its bytes.
 //!
 //! The wrapper also gives the decoder what the scan's [`PageIndex`] asks of each file's page
-//! index, chosen by [`PageIndexChoice`] from the scan's complete predicate: a scan that will not
-//! prune pages gets the footer without it, and one that will gets it with the index, read from
-//! the file once and kept with the footer (DataFusion's scan reads it again at every open).
+//! index, chosen by [`PageIndexChoice`] from the query's filters pushed into the scan: a scan
+//! that will not prune pages gets the footer without it, and one that will gets it with the
+//! index, read from the file once and kept with the footer (DataFusion's scan reads it again at
+//! every open).
 //!
 //! The columns' values come out as before: the table's types, and the same rows.
 use std::collections::{HashMap, HashSet};
