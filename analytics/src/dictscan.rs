@@ -338,10 +338,10 @@ impl DictionaryFooters {
                 rewritten.unwrap_or_else(|| footer.as_ref().clone()),
             )
             .with_page_index_policy(PageIndexPolicy::Optional);
-            let read = match reader.load_page_index(file).await {
-                Ok(()) => reader.finish(),
-                Err(e) => Err(e),
-            };
+            let read = reader
+                .load_page_index(file)
+                .await
+                .and_then(|()| reader.finish());
             Arc::new(
                 read.map_err(|e| ParquetError::General(format!("reading its page index: {e}")))?,
             )
@@ -583,26 +583,27 @@ fn compare_on_dictionary(
     if !comparison {
         return None;
     }
-    let rewritten = match (
+    let (col, value, col_left) = match (
         dictionary_column(b.left(), schema),
         string_literal(b.right()),
     ) {
-        (Some(col), Some(value)) => BinaryExpr::new(col, op, value),
-        _ => BinaryExpr::new(
-            string_literal(b.left())?,
-            op,
+        (Some(col), Some(value)) => (col, value, true),
+        _ => (
             dictionary_column(b.right(), schema)?,
+            string_literal(b.left())?,
+            false,
         ),
     };
+    // `=` and `<>` are symmetric: the column on the left, as the keys' comparison reads it.
     if matches!(op, Operator::Eq | Operator::NotEq) {
-        // Symmetric: the column on the left, as the keys' comparison reads it.
-        let (l, r) = match rewritten.left().downcast_ref::<Column>() {
-            Some(_) => (rewritten.left().clone(), rewritten.right().clone()),
-            None => (rewritten.right().clone(), rewritten.left().clone()),
-        };
-        return Some(Arc::new(KeyCompare(Arc::new(BinaryExpr::new(l, op, r)))));
+        if let Some(keys) = KeyCompare::new(BinaryExpr::new(col.clone(), op, value.clone())) {
+            return Some(Arc::new(keys));
+        }
     }
-    Some(Arc::new(rewritten))
+    Some(Arc::new(match col_left {
+        true => BinaryExpr::new(col, op, value),
+        false => BinaryExpr::new(value, op, col),
+    }))
 }
 
 /// `col = 'literal'` or `col <> 'literal'` on a dictionary column ([`compare_on_dictionary`]),
@@ -614,12 +615,32 @@ fn compare_on_dictionary(
 /// is left to that comparison. Pruning sees the comparison itself: DataFusion's pruning takes a
 /// [`PhysicalExpr::snapshot`] of a predicate before reading it.
 #[derive(Debug, PartialEq, Eq, Hash)]
-struct KeyCompare(Arc<BinaryExpr>);
+struct KeyCompare {
+    cmp: Arc<BinaryExpr>,
+    /// The string `cmp` compares with.
+    literal: String,
+}
 
 impl KeyCompare {
+    /// `cmp` compared on the keys, when it compares something with a string literal made a
+    /// dictionary scalar (its right side).
+    fn new(cmp: BinaryExpr) -> Option<Self> {
+        let literal = match cmp.right().downcast_ref::<Literal>()?.value() {
+            ScalarValue::Dictionary(_, v) => match v.as_ref() {
+                ScalarValue::Utf8(Some(s)) => s.clone(),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(Self {
+            cmp: Arc::new(cmp),
+            literal,
+        })
+    }
+
     /// The comparison on the keys, when the batch's column allows it.
     fn on_keys(&self, batch: &RecordBatch) -> Result<Option<ColumnarValue>> {
-        let ColumnarValue::Array(column) = self.0.left().evaluate(batch)? else {
+        let ColumnarValue::Array(column) = self.cmp.left().evaluate(batch)? else {
             return Ok(None);
         };
         let Some(dict) = column.as_dictionary_opt::<Int32Type>() else {
@@ -628,33 +649,17 @@ impl KeyCompare {
         let Some(values) = dict.values().as_string_opt::<i32>() else {
             return Ok(None);
         };
-        let Some(literal) =
-            self.0
-                .right()
-                .downcast_ref::<Literal>()
-                .and_then(|l| match l.value() {
-                    ScalarValue::Dictionary(_, v) => match v.as_ref() {
-                        ScalarValue::Utf8(Some(s)) => Some(s.as_str()),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-        else {
-            return Ok(None);
-        };
         if values.null_count() > 0 {
             return Ok(None);
         }
-        let mut at = values
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| *v == Some(literal));
+        let literal = Some(self.literal.as_str());
+        let mut at = values.iter().enumerate().filter(|(_, v)| *v == literal);
         let key = match (at.next(), at.next()) {
             (None, _) => None,
             (Some((k, _)), None) => Some(k as i32),
             (Some(_), Some(_)) => return Ok(None),
         };
-        let eq = *self.0.op() == Operator::Eq;
+        let eq = *self.cmp.op() == Operator::Eq;
         let keys = dict.keys();
         let result = match key {
             Some(k) => {
@@ -681,51 +686,54 @@ impl KeyCompare {
 
 impl std::fmt::Display for KeyCompare {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        self.cmp.fmt(f)
     }
 }
 
 impl PhysicalExpr for KeyCompare {
     fn data_type(&self, input_schema: &Schema) -> Result<DataType> {
-        self.0.data_type(input_schema)
+        self.cmp.data_type(input_schema)
     }
 
     fn nullable(&self, input_schema: &Schema) -> Result<bool> {
-        self.0.nullable(input_schema)
+        self.cmp.nullable(input_schema)
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
         match self.on_keys(batch)? {
             Some(v) => Ok(v),
-            None => self.0.evaluate(batch),
+            None => self.cmp.evaluate(batch),
         }
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        self.0.children()
+        self.cmp.children()
     }
 
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> Result<Arc<dyn PhysicalExpr>> {
-        let inner = Arc::clone(&self.0).with_new_children(children)?;
-        Ok(match inner.downcast_ref::<BinaryExpr>() {
-            Some(b) => Arc::new(KeyCompare(Arc::new(BinaryExpr::new(
+        let inner = Arc::clone(&self.cmp).with_new_children(children)?;
+        let keys = inner.downcast_ref::<BinaryExpr>().and_then(|b| {
+            KeyCompare::new(BinaryExpr::new(
                 b.left().clone(),
                 *b.op(),
                 b.right().clone(),
-            )))),
+            ))
+        });
+        Ok(match keys {
+            Some(k) => Arc::new(k),
             None => inner,
         })
     }
 
     fn fmt_sql(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt_sql(f)
+        self.cmp.fmt_sql(f)
     }
 
     fn snapshot(&self) -> Result<Option<Arc<dyn PhysicalExpr>>> {
-        Ok(Some(self.0.clone()))
+        Ok(Some(self.cmp.clone()))
     }
 }
 
