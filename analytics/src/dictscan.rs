@@ -211,6 +211,7 @@ impl ScanPageIndex {
 ///   which pages a filter's scattered selection touches (all of them), about 13 % of
 ///   `egress_by_country` (docs/benchmarks.md, "Ad hoc SQL"). On an object store,
 ///   [`PageIndex::AsIs`].
+/// - Where DataFusion's own page index setting is off for the scan, nothing prunes pages.
 #[derive(Debug)]
 pub struct PageIndexChoice;
 
@@ -249,14 +250,15 @@ impl PhysicalOptimizerRule for PageIndexChoice {
                     Ok(TreeNodeRecursion::Continue)
                 })?;
             }
-            let mode = match (prunes, scan.local) {
+            // DataFusion's page index setting off (its variable, say): nothing prunes pages.
+            let enabled = parquet.table_parquet_options().global.enable_page_index;
+            let mode = match (prunes && enabled, scan.local) {
                 (true, _) => PageIndex::Load,
                 (false, true) => PageIndex::Strip,
                 (false, false) => PageIndex::AsIs,
             };
             scan.set(mode);
-            if mode != PageIndex::Strip || !parquet.table_parquet_options().global.enable_page_index
-            {
+            if mode != PageIndex::Strip || !enabled {
                 return Ok(Transformed::no(p));
             }
             let source = parquet.clone().with_enable_page_index(false);

@@ -1182,8 +1182,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn the_page_index_is_read_for_scans_it_can_prune_and_left_for_the_others() {
         use crate::dictscan::{PageIndex, ScanPageIndex};
-        use datafusion::datasource::physical_plan::{FileSource, ParquetSource};
+        use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+        use datafusion::config::ConfigOptions;
+        use datafusion::datasource::physical_plan::{
+            FileScanConfigBuilder, FileSource, ParquetSource,
+        };
         use datafusion::datasource::source::DataSourceExec;
+        use datafusion::physical_optimizer::PhysicalOptimizerRule;
         let (wh, engine, catalog) = case_engine("gateway_bypass").await;
         let (load, strip) = ((true, PageIndex::Load), (false, PageIndex::Strip));
         let cases = [
@@ -1273,6 +1278,55 @@ mod tests {
             let without = kept_footers(&engine, table, |f| f.kept(PageIndex::Strip)).await;
             assert_eq!((with, without), (files, files), "{table}");
         }
+        // With DataFusion's page index setting off, a filter on `ts` does not read the index.
+        let planned = engine
+            .plan(&SqlEngine::parse_one(cases[0].0).unwrap())
+            .await
+            .unwrap();
+        let plan = planned.df.clone().create_physical_plan().await.unwrap();
+        let scan = plan
+            .transform_up(|p| {
+                let Some((config, parquet)) = p
+                    .downcast_ref::<DataSourceExec>()
+                    .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
+                else {
+                    return Ok(Transformed::no(p));
+                };
+                let source = parquet.clone().with_enable_page_index(false);
+                Ok(Transformed::yes(DataSourceExec::from_data_source(
+                    FileScanConfigBuilder::from(config.clone())
+                        .with_source(Arc::new(source))
+                        .build(),
+                )))
+            })
+            .unwrap()
+            .data;
+        let modes = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut modes = Vec::new();
+            plan.apply(|p| {
+                if let Some((config, _)) = p
+                    .downcast_ref::<DataSourceExec>()
+                    .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
+                {
+                    modes.extend(
+                        config
+                            .file_groups
+                            .iter()
+                            .flat_map(|g| g.files())
+                            .map(|f| f.extensions.get::<ScanPageIndex>().unwrap().mode()),
+                    );
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            modes
+        };
+        assert!(modes(&scan).iter().all(|m| *m == PageIndex::Load));
+        let chosen = crate::dictscan::PageIndexChoice
+            .optimize(scan, &ConfigOptions::default())
+            .unwrap();
+        let modes = modes(&chosen);
+        assert!(!modes.is_empty() && modes.iter().all(|m| *m == PageIndex::Strip));
         let external = run(
             &engine,
             "SELECT count(*) AS n FROM flows WHERE dst_zone = 'external'",
